@@ -1,0 +1,35 @@
+# fedarches: `make demo` and `make test` set everything up from a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: venv demo test test-fast lint compare clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned: its CPU build (an unpinned torch pulls GBs of CUDA wheels)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh demo-output
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not e2e"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+compare: $(STAMP)
+	$(PY) scripts/compare_scvi.py
+
+clean:
+	rm -rf demo-output bench-output

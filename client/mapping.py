@@ -1,0 +1,289 @@
+"""scArches surgery on a lab's query, entirely local: the lab's Python API.
+
+:func:`map_query` annotates an AnnData in place, like a scanpy tool, and returns what may
+leave the lab: the adapter (new batch columns only) and suppressed label statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from fedarches.client.query import MIN_GENE_FRACTION, PreparedQuery, prepare_query
+from fedarches.shared import __version__
+from fedarches.shared._constants import ADATA_KEYS
+from fedarches.shared._training import quiet_training
+from fedarches.shared.adapters import Adapter, apply_adapters, check_reference_unchanged, extract_adapter
+from fedarches.shared.embedding import knn_label_probabilities, place_on_reference
+from fedarches.shared.errors import AdapterError, FedarchesError
+from fedarches.shared.labels import DEFAULT_MIN_COUNT, LabelStatistics, compute_label_statistics
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from fedarches.shared.bundle import ReferenceBundle
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIDENCE_THRESHOLD = 0.5
+
+
+class ReferenceChangedError(FedarchesError):
+    """Surgery altered a reference weight: a bug, never a user error."""
+
+    exit_code = 2
+    hint = "please report this with the command you ran; nothing was written"
+
+
+@dataclass(frozen=True)
+class MappingOptions:
+    """How surgery trains. Defaults follow the scvi-tools scArches tutorial for SCANVI queries."""
+
+    max_epochs: int = 100
+    batch_size: int = 128
+    early_stopping: bool = True
+    early_stopping_patience: int = 10
+    seed: int = 0
+    threads: int | None = None
+    progress_bar: bool = True
+
+
+@dataclass
+class MappingResult:
+    """What :func:`map_query` produced besides the annotations it wrote into ``adata``."""
+
+    adapter: Adapter
+    label_statistics: LabelStatistics
+    latent_key: str
+    gene_overlap: dict[str, Any]
+    n_epochs: int
+    timings: dict[str, float] = field(default_factory=dict)
+    model: Any = None
+
+
+def map_query(
+    adata: AnnData,
+    bundle: ReferenceBundle,
+    *,
+    batch_key: str | None = None,
+    layer: str | None = None,
+    lab_name: str = "query",
+    options: MappingOptions | None = None,
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+    min_count: int = DEFAULT_MIN_COUNT,
+    min_gene_fraction: float = MIN_GENE_FRACTION,
+) -> MappingResult:
+    """Map ``adata`` onto ``bundle`` with scArches surgery and annotate it in place.
+
+    Reference weights stay frozen (``weight_decay=0``, decoder batch-norm frozen); only the
+    query's new batch columns train. Afterwards every reference tensor is checked to be
+    bit-identical to the bundle's.
+
+    Parameters
+    ----------
+    adata
+        The query. Raw counts in ``layers['counts']`` (or ``layer``), else in an integer ``X``.
+    bundle
+        A verified :class:`~fedarches.shared.bundle.ReferenceBundle`.
+    batch_key
+        ``obs`` column with the query's batches; without it the query is one batch.
+    layer
+        Layer holding raw counts, when not ``'counts'`` or ``X``.
+    lab_name
+        Prefix of the query's batch names in the model.
+    options
+        Surgery training options.
+    confidence_threshold
+        Cells whose confidence is below this are flagged low-confidence.
+    min_count
+        Label statistics suppress counts below this.
+    min_gene_fraction
+        Refuse queries with fewer of the reference's genes than this share.
+
+    Returns
+    -------
+    The adapter, label statistics and run facts. Sets in ``adata``:
+
+    ``obs['predicted_cell_type']`` : categorical
+        Predicted reference cell type.
+    ``obs['prediction_confidence']`` : float
+        Highest class probability.
+    ``obs['is_low_confidence']`` : bool
+        ``prediction_confidence < confidence_threshold``.
+    ``obsm['X_scANVI']`` (``obsm['X_scVI']`` for an scVI reference) : float32
+        Latent representation.
+    ``obsm['X_ref_umap']`` : float32
+        Position on the reference's UMAP (when the bundle has an embedding).
+    ``uns['fedarches']`` : dict
+        Bundle id, versions, parameters, gene overlap, timings.
+    """
+    options = options or MappingOptions()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    prepared = prepare_query(adata, bundle, batch_key=batch_key, layer=layer, batch_prefix=lab_name, min_gene_fraction=min_gene_fraction)
+    timings["validate_s"] = time.perf_counter() - start
+
+    with quiet_training(), tempfile.TemporaryDirectory() as tmp:
+        import scvi
+        import torch
+
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        scvi.settings.seed = options.seed
+        tick = time.perf_counter()
+        model = _load_query_model(prepared, bundle, Path(tmp))
+        timings["surgery_setup_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        model.train(
+            max_epochs=options.max_epochs,
+            batch_size=options.batch_size,
+            plan_kwargs={"weight_decay": 0.0},
+            early_stopping=options.early_stopping and adata.n_obs >= 50,
+            early_stopping_patience=options.early_stopping_patience,
+            check_val_every_n_epoch=1,
+            enable_progress_bar=options.progress_bar,
+        )
+        timings["train_s"] = time.perf_counter() - tick
+        n_epochs = len(model.history["elbo_train"]) if "elbo_train" in model.history else options.max_epochs
+
+        tick = time.perf_counter()
+        reference_state = bundle.reference_state()
+        query_state = _state(model)
+        changed = check_reference_unchanged(reference_state, query_state)
+        if changed:
+            msg = f"surgery changed reference tensors {changed[:3]}"
+            raise ReferenceChangedError(msg)
+        new_batches = _new_batch_categories(model, bundle)
+        adapter = extract_adapter(reference_state, query_state, bundle_id=bundle.bundle_id, batch_categories=new_batches)
+        latent = model.get_latent_representation().astype(np.float32)
+        probabilities = _probabilities(model, bundle, latent)
+        timings["predict_s"] = time.perf_counter() - tick
+
+    labels = np.asarray(bundle.label_categories)
+    predicted = labels[probabilities.argmax(axis=1)]
+    confidence = probabilities.max(axis=1).astype(np.float32)
+    low = confidence < confidence_threshold
+    latent_key = "X_scANVI" if bundle.model_class == "SCANVI" else "X_scVI"
+
+    adata.obs[ADATA_KEYS.PREDICTION] = pd.Categorical(predicted, categories=bundle.label_categories)
+    adata.obs[ADATA_KEYS.CONFIDENCE] = confidence
+    adata.obs[ADATA_KEYS.LOW_CONFIDENCE] = low
+    adata.obsm[latent_key] = latent
+    embedding = bundle.embedding
+    if embedding is not None:
+        adata.obsm[ADATA_KEYS.REF_UMAP] = place_on_reference(latent, embedding["latent"], embedding["umap"])
+    statistics = compute_label_statistics(predicted, confidence, low, bundle.label_categories, min_count=min_count)
+    timings["total_s"] = time.perf_counter() - start
+    adata.uns[ADATA_KEYS.UNS] = {
+        "bundle_id": bundle.bundle_id,
+        "model_class": bundle.model_class,
+        "versions": {**bundle.manifest["versions"], "fedarches_mapping": __version__},
+        "params": {
+            "batch_key": batch_key or "",
+            "lab_name": lab_name,
+            "max_epochs": options.max_epochs,
+            "n_epochs_trained": n_epochs,
+            "batch_size": options.batch_size,
+            "early_stopping": options.early_stopping,
+            "seed": options.seed,
+            "confidence_threshold": confidence_threshold,
+            "latent_key": latent_key,
+        },
+        "counts_source": prepared.counts_source,
+        "gene_overlap": prepared.gene_overlap.to_dict(),
+        "model_batches": list(new_batches),
+        "adapter_bytes": adapter.nbytes,
+        "reference_weights_unchanged": True,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    return MappingResult(
+        adapter=adapter,
+        label_statistics=statistics,
+        latent_key=latent_key,
+        gene_overlap=prepared.gene_overlap.to_dict(),
+        n_epochs=n_epochs,
+        timings=timings,
+        model=model,
+    )
+
+
+def embed_with_adapters(
+    adata: AnnData,
+    bundle: ReferenceBundle,
+    adapter: Adapter,
+    *,
+    batch_key: str | None = None,
+    layer: str | None = None,
+    lab_name: str = "query",
+) -> np.ndarray:
+    """Latent of ``adata`` from the reference plus ``adapter``, with no training.
+
+    This is how anyone holding the bundle and a lab's adapter reproduces that lab's
+    latent space: it rebuilds the query model as ``reference + adapter``.
+    """
+    if adapter.bundle_id != bundle.bundle_id:
+        msg = f"adapter was made against bundle {adapter.bundle_id}, not {bundle.bundle_id}"
+        raise AdapterError(msg)
+    prepared = prepare_query(adata, bundle, batch_key=batch_key, layer=layer, batch_prefix=lab_name)
+    with quiet_training(), tempfile.TemporaryDirectory() as tmp:
+        import torch
+
+        model = _load_query_model(prepared, bundle, Path(tmp))
+        new_batches = _new_batch_categories(model, bundle)
+        if tuple(new_batches) != tuple(adapter.batch_categories):
+            msg = f"query batches {new_batches} differ from the adapter's {list(adapter.batch_categories)}"
+            raise AdapterError(msg, hint="pass the same --batch-key and lab name as the mapping that made the adapter")
+        reference_state = bundle.reference_state()
+        adapter.check_against({k: v.shape for k, v in reference_state.items()})
+        state = apply_adapters(reference_state, [adapter])
+        model.module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+        model.is_trained_ = True
+        return model.get_latent_representation().astype(np.float32)
+
+
+def _load_query_model(prepared: PreparedQuery, bundle: ReferenceBundle, workdir: Path) -> Any:
+    """``load_query_data`` on the prepared input, from verified bundle bytes."""
+    import anndata as ad
+    import scvi
+
+    setup = bundle.setup_args
+    obs = pd.DataFrame(index=prepared.obs_names.astype(str))
+    obs[setup["batch_key"]] = pd.Categorical(prepared.batches)
+    if setup.get("labels_key"):
+        obs[setup["labels_key"]] = setup.get("unlabeled_category") or bundle.setup.get("unlabeled_category") or "Unknown"
+    for key in (setup.get("categorical_covariate_keys") or []) + (setup.get("continuous_covariate_keys") or []):
+        msg = f"the reference was set up with covariate {key!r}, which fedarches cannot supply for a query yet"
+        raise AdapterError(msg, hint="use a reference built without extra covariates")
+    query = ad.AnnData(X=prepared.counts, obs=obs, var=pd.DataFrame(index=bundle.var_names))
+    if setup.get("layer"):
+        query.layers[setup["layer"]] = prepared.counts
+    model_cls = getattr(scvi.model, bundle.model_class)
+    model_dir = bundle.write_model_dir(workdir / "reference")
+    return model_cls.load_query_data(query, str(model_dir), freeze_batchnorm_decoder=True)
+
+
+def _new_batch_categories(model: Any, bundle: ReferenceBundle) -> list[str]:
+    mapping = [str(c) for c in model.adata_manager.get_state_registry("batch").categorical_mapping]
+    return mapping[len(bundle.batch_categories):]
+
+
+def _state(model: Any) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in model.module.state_dict().items()}
+
+
+def _probabilities(model: Any, bundle: ReferenceBundle, latent: np.ndarray) -> np.ndarray:
+    if bundle.model_class == "SCANVI":
+        soft = model.predict(soft=True)
+        return soft[bundle.label_categories].to_numpy()
+    embedding = bundle.embedding
+    if embedding is None:
+        msg = "this scVI reference has no embedding with reference labels, so cell types cannot be predicted"
+        raise AdapterError(msg, hint="ask the maintainers to import the reference with --reference-data")
+    return knn_label_probabilities(latent, embedding["latent"], embedding["labels"], len(bundle.label_categories))

@@ -1,0 +1,248 @@
+"""Build a reference bundle: train scVI then scANVI on an atlas, or wrap an existing model.
+
+The architecture follows the scArches recommendations in scvi-tools (layer norm, no batch
+norm, covariates encoded) so that query surgery only adds batch columns.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from fedarches.shared.bundle import BundleContents
+from fedarches.shared._training import quiet_training
+from fedarches.shared.counts import get_counts
+from fedarches.shared.errors import UserInputError
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+log = logging.getLogger(__name__)
+
+UNLABELED_CATEGORY = "Unknown"
+# Attributes of a saved scvi-tools model that describe the reference's own cells, not the model.
+_PRIVATE_ATTRS = ("train_indices_", "validation_indices_", "test_indices_")
+_SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "feature_name", "gene_name", "symbol")
+
+
+@dataclass(frozen=True)
+class ReferenceOptions:
+    """Training options of :func:`build_reference` (defaults follow the scvi-tools scArches tutorial)."""
+
+    n_latent: int = 10
+    n_layers: int = 2
+    n_top_genes: int | None = 2000
+    max_epochs: int | None = None
+    scanvi_max_epochs: int = 20
+    n_samples_per_label: int = 100
+    early_stopping: bool = True
+    max_embedding_cells: int = 50_000
+    seed: int = 0
+    progress_bar: bool = True
+
+
+def build_reference(
+    adata: AnnData,
+    *,
+    batch_key: str,
+    labels_key: str,
+    layer: str | None = None,
+    gene_symbols_key: str | None = None,
+    options: ReferenceOptions | None = None,
+) -> BundleContents:
+    """Train scVI, then scANVI (``SCANVI.from_scvi_model``), on ``adata``; return bundle contents."""
+    options = options or ReferenceOptions()
+    for key, option in ((batch_key, "--batch-key"), (labels_key, "--labels-key")):
+        if key not in adata.obs:
+            msg = f"obs has no column {key!r} (given as {option}); columns are {list(adata.obs.columns)}"
+            raise UserInputError(msg)
+    if adata.n_obs == 0:
+        msg = "the reference has no cells"
+        raise UserInputError(msg)
+    counts, source = get_counts(adata, layer)
+    log.info("reference: %d cells x %d genes, counts from %s", adata.n_obs, adata.n_vars, source)
+    with quiet_training():
+        return _train_reference(adata, counts, batch_key=batch_key, labels_key=labels_key, gene_symbols_key=gene_symbols_key, options=options)
+
+
+def _train_reference(
+    adata: AnnData,
+    counts: Any,
+    *,
+    batch_key: str,
+    labels_key: str,
+    gene_symbols_key: str | None,
+    options: ReferenceOptions,
+) -> BundleContents:
+
+    import anndata as ad
+    import scanpy as sc
+    import scvi
+
+    scvi.settings.seed = options.seed
+    train = ad.AnnData(
+        X=counts,
+        obs=pd.DataFrame(
+            {
+                batch_key: adata.obs[batch_key].astype(str).to_numpy(),
+                labels_key: adata.obs[labels_key].astype(object).fillna(UNLABELED_CATEGORY).astype(str).to_numpy(),
+            },
+            index=adata.obs_names,
+        ),
+        var=pd.DataFrame(index=adata.var_names),
+    )
+    symbols = _gene_symbols(adata, gene_symbols_key)
+    if options.n_top_genes and train.n_vars > options.n_top_genes:
+        sc.pp.highly_variable_genes(
+            train, flavor="seurat_v3", n_top_genes=options.n_top_genes, batch_key=batch_key, subset=False
+        )
+        keep = train.var["highly_variable"].to_numpy()
+        train = train[:, keep].copy()
+        symbols = symbols[keep] if symbols is not None else None
+        train.var = pd.DataFrame(index=train.var_names)
+
+    scvi.model.SCVI.setup_anndata(train, batch_key=batch_key, labels_key=labels_key)
+    vae = scvi.model.SCVI(
+        train,
+        n_latent=options.n_latent,
+        n_layers=options.n_layers,
+        use_layer_norm="both",
+        use_batch_norm="none",
+        encode_covariates=True,
+        dropout_rate=0.2,
+    )
+    vae.train(
+        max_epochs=options.max_epochs,
+        early_stopping=options.early_stopping,
+        enable_progress_bar=options.progress_bar,
+    )
+    model = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category=UNLABELED_CATEGORY)
+    model.train(
+        max_epochs=options.scanvi_max_epochs,
+        n_samples_per_label=options.n_samples_per_label,
+        early_stopping=options.early_stopping,
+        enable_progress_bar=options.progress_bar,
+    )
+    return _contents_from_model(model, train, symbols=symbols, options=options)
+
+
+def import_reference(
+    model_dir: Path,
+    *,
+    reference_adata: AnnData | None = None,
+    gene_symbols_key: str | None = None,
+    options: ReferenceOptions | None = None,
+) -> BundleContents:
+    """Wrap a model saved with scvi-tools' ``model.save()`` (SCANVI or SCVI) into bundle contents.
+
+    The reference embedding needs the reference cells: pass ``reference_adata``, or save the
+    model with ``save_anndata=True``. Without either the bundle carries no embedding, and
+    labs get predictions and latents but no ``X_ref_umap``.
+    """
+    import scvi
+    import torch
+
+    options = options or ReferenceOptions()
+    model_file = Path(model_dir) / "model.pt"
+    if not model_file.is_file():
+        msg = f"{model_dir} has no model.pt: not a directory written by scvi-tools' model.save()"
+        raise UserInputError(msg, hint="pass the directory you gave to model.save(...)")
+    saved = torch.load(model_file, map_location="cpu", weights_only=False)
+    registry = saved["attr_dict"]["registry_"]
+    class_name = registry.get("model_name")
+    if class_name not in ("SCANVI", "SCVI"):
+        msg = f"{model_dir} holds a {class_name} model; fedarches maps against SCANVI or SCVI models"
+        raise UserInputError(msg)
+    model_cls = getattr(scvi.model, class_name)
+    adata = reference_adata
+    if adata is None and (Path(model_dir) / "adata.h5ad").is_file():
+        import anndata as ad
+
+        adata = ad.read_h5ad(Path(model_dir) / "adata.h5ad")
+    if adata is None:
+        return _contents(saved, class_name, symbols=None, embedding=None)
+    adata = adata[:, list(saved["var_names"])].copy()
+    symbols = _gene_symbols(adata, gene_symbols_key)
+    model = model_cls.load(str(model_dir), adata=adata)
+    scvi.settings.seed = options.seed
+    return _contents_from_model(model, adata, symbols=symbols, options=options)
+
+
+def _contents_from_model(model: Any, adata: AnnData, *, symbols: np.ndarray | None, options: ReferenceOptions) -> BundleContents:
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(tmp, overwrite=True, save_anndata=False)
+        import torch
+
+        saved = torch.load(Path(tmp) / "model.pt", map_location="cpu", weights_only=False)
+    embedding = _reference_embedding(model, adata, options)
+    return _contents(saved, type(model).__name__, symbols=symbols, embedding=embedding)
+
+
+def _contents(saved: dict[str, Any], class_name: str, *, symbols: np.ndarray | None, embedding: dict[str, np.ndarray] | None) -> BundleContents:
+    import torch
+
+    attr_dict = saved["attr_dict"]
+    for attr in _PRIVATE_ATTRS:
+        attr_dict.pop(attr, None)
+    registry = attr_dict["registry_"]
+    fields = registry["field_registries"]
+    setup_args = dict(registry["setup_args"])
+    batch_categories = [str(c) for c in fields["batch"]["state_registry"]["categorical_mapping"]]
+    label_categories = [str(c) for c in fields["labels"]["state_registry"]["categorical_mapping"]]
+    unlabeled = setup_args.get("unlabeled_category")
+    label_categories = [c for c in label_categories if c != unlabeled]
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    return BundleContents(
+        model_pt=buffer.getvalue(),
+        model_class=class_name,
+        setup_args=setup_args,
+        batch_categories=batch_categories,
+        label_categories=label_categories,
+        gene_ids=[str(g) for g in saved["var_names"]],
+        gene_symbols=[str(s) for s in symbols] if symbols is not None else None,
+        embedding=embedding,
+        description={
+            "n_latent": int(attr_dict["init_params_"]["non_kwargs"].get("n_latent", 10)),
+            "unlabeled_category": unlabeled,
+            "scvi_tools_version": registry.get("scvi_version"),
+        },
+    )
+
+
+def _reference_embedding(model: Any, adata: AnnData, options: ReferenceOptions) -> dict[str, np.ndarray]:
+    """Latent, UMAP and label codes of (a subsample of) the reference cells."""
+    import scanpy as sc
+
+    n = adata.n_obs
+    rng = np.random.default_rng(options.seed)
+    keep = np.sort(rng.choice(n, options.max_embedding_cells, replace=False)) if n > options.max_embedding_cells else np.arange(n)
+    latent = model.get_latent_representation(adata, indices=keep).astype(np.float32)
+    view = sc.AnnData(np.zeros((len(keep), 1), dtype=np.float32), obsm={"X_latent": latent})
+    sc.pp.neighbors(view, use_rep="X_latent", random_state=options.seed)
+    sc.tl.umap(view, random_state=options.seed)
+    labels_key = model.adata_manager.get_state_registry("labels").original_key
+    mapping = list(model.adata_manager.get_state_registry("labels").categorical_mapping)
+    unlabeled = getattr(model, "unlabeled_category_", None)
+    known = [c for c in mapping if c != unlabeled]
+    codes = pd.Categorical(adata.obs[labels_key].to_numpy()[keep], categories=known).codes.astype(np.int16)
+    return {"latent": latent, "umap": view.obsm["X_umap"].astype(np.float32), "labels": codes}
+
+
+def _gene_symbols(adata: AnnData, key: str | None) -> np.ndarray | None:
+    if key is not None:
+        if key not in adata.var:
+            msg = f"var has no column {key!r} (given as --gene-symbols-key); columns are {list(adata.var.columns)}"
+            raise UserInputError(msg)
+        return adata.var[key].astype(str).to_numpy()
+    for column in _SYMBOL_COLUMNS:
+        if column in adata.var:
+            return adata.var[column].astype(str).to_numpy()
+    return None

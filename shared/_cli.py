@@ -1,0 +1,59 @@
+"""What both command-line tools share: error display, logging, and the stderr console."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from fedarches.shared.errors import FedarchesError
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
+    """Log fedarches messages to stderr through rich."""
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logger = logging.getLogger("fedarches")
+    logger.handlers[:] = [RichHandler(console=console, show_path=False, show_time=False)]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+@contextlib.contextmanager
+def handle_errors(*, debug: bool = False, json_output: bool = False) -> Iterator[None]:
+    """Turn a FedarchesError into one line plus a hint and its exit code; anything else into a pointer to --debug."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            yield
+    except FedarchesError as err:
+        if debug:
+            raise
+        _report(str(err), err.hint, err.exit_code, json_output=json_output)
+        raise typer.Exit(code=err.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]: nothing was written")
+        raise typer.Exit(code=130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as err:
+        if debug:
+            raise
+        _report(f"unexpected {type(err).__name__}: {err}", "this is a bug in fedarches; run again with --debug and report the traceback", 1, json_output=json_output)
+        raise typer.Exit(code=1) from None
+
+
+def _report(message: str, hint: str, code: int, *, json_output: bool) -> None:
+    if json_output:
+        sys.stdout.write(json.dumps({"success": False, "error": message, "hint": hint, "code": code}) + "\n")
+        return
+    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]hint:[/yellow] {hint}", highlight=False, soft_wrap=True)

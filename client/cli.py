@@ -37,17 +37,27 @@ def map_command(
     reference: Annotated[Path, typer.Option("--reference", "-r", help="Reference bundle directory.")],
     trust: Annotated[Path, typer.Option("--trust", help="The coordinator's bundle-signing public key (PEM).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Annotated .h5ad to write.")],
-    batch_key: Annotated[str | None, typer.Option(help="obs column with the query's batches (default: one batch).")] = None,
-    layer: Annotated[str | None, typer.Option(help="Layer with raw counts (default: 'counts' if present, else X).")] = None,
+    batch_key: Annotated[
+        str | None, typer.Option(help="obs column with the query's batches (default: one batch).")
+    ] = None,
+    layer: Annotated[
+        str | None, typer.Option(help="Layer with raw counts (default: 'counts' if present, else X).")
+    ] = None,
     lab_name: Annotated[str, typer.Option(help="Name of this lab's batches in the model.")] = "query",
-    max_epochs: Annotated[int, typer.Option(min=1, help="Maximum surgery epochs (early stopping may end sooner).")] = 100,
+    max_epochs: Annotated[
+        int, typer.Option(min=1, help="Maximum surgery epochs (early stopping may end sooner).")
+    ] = 100,
     batch_size: Annotated[int, typer.Option(min=2, help="Minibatch size.")] = 128,
     early_stopping: Annotated[bool, typer.Option(help="Stop when the validation ELBO stops improving.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed (scvi.settings.seed).")] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads (default: torch's choice).")] = None,
-    confidence_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Flag cells below this confidence.")] = 0.5,
+    confidence_threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Flag cells below this confidence.")
+    ] = 0.5,
     min_count: Annotated[int, typer.Option(min=1, help="Suppress label counts below this (k).")] = 11,
-    min_gene_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Refuse queries with fewer reference genes.")] = 0.5,
+    min_gene_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Refuse queries with fewer reference genes.")
+    ] = 0.5,
     plots_dir: Annotated[Path | None, typer.Option(help="Write PNG plots here (default: beside --out).")] = None,
     adapter_out: Annotated[Path | None, typer.Option(help="Also save the adapter (.npz).")] = None,
     stats_out: Annotated[Path | None, typer.Option(help="Also save the label statistics (.json).")] = None,
@@ -64,25 +74,60 @@ def map_command(
         from fedarches.shared.bundle import ReferenceBundle
 
         bundle = ReferenceBundle.open(reference, trust)
-        log.info("bundle %s verified (%s, %d genes, %d cell types)", bundle.bundle_id, bundle.model_class, len(bundle.var_names), len(bundle.label_categories))
+        log.info(
+            "bundle %s verified (%s, %d genes, %d cell types)",
+            bundle.bundle_id,
+            bundle.model_class,
+            len(bundle.var_names),
+            len(bundle.label_categories),
+        )
         adata = read_query(query)
         log.info("query %s: %d cells x %d genes", query, adata.n_obs, adata.n_vars)
-        options = MappingOptions(max_epochs=max_epochs, batch_size=batch_size, early_stopping=early_stopping, seed=seed, threads=threads, progress_bar=not quiet)
-        result = map_query(
-            adata, bundle, batch_key=batch_key, layer=layer, lab_name=lab_name, options=options,
-            confidence_threshold=confidence_threshold, min_count=min_count, min_gene_fraction=min_gene_fraction,
+        options = MappingOptions(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            seed=seed,
+            threads=threads,
+            progress_bar=not quiet,
         )
-        write_atomically(out, lambda tmp: adata.write_h5ad(tmp, compression="gzip"))
-        plots = plot_mapping(adata, bundle, plots_dir or out.parent / f"{out.stem}_plots", confidence_threshold=confidence_threshold)
+        result = map_query(
+            adata,
+            bundle,
+            batch_key=batch_key,
+            layer=layer,
+            lab_name=lab_name,
+            options=options,
+            confidence_threshold=confidence_threshold,
+            min_count=min_count,
+            min_gene_fraction=min_gene_fraction,
+        )
+        plots = plot_mapping(
+            adata, bundle, plots_dir or out.parent / f"{out.stem}_plots", confidence_threshold=confidence_threshold
+        )
         if adapter_out is not None:
             result.adapter.save(adapter_out)
         if stats_out is not None:
             atomic_write_bytes(stats_out, json.dumps(result.label_statistics.to_dict(), indent=2).encode())
+        write_atomically(out, lambda tmp: adata.write_h5ad(tmp, compression="gzip"))  # last: it marks success
         overlap = result.gene_overlap
-        log.info("genes: %d/%d reference genes present (%.0f%%, matched %s to %s)", overlap["n_present"], overlap["n_reference_genes"], 100 * overlap["fraction"], overlap["query_source"], overlap["reference_column"])
+        log.info(
+            "genes: %d/%d reference genes present (%.0f%%, matched %s to %s)",
+            overlap["n_present"],
+            overlap["n_reference_genes"],
+            100 * overlap["fraction"],
+            overlap["query_source"],
+            overlap["reference_column"],
+        )
         print_summary(adata, confidence_threshold=confidence_threshold)
-        console.print(f"wrote [bold]{out}[/bold] ({result.n_epochs} epochs, {result.timings['total_s']:.1f} s); plots: {', '.join(str(p) for p in plots)}")
-        console.print(f"adapter: {len(result.adapter.tensors)} tensors, {result.adapter.nbytes} bytes" + (f" -> {adapter_out}" if adapter_out else ""))
+        console.print(
+            f"wrote [bold]{out}[/bold] ({result.n_epochs} epochs, {result.timings['total_s']:.1f} s); "
+            f"plots: {', '.join(str(p) for p in plots)}"
+        )
+        console.print(
+            f"adapter: {len(result.adapter.tensors)} tensors, {result.adapter.nbytes} bytes"
+            + (f" -> {adapter_out}" if adapter_out else "")
+        )
 
 
 def print_summary(adata: object, *, confidence_threshold: float) -> None:
@@ -96,7 +141,10 @@ def print_summary(adata: object, *, confidence_threshold: float) -> None:
     grouped = obs.groupby(ADATA_KEYS.PREDICTION, observed=True)
     for cell_type, group in grouped:
         table.add_row(
-            str(cell_type), str(len(group)), f"{len(group) / len(obs):.1%}",
-            f"{group[ADATA_KEYS.CONFIDENCE].mean():.3f}", str(int(group[ADATA_KEYS.LOW_CONFIDENCE].sum())),
+            str(cell_type),
+            str(len(group)),
+            f"{len(group) / len(obs):.1%}",
+            f"{group[ADATA_KEYS.CONFIDENCE].mean():.3f}",
+            str(int(group[ADATA_KEYS.LOW_CONFIDENCE].sum())),
         )
     Console().print(table)

@@ -127,7 +127,9 @@ def map_query(
     options = options or MappingOptions()
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    prepared = prepare_query(adata, bundle, batch_key=batch_key, layer=layer, batch_prefix=lab_name, min_gene_fraction=min_gene_fraction)
+    prepared = prepare_query(
+        adata, bundle, batch_key=batch_key, layer=layer, batch_prefix=lab_name, min_gene_fraction=min_gene_fraction
+    )
     timings["validate_s"] = time.perf_counter() - start
 
     with quiet_training(), tempfile.TemporaryDirectory() as tmp:
@@ -161,7 +163,9 @@ def map_query(
             msg = f"surgery changed reference tensors {changed[:3]}"
             raise ReferenceChangedError(msg)
         new_batches = _new_batch_categories(model, bundle)
-        adapter = extract_adapter(reference_state, query_state, bundle_id=bundle.bundle_id, batch_categories=new_batches)
+        adapter = extract_adapter(
+            reference_state, query_state, bundle_id=bundle.bundle_id, batch_categories=new_batches
+        )
         latent = model.get_latent_representation().astype(np.float32)
         probabilities = _probabilities(model, bundle, latent)
         timings["predict_s"] = time.perf_counter() - tick
@@ -257,7 +261,9 @@ def _load_query_model(prepared: PreparedQuery, bundle: ReferenceBundle, workdir:
     obs = pd.DataFrame(index=prepared.obs_names.astype(str))
     obs[setup["batch_key"]] = pd.Categorical(prepared.batches)
     if setup.get("labels_key"):
-        obs[setup["labels_key"]] = setup.get("unlabeled_category") or bundle.setup.get("unlabeled_category") or "Unknown"
+        obs[setup["labels_key"]] = (
+            setup.get("unlabeled_category") or bundle.setup.get("unlabeled_category") or "Unknown"
+        )
     for key in (setup.get("categorical_covariate_keys") or []) + (setup.get("continuous_covariate_keys") or []):
         msg = f"the reference was set up with covariate {key!r}, which fedarches cannot supply for a query yet"
         raise AdapterError(msg, hint="use a reference built without extra covariates")
@@ -271,7 +277,7 @@ def _load_query_model(prepared: PreparedQuery, bundle: ReferenceBundle, workdir:
 
 def _new_batch_categories(model: Any, bundle: ReferenceBundle) -> list[str]:
     mapping = [str(c) for c in model.adata_manager.get_state_registry("batch").categorical_mapping]
-    return mapping[len(bundle.batch_categories):]
+    return mapping[len(bundle.batch_categories) :]
 
 
 def _state(model: Any) -> dict[str, np.ndarray]:

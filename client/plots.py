@@ -43,14 +43,31 @@ def plot_mapping(adata: AnnData, bundle: ReferenceBundle, out_dir: Path, *, conf
         for i, cell_type in enumerate(predicted.cat.categories):
             mask = (predicted == cell_type).to_numpy()
             if mask.any():
-                axes[0].scatter(query[mask, 0], query[mask, 1], s=10, color=colors(i % colors.N), linewidths=0, label=f"{cell_type} ({mask.sum()})")
+                axes[0].scatter(
+                    query[mask, 0],
+                    query[mask, 1],
+                    s=10,
+                    color=colors(i % colors.N),
+                    linewidths=0,
+                    label=f"{cell_type} ({mask.sum()})",
+                )
         axes[0].set_title("query on the reference, by predicted cell type")
         axes[0].legend(markerscale=2, fontsize=8, loc="best", frameon=False)
         order = np.argsort(-confidence)
-        points = axes[1].scatter(query[order, 0], query[order, 1], s=10, c=confidence[order], cmap="viridis", vmin=0, vmax=1, linewidths=0)
+        points = axes[1].scatter(
+            query[order, 0], query[order, 1], s=10, c=confidence[order], cmap="viridis", vmin=0, vmax=1, linewidths=0
+        )
         low = confidence < confidence_threshold
         if low.any():
-            axes[1].scatter(query[low, 0], query[low, 1], s=28, facecolors="none", edgecolors="crimson", linewidths=0.8, label=f"low confidence (< {confidence_threshold})")
+            axes[1].scatter(
+                query[low, 0],
+                query[low, 1],
+                s=28,
+                facecolors="none",
+                edgecolors="crimson",
+                linewidths=0.8,
+                label=f"low confidence (< {confidence_threshold})",
+            )
             axes[1].legend(fontsize=8, loc="best", frameon=False)
         fig.colorbar(points, ax=axes[1], label=ADATA_KEYS.CONFIDENCE)
         axes[1].set_title("query on the reference, by prediction confidence")
@@ -60,7 +77,9 @@ def plot_mapping(adata: AnnData, bundle: ReferenceBundle, out_dir: Path, *, conf
     ax.axvline(confidence_threshold, color="crimson", linestyle="--", label=f"threshold {confidence_threshold}")
     ax.set_xlabel(ADATA_KEYS.CONFIDENCE)
     ax.set_ylabel("cells")
-    ax.set_title(f"prediction confidence ({int((confidence < confidence_threshold).sum())} of {len(confidence)} cells low)")
+    ax.set_title(
+        f"prediction confidence ({int((confidence < confidence_threshold).sum())} of {len(confidence)} cells low)"
+    )
     ax.legend(frameon=False)
     paths.append(_save(fig, out_dir / "confidence_histogram.png"))
     return paths

@@ -29,7 +29,17 @@ log = logging.getLogger(__name__)
 
 MIN_GENE_FRACTION = 0.5
 WARN_GENE_FRACTION = 0.8
-_ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "ensembl", "gene_symbols", "gene_symbol", "feature_name", "gene_name", "symbol")
+_ID_COLUMNS = (
+    "gene_ids",
+    "gene_id",
+    "ensembl_id",
+    "ensembl",
+    "gene_symbols",
+    "gene_symbol",
+    "feature_name",
+    "gene_name",
+    "symbol",
+)
 _ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*[GT]\d{6,})\.\d+$")
 
 
@@ -85,7 +95,11 @@ def read_query(path: Path | str) -> AnnData:
         return ad.read_h5ad(path)
     except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for broken files
         msg = f"cannot read {path} as .h5ad ({type(err).__name__}): the file is truncated, corrupted or not AnnData"
-        raise QueryDataError(msg, hint="check the file is complete (compare its size or checksum with the original) and was written by anndata") from None
+        raise QueryDataError(
+            msg,
+            hint="check the file is complete (compare its size or checksum with the original) "
+            "and was written by anndata",
+        ) from None
 
 
 def prepare_query(
@@ -109,7 +123,9 @@ def prepare_query(
     if not adata.var_names.is_unique:
         dupes = adata.var_names[adata.var_names.duplicated()].unique()[:3].tolist()
         msg = f"the query has duplicate gene names in var_names (e.g. {', '.join(map(str, dupes))})"
-        raise QueryDataError(msg, hint="run adata.var_names_make_unique(), or sum duplicate genes, then save the file again")
+        raise QueryDataError(
+            msg, hint="run adata.var_names_make_unique(), or sum duplicate genes, then save the file again"
+        )
     batches = _batch_names(adata, batch_key, batch_prefix, bundle.batch_categories)
     counts, source = get_counts(adata, layer)
     overlap, positions = match_genes(adata, bundle.genes)
@@ -121,7 +137,8 @@ def prepare_query(
         raise GeneOverlapError(msg)
     if overlap.fraction < WARN_GENE_FRACTION:
         warnings.warn(
-            f"the query has only {overlap.fraction:.0%} of the reference genes; missing genes are zero-filled and mapping quality may suffer",
+            f"the query has only {overlap.fraction:.0%} of the reference genes; "
+            "missing genes are zero-filled and mapping quality may suffer",
             LowGeneOverlapWarning,
             stacklevel=2,
         )
@@ -182,7 +199,9 @@ def _batch_names(adata: AnnData, batch_key: str | None, prefix: str, reference_b
     else:
         if batch_key not in adata.obs:
             msg = f"obs has no column {batch_key!r} (given as --batch-key); columns are {list(adata.obs.columns)}"
-            raise QueryDataError(msg, hint="pass --batch-key with one of those columns, or omit it to treat the file as one batch")
+            raise QueryDataError(
+                msg, hint="pass --batch-key with one of those columns, or omit it to treat the file as one batch"
+            )
         column = adata.obs[batch_key]
         missing = int(column.isna().sum())
         if missing:

@@ -34,9 +34,7 @@ N_GENES = 2500
 def main(source: Path, out_dir: Path) -> None:
     adata = ad.read_h5ad(source)
     ref = adata[adata.obs["batch"].isin(SPLIT["reference"])].copy()
-    sc.pp.highly_variable_genes(
-        ref, flavor="seurat_v3", n_top_genes=N_GENES, batch_key="batch", subset=False
-    )
+    sc.pp.highly_variable_genes(ref, flavor="seurat_v3", n_top_genes=N_GENES, batch_key="batch", subset=False)
     order = np.argsort(ref.var["highly_variable_rank"].fillna(np.inf).to_numpy())
     genes = ref.var_names[order[:N_GENES]]
     out_dir.mkdir(parents=True, exist_ok=True)

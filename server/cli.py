@@ -42,7 +42,10 @@ def keygen(
         from fedarches.shared.crypto import generate_signing_keys
 
         private, public = generate_signing_keys(out, overwrite=overwrite)
-        console.print(f"private key: {private} (mode 0600, keep it on the coordinator)\npublic key:  {public} (give it to every lab)")
+        console.print(
+            f"private key: {private} (mode 0600, keep it on the coordinator)\n"
+            f"public key:  {public} (give it to every lab)"
+        )
 
 
 @app.command("build-reference")
@@ -52,8 +55,12 @@ def build_reference_command(
     labels_key: Annotated[str, typer.Option(help="obs column with cell types (NaN = unlabeled).")],
     signing_key: SigningKey,
     out: Out,
-    layer: Annotated[str | None, typer.Option(help="Layer with raw counts (default: 'counts' if present, else X).")] = None,
-    gene_symbols_key: Annotated[str | None, typer.Option(help="var column with gene symbols, stored beside the IDs.")] = None,
+    layer: Annotated[
+        str | None, typer.Option(help="Layer with raw counts (default: 'counts' if present, else X).")
+    ] = None,
+    gene_symbols_key: Annotated[
+        str | None, typer.Option(help="var column with gene symbols, stored beside the IDs.")
+    ] = None,
     n_top_genes: Annotated[int, typer.Option(min=0, help="Highly variable genes to keep (0 = all).")] = 2000,
     n_latent: Annotated[int, typer.Option(min=2, help="Latent dimensions.")] = 10,
     max_epochs: Annotated[int | None, typer.Option(min=1, help="scVI epochs (default: scvi-tools' heuristic).")] = None,
@@ -73,8 +80,22 @@ def build_reference_command(
 
         key = load_private_key(signing_key)
         adata = read_query(reference)
-        options = ReferenceOptions(n_latent=n_latent, n_top_genes=n_top_genes or None, max_epochs=max_epochs, scanvi_max_epochs=scanvi_max_epochs, seed=seed, progress_bar=not quiet)
-        contents = build_reference(adata, batch_key=batch_key, labels_key=labels_key, layer=layer, gene_symbols_key=gene_symbols_key, options=options)
+        options = ReferenceOptions(
+            n_latent=n_latent,
+            n_top_genes=n_top_genes or None,
+            max_epochs=max_epochs,
+            scanvi_max_epochs=scanvi_max_epochs,
+            seed=seed,
+            progress_bar=not quiet,
+        )
+        contents = build_reference(
+            adata,
+            batch_key=batch_key,
+            labels_key=labels_key,
+            layer=layer,
+            gene_symbols_key=gene_symbols_key,
+            options=options,
+        )
         write_bundle(out, contents, key, overwrite=overwrite)
         _report(ReferenceBundle.open(out, key.public_key()))
 
@@ -84,7 +105,9 @@ def import_reference_command(
     model_dir: Annotated[Path, typer.Argument(help="Directory written by scvi-tools' model.save() (SCANVI or SCVI).")],
     signing_key: SigningKey,
     out: Out,
-    reference_data: Annotated[Path | None, typer.Option(help="The reference .h5ad, to compute the reference embedding.")] = None,
+    reference_data: Annotated[
+        Path | None, typer.Option(help="The reference .h5ad, to compute the reference embedding.")
+    ] = None,
     gene_symbols_key: Annotated[str | None, typer.Option(help="var column with gene symbols.")] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -111,5 +134,6 @@ def _report(bundle: object) -> None:
     summary = bundle.summary()  # type: ignore[attr-defined]
     console.print(
         f"bundle [bold]{bundle.path}[/bold] id {summary['bundle_id']}: {summary['model_class']}, "  # type: ignore[attr-defined]
-        f"{summary['n_genes']} genes, cell types {', '.join(summary['label_categories'])}, {summary['size_bytes'] / 1e6:.1f} MB, signed"
+        f"{summary['n_genes']} genes, cell types {', '.join(summary['label_categories'])}, "
+        f"{summary['size_bytes'] / 1e6:.1f} MB, signed"
     )

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fedarches.shared.bundle import BundleContents
 from fedarches.shared._training import quiet_training
+from fedarches.shared.bundle import BundleContents
 from fedarches.shared.counts import get_counts
 from fedarches.shared.errors import UserInputError
 
@@ -69,7 +69,14 @@ def build_reference(
     counts, source = get_counts(adata, layer)
     log.info("reference: %d cells x %d genes, counts from %s", adata.n_obs, adata.n_vars, source)
     with quiet_training():
-        return _train_reference(adata, counts, batch_key=batch_key, labels_key=labels_key, gene_symbols_key=gene_symbols_key, options=options)
+        return _train_reference(
+            adata,
+            counts,
+            batch_key=batch_key,
+            labels_key=labels_key,
+            gene_symbols_key=gene_symbols_key,
+            options=options,
+        )
 
 
 def _train_reference(
@@ -175,7 +182,9 @@ def import_reference(
     return _contents_from_model(model, adata, symbols=symbols, options=options)
 
 
-def _contents_from_model(model: Any, adata: AnnData, *, symbols: np.ndarray | None, options: ReferenceOptions) -> BundleContents:
+def _contents_from_model(
+    model: Any, adata: AnnData, *, symbols: np.ndarray | None, options: ReferenceOptions
+) -> BundleContents:
     with tempfile.TemporaryDirectory() as tmp:
         model.save(tmp, overwrite=True, save_anndata=False)
         import torch
@@ -185,7 +194,9 @@ def _contents_from_model(model: Any, adata: AnnData, *, symbols: np.ndarray | No
     return _contents(saved, type(model).__name__, symbols=symbols, embedding=embedding)
 
 
-def _contents(saved: dict[str, Any], class_name: str, *, symbols: np.ndarray | None, embedding: dict[str, np.ndarray] | None) -> BundleContents:
+def _contents(
+    saved: dict[str, Any], class_name: str, *, symbols: np.ndarray | None, embedding: dict[str, np.ndarray] | None
+) -> BundleContents:
     import torch
 
     attr_dict = saved["attr_dict"]
@@ -223,7 +234,11 @@ def _reference_embedding(model: Any, adata: AnnData, options: ReferenceOptions) 
 
     n = adata.n_obs
     rng = np.random.default_rng(options.seed)
-    keep = np.sort(rng.choice(n, options.max_embedding_cells, replace=False)) if n > options.max_embedding_cells else np.arange(n)
+    keep = (
+        np.sort(rng.choice(n, options.max_embedding_cells, replace=False))
+        if n > options.max_embedding_cells
+        else np.arange(n)
+    )
     latent = model.get_latent_representation(adata, indices=keep).astype(np.float32)
     view = sc.AnnData(np.zeros((len(keep), 1), dtype=np.float32), obsm={"X_latent": latent})
     sc.pp.neighbors(view, use_rep="X_latent", random_state=options.seed)

@@ -33,6 +33,7 @@ def handle_errors(*, debug: bool = False, json_output: bool = False) -> Iterator
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
             yield
     except FedarchesError as err:
         if debug:
@@ -47,8 +48,19 @@ def handle_errors(*, debug: bool = False, json_output: bool = False) -> Iterator
     except Exception as err:
         if debug:
             raise
-        _report(f"unexpected {type(err).__name__}: {err}", "this is a bug in fedarches; run again with --debug and report the traceback", 1, json_output=json_output)
+        _report(
+            f"unexpected {type(err).__name__}: {err}",
+            "this is a bug in fedarches; run again with --debug and report the traceback",
+            1,
+            json_output=json_output,
+        )
         raise typer.Exit(code=1) from None
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_args: object, **_kwargs: object) -> None:
+    """One line per warning; library-internal warnings only with --debug."""
+    if category.__module__.startswith("fedarches") or logging.getLogger("fedarches").isEnabledFor(logging.DEBUG):
+        console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
 
 def _report(message: str, hint: str, code: int, *, json_output: bool) -> None:

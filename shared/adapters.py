@@ -80,8 +80,7 @@ class Adapter:
             msg = "adapter metadata and arrays name different tensors"
             raise AdapterError(msg)
         tensors = {
-            name: TensorSlice(np.asarray(arrays[name]), int(s["axis"]), int(s["offset"]))
-            for name, s in slices.items()
+            name: TensorSlice(np.asarray(arrays[name]), int(s["axis"]), int(s["offset"])) for name, s in slices.items()
         }
         return cls(str(meta["bundle_id"]), tuple(meta["batch_categories"]), tensors)
 
@@ -187,9 +186,7 @@ def check_reference_unchanged(
     return changed
 
 
-def apply_adapters(
-    reference_state: Mapping[str, np.ndarray], adapters: Sequence[Adapter]
-) -> dict[str, np.ndarray]:
+def apply_adapters(reference_state: Mapping[str, np.ndarray], adapters: Sequence[Adapter]) -> dict[str, np.ndarray]:
     """``reference + adapters``: a state dict whose grown tensors carry every adapter's slices in order."""
     state = {name: np.asarray(value) for name, value in reference_state.items()}
     for adapter in adapters:

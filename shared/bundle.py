@@ -95,8 +95,7 @@ def write_bundle(
         "versions": _versions(),
         "signing_key_id": crypto.key_id(signing_key.public_key()),
         "files": {
-            name: {"sha256": crypto.sha256_bytes(data), "bytes": len(data)}
-            for name, data in sorted(files.items())
+            name: {"sha256": crypto.sha256_bytes(data), "bytes": len(data)} for name, data in sorted(files.items())
         },
     }
     manifest_bytes = _json_bytes(manifest)
@@ -142,7 +141,11 @@ class ReferenceBundle:
             Not a bundle, or a format this version cannot read.
         """
         path = Path(path)
-        key = trusted_key if isinstance(trusted_key, crypto.Ed25519PublicKey) else crypto.load_public_key(Path(trusted_key))
+        key = (
+            trusted_key
+            if isinstance(trusted_key, crypto.Ed25519PublicKey)
+            else crypto.load_public_key(Path(trusted_key))
+        )
         if not path.is_dir():
             msg = f"{path} is not a directory; a reference bundle is a directory with a manifest.json"
             raise BundleError(msg, hint="pass the directory written by `fedarches-server build-reference`")

@@ -42,9 +42,7 @@ def generate_signing_keys(out_dir: Path, *, overwrite: bool = False) -> tuple[Pa
 
 def public_pem(key: Ed25519PublicKey) -> bytes:
     """PEM bytes of a public key."""
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def key_id(key: Ed25519PublicKey) -> str:
@@ -74,9 +72,7 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as err:
         msg = f"{path} is not a PEM public key"
-        raise CryptoError(
-            msg, hint="pass the coordinator's bundle-signing.pub file to --trust"
-        ) from err
+        raise CryptoError(msg, hint="pass the coordinator's bundle-signing.pub file to --trust") from err
     if not isinstance(key, Ed25519PublicKey):
         msg = f"{path} holds a {type(key).__name__}, not an Ed25519 public key"
         raise CryptoError(msg)

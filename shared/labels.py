@@ -44,9 +44,7 @@ class LabelStatistics:
         """JSON-safe form; suppressed values appear as the string ``"suppressed"``."""
         return {
             "min_count": self.min_count,
-            "types": [
-                {k: (SUPPRESSED if v is None else v) for k, v in asdict(t).items()} for t in self.types
-            ],
+            "types": [{k: (SUPPRESSED if v is None else v) for k, v in asdict(t).items()} for t in self.types],
         }
 
     @classmethod
@@ -59,6 +57,7 @@ class LabelStatistics:
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """Printable rows: type, cells, mean confidence, low-confidence cells."""
+
         def fmt(value: float | None, spec: str) -> str:
             return SUPPRESSED if value is None else format(value, spec)
 
@@ -76,7 +75,7 @@ def compute_label_statistics(
     *,
     min_count: int = DEFAULT_MIN_COUNT,
 ) -> LabelStatistics:
-    """Count predictions per type in ``categories`` (types with no cell are listed too), suppressing counts below ``min_count``."""
+    """Count predictions per type in ``categories`` (empty types listed too); suppress counts below ``min_count``."""
     if min_count < 1:
         msg = f"min_count must be at least 1, got {min_count}"
         raise ValueError(msg)

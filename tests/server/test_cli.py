@@ -1,0 +1,127 @@
+"""The maintainer's commands, run as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import pytest
+from typer.testing import CliRunner
+
+from fedarches.server.cli import app
+from fedarches.shared.bundle import ReferenceBundle
+
+runner = CliRunner()
+
+
+def test_keygen(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["keygen", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "bundle-signing.key").stat().st_mode & 0o777 == 0o600
+    again = runner.invoke(app, ["keygen", "--out", str(tmp_path)])
+    assert again.exit_code == 10 and "refusing to overwrite" in again.output
+
+
+def test_build_reference_bad_keys(tmp_path: Path, demo_dir: Path, keys) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "build-reference",
+            str(demo_dir / "reference.h5ad"),
+            "--batch-key",
+            "plate",
+            "--labels-key",
+            "cell_type",
+            "--signing-key",
+            str(keys[0]),
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
+    assert result.exit_code == 10 and "no column 'plate'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_import_reference_from_saved_scvi_model(tmp_path: Path, demo_bundle, demo_dir: Path, keys) -> None:
+    model_dir = demo_bundle.write_model_dir(tmp_path / "scvi_model")  # scvi-tools' model.save() layout
+    out = tmp_path / "imported"
+    result = runner.invoke(
+        app,
+        [
+            "import-reference",
+            str(model_dir),
+            "--signing-key",
+            str(keys[0]),
+            "--out",
+            str(out),
+            "--reference-data",
+            str(demo_dir / "reference.h5ad"),
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    bundle = ReferenceBundle.open(out, keys[1])
+    assert bundle.model_class == "SCANVI"
+    assert bundle.var_names == demo_bundle.var_names
+    assert bundle.label_categories == demo_bundle.label_categories
+    assert bundle.embedding["latent"].shape == (319, 10)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_build_and_map_from_the_command_line(tmp_path: Path, demo_dir: Path) -> None:
+    bin_dir = Path(sys.executable).parent
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(bin_dir / args[0]), *args[1:]], capture_output=True, text=True, check=False, timeout=600
+        )
+
+    assert run("fedarches-server", "keygen", "--out", str(tmp_path / "keys")).returncode == 0
+    built = run(
+        "fedarches-server",
+        "build-reference",
+        str(demo_dir / "reference.h5ad"),
+        "--batch-key",
+        "batch",
+        "--labels-key",
+        "cell_type",
+        "--signing-key",
+        str(tmp_path / "keys/bundle-signing.key"),
+        "--out",
+        str(tmp_path / "bundle"),
+        "--max-epochs",
+        "20",
+        "--scanvi-max-epochs",
+        "3",
+        "-q",
+    )
+    assert built.returncode == 0, built.stderr
+    mapped = run(
+        "fedarches-client",
+        "map",
+        str(demo_dir / "lab_b.h5ad"),
+        "--reference",
+        str(tmp_path / "bundle"),
+        "--trust",
+        str(tmp_path / "keys/bundle-signing.pub"),
+        "--out",
+        str(tmp_path / "lab_b.h5ad"),
+        "--max-epochs",
+        "5",
+        "--lab-name",
+        "lab_b",
+        "--threads",
+        "1",
+        "-q",
+    )
+    assert mapped.returncode == 0, mapped.stderr
+    assert "predicted cell types (240 cells)" in mapped.stdout
+    annotated = ad.read_h5ad(tmp_path / "lab_b.h5ad")
+    assert {"predicted_cell_type", "prediction_confidence", "is_low_confidence"} <= set(annotated.obs)
+    for png in ("reference_embedding.png", "confidence_histogram.png"):
+        data = (tmp_path / "lab_b_plots" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedarches.shared._cli import console, handle_errors, setup_logging
+from fedarches.shared._cli import CountsLayer, Debug, Quiet, console, handle_errors, setup_logging
 
 app = typer.Typer(
     name="fedarches-client",
@@ -21,9 +21,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 log = logging.getLogger("fedarches.client")
-
-Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")]
 
 
 @app.callback()
@@ -40,9 +37,7 @@ def map_command(
     batch_key: Annotated[
         str | None, typer.Option(help="obs column with the query's batches (default: one batch).")
     ] = None,
-    layer: Annotated[
-        str | None, typer.Option(help="Layer with raw counts (default: 'counts' if present, else X).")
-    ] = None,
+    layer: CountsLayer = None,
     lab_name: Annotated[str, typer.Option(help="Name of this lab's batches in the model.")] = "query",
     max_epochs: Annotated[
         int, typer.Option(min=1, help="Maximum surgery epochs (early stopping may end sooner).")

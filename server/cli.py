@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fedarches.shared._cli import console, handle_errors, setup_logging
+from fedarches.shared._cli import CountsLayer, Debug, Quiet, console, handle_errors, setup_logging
 
 app = typer.Typer(
     name="fedarches-server",
@@ -19,8 +19,6 @@ app = typer.Typer(
 )
 log = logging.getLogger("fedarches.server")
 
-Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")]
 SigningKey = Annotated[Path, typer.Option("--signing-key", help="Ed25519 private key from `keygen`.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
@@ -55,9 +53,7 @@ def build_reference_command(
     labels_key: Annotated[str, typer.Option(help="obs column with cell types (NaN = unlabeled).")],
     signing_key: SigningKey,
     out: Out,
-    layer: Annotated[
-        str | None, typer.Option(help="Layer with raw counts (default: 'counts' if present, else X).")
-    ] = None,
+    layer: CountsLayer = None,
     gene_symbols_key: Annotated[
         str | None, typer.Option(help="var column with gene symbols, stored beside the IDs.")
     ] = None,

@@ -8,6 +8,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Iterator
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +17,13 @@ from rich.logging import RichHandler
 from fedarches.shared.errors import FedarchesError
 
 console = Console(stderr=True, soft_wrap=True)
+
+# Options both command-line tools take, spelled once.
+Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")]
+CountsLayer = Annotated[
+    str | None, typer.Option("--layer", help="Layer with raw counts (default: 'counts' if present, else X).")
+]
 
 
 def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:

@@ -63,9 +63,8 @@ def map_command(
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
         from fedarches.client.mapping import MappingOptions, map_query
-        from fedarches.client.plots import plot_mapping
+        from fedarches.client.outputs import MappingOutputs, write_mapping_outputs
         from fedarches.client.query import read_query
-        from fedarches.shared._io import atomic_write_bytes, write_atomically
         from fedarches.shared.bundle import ReferenceBundle
 
         bundle = ReferenceBundle.open(reference, trust)
@@ -97,14 +96,13 @@ def map_command(
             min_count=min_count,
             min_gene_fraction=min_gene_fraction,
         )
-        plots = plot_mapping(
-            adata, bundle, plots_dir or out.parent / f"{out.stem}_plots", confidence_threshold=confidence_threshold
+        outputs = MappingOutputs(
+            annotated=out,
+            plots_dir=plots_dir or out.parent / f"{out.stem}_plots",
+            adapter=adapter_out,
+            label_statistics=stats_out,
         )
-        if adapter_out is not None:
-            result.adapter.save(adapter_out)
-        if stats_out is not None:
-            atomic_write_bytes(stats_out, json.dumps(result.label_statistics.to_dict(), indent=2).encode())
-        write_atomically(out, lambda tmp: adata.write_h5ad(tmp, compression="gzip"))  # last: it marks success
+        plots = write_mapping_outputs(adata, result, bundle, outputs, confidence_threshold=confidence_threshold)
         overlap = result.gene_overlap
         log.info(
             "genes: %d/%d reference genes present (%.0f%%, matched %s to %s)",
@@ -143,3 +141,150 @@ def print_summary(adata: object, *, confidence_threshold: float) -> None:
             str(int(group[ADATA_KEYS.LOW_CONFIDENCE].sum())),
         )
     Console().print(table)
+
+
+LabDirOption = Annotated[Path, typer.Option("--lab-dir", help="The lab directory from `fedarches-server add-lab`.")]
+BatchKey = Annotated[str | None, typer.Option(help="obs column with the query's batches (default: one batch).")]
+
+
+@app.command()
+def keygen(
+    lab_dir: Annotated[Path, typer.Option("--lab-dir", help="Directory for supernode.key and supernode.pub.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing key.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Create this lab's node-authentication key pair; send only supernode.pub to the maintainers."""
+    with handle_errors(debug=debug):
+        from fedarches.client.lab import keygen as make_keys
+
+        public = make_keys(lab_dir, overwrite=overwrite)
+        console.print(
+            f"private key: {public.with_suffix('.key')} (mode 0600, never leaves this lab)\n"
+            f"public key:  {public} -> send it to the atlas maintainers for "
+            "`fedarches-server add-lab NAME --public-key supernode.pub`"
+        )
+
+
+@app.command()
+def join(
+    lab_dir: LabDirOption,
+    data: Annotated[Path, typer.Option("--data", help="The lab's query .h5ad (raw counts). It never leaves.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the annotated .h5ad, plots, adapter.")],
+    superlink: Annotated[
+        str | None, typer.Option("--superlink", help="SuperLink HOST:PORT (default: the address in lab.toml).")
+    ] = None,
+    batch_key: BatchKey = None,
+    layer: CountsLayer = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch threads for surgery.")] = None,
+    port: Annotated[int, typer.Option(help="Local port of the SuperNode's ClientApp API (0: any free port).")] = 0,
+    egress_copy: Annotated[
+        bool, typer.Option("--egress-copy", help="Keep an exact copy of every message sent, under LAB_DIR/egress/.")
+    ] = False,
+    extra_mods: Annotated[str, typer.Option(help="The lab's own client mods, module:attribute, comma-separated.")] = "",
+    debug: Debug = False,
+) -> None:
+    """Run this lab's SuperNode: map DATA locally whenever the coordinator starts a round."""
+    setup_logging(debug=debug)
+    with handle_errors(debug=debug):
+        from fedarches.client.lab import LabDir
+        from fedarches.client.query import read_query, validate_query
+        from fedarches.client.supernode import JoinSettings, run_supernode
+
+        lab = LabDir.open(lab_dir)
+        lab.require_node_key()
+        adata = read_query(data)
+        validate_query(adata, batch_key=batch_key, layer=layer, batch_prefix=lab.name)
+        address = superlink or lab.superlink
+        settings = JoinSettings(
+            lab=lab,
+            superlink=address,
+            data_path=data,
+            out_dir=out,
+            batch_key=batch_key,
+            layer=layer,
+            threads=threads,
+            port=port,
+            egress_copy=egress_copy,
+            extra_mods=extra_mods,
+        )
+        console.print(
+            f"lab [bold]{lab.name}[/bold]: {data} ({adata.n_obs} cells) stays here; results go to {out}; "
+            f"joining {address} (TLS, node authentication); every message sent is logged in {lab.egress_dir}"
+        )
+        del adata
+        code = run_supernode(settings)
+        raise typer.Exit(code)
+
+
+@app.command()
+def preview(
+    lab_dir: LabDirOption,
+    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Reference bundle directory.")],
+    data: Annotated[Path, typer.Option("--data", help="The lab's query .h5ad.")],
+    batch_key: BatchKey = None,
+    layer: CountsLayer = None,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Maximum surgery epochs.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch threads.")] = None,
+    min_count: Annotated[int, typer.Option(min=1, help="Suppress label counts below this (k).")] = 11,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Map DATA locally and print exactly what a round would send. Contacts nobody, writes nothing."""
+    setup_logging(quiet=quiet, debug=debug)
+    with handle_errors(debug=debug):
+        from fedarches.client.app import train_reply_content
+        from fedarches.client.lab import LabDir
+        from fedarches.client.mapping import MappingOptions, map_query
+        from fedarches.client.mods import EGRESS_LIMIT_BYTES
+        from fedarches.client.query import read_query
+        from fedarches.shared import protocol
+        from fedarches.shared.bundle import ReferenceBundle
+
+        lab = LabDir.open(lab_dir)
+        opened = ReferenceBundle.open(bundle, lab.trusted_key)
+        adata = read_query(data)
+        options = MappingOptions(max_epochs=max_epochs, seed=seed, threads=threads, progress_bar=not quiet)
+        result = map_query(
+            adata, opened, batch_key=batch_key, layer=layer, lab_name=lab.name, options=options, min_count=min_count
+        )
+        content = train_reply_content(result, lab.name, {k: float(v) for k, v in result.timings.items()})
+        protocol.check_egress(protocol.TRAIN, content, max_array_bytes=EGRESS_LIMIT_BYTES)
+        print_egress(protocol.describe_content(content), n_cells=adata.n_obs)
+
+
+def print_egress(description: dict, *, n_cells: int) -> None:
+    """Tables of every record a reply would carry: tensors with shapes and bytes, then every value."""
+    out = Console()
+    tensors = Table(title="tensors that would leave this lab")
+    for column in ("record", "tensor", "shape", "dtype", "bytes"):
+        tensors.add_column(column, justify="right" if column == "bytes" else "left")
+    values = Table(title="values that would leave this lab")
+    for column in ("record", "key", "value"):
+        values.add_column(column)
+    total = 0
+    per_cell = []
+    for record, info in description.items():
+        if info["kind"] == "array":
+            for name, array in info["arrays"].items():
+                tensors.add_row(record, name, "x".join(map(str, array["shape"])), array["dtype"], str(array["bytes"]))
+                total += array["bytes"]
+                if n_cells in array["shape"]:
+                    per_cell.append(f"{record}/{name}")
+        elif record == "fedarches.label-stats":
+            stats = json.loads(info["values"]["json"])
+            values.add_row(record, "min_count (k)", str(stats["min_count"]))
+            for t in stats["types"]:
+                detail = ", ".join(f"{k}={v}" for k, v in t.items() if k != "cell_type")
+                values.add_row(record, t["cell_type"], detail)
+        else:
+            for key, value in info["values"].items():
+                shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+                values.add_row(record, key, shown if len(shown) < 200 else shown[:200] + "...")
+    out.print(tensors)
+    out.print(values)
+    out.print(f"{total} bytes of tensors in all")
+    if per_cell:
+        out.print(f"[yellow]arrays with a dimension equal to the number of cells ({n_cells}): {per_cell}[/yellow]")
+    else:
+        out.print(f"no array has a dimension equal to the number of cells ({n_cells})")

@@ -102,6 +102,27 @@ def read_query(path: Path | str) -> AnnData:
         ) from None
 
 
+def validate_query(
+    adata: AnnData, *, batch_key: str | None = None, layer: str | None = None, batch_prefix: str = "query"
+) -> tuple[np.ndarray, sp.csr_matrix, str]:
+    """Checks that need no bundle: cells present, unique genes, batch column, raw counts.
+
+    Returns the model batch name of each cell, the counts and where they came from.
+    """
+    if adata.n_obs == 0:
+        msg = "the query has zero cells"
+        raise QueryDataError(msg, hint="check the file: it holds no observations")
+    if not adata.var_names.is_unique:
+        dupes = adata.var_names[adata.var_names.duplicated()].unique()[:3].tolist()
+        msg = f"the query has duplicate gene names in var_names (e.g. {', '.join(map(str, dupes))})"
+        raise QueryDataError(
+            msg, hint="run adata.var_names_make_unique(), or sum duplicate genes, then save the file again"
+        )
+    batches = _batch_names(adata, batch_key, batch_prefix)
+    counts, source = get_counts(adata, layer)
+    return batches, counts, source
+
+
 def prepare_query(
     adata: AnnData,
     bundle: ReferenceBundle,
@@ -117,17 +138,11 @@ def prepare_query(
     batches become ``"{batch_prefix}/{value}"`` (or just ``batch_prefix`` without a batch key)
     so that they can never be mistaken for a reference batch.
     """
-    if adata.n_obs == 0:
-        msg = "the query has zero cells"
-        raise QueryDataError(msg, hint="check the file: it holds no observations")
-    if not adata.var_names.is_unique:
-        dupes = adata.var_names[adata.var_names.duplicated()].unique()[:3].tolist()
-        msg = f"the query has duplicate gene names in var_names (e.g. {', '.join(map(str, dupes))})"
-        raise QueryDataError(
-            msg, hint="run adata.var_names_make_unique(), or sum duplicate genes, then save the file again"
-        )
-    batches = _batch_names(adata, batch_key, batch_prefix, bundle.batch_categories)
-    counts, source = get_counts(adata, layer)
+    batches, counts, source = validate_query(adata, batch_key=batch_key, layer=layer, batch_prefix=batch_prefix)
+    clash = set(batches).intersection(bundle.batch_categories)
+    if clash:
+        msg = f"query batch {sorted(clash)[0]!r} has the name of a reference batch"
+        raise QueryDataError(msg, hint="choose another lab name (--lab-name)")
     overlap, positions = match_genes(adata, bundle.genes)
     if overlap.fraction < min_gene_fraction:
         msg = (
@@ -193,7 +208,7 @@ def _align(counts: sp.csr_matrix, positions: np.ndarray, n_reference: int) -> sp
     return (counts @ selector).tocsr().astype(np.float32)
 
 
-def _batch_names(adata: AnnData, batch_key: str | None, prefix: str, reference_batches: list[str]) -> np.ndarray:
+def _batch_names(adata: AnnData, batch_key: str | None, prefix: str) -> np.ndarray:
     if batch_key is None:
         names = np.full(adata.n_obs, prefix, dtype=object)
     else:
@@ -208,8 +223,4 @@ def _batch_names(adata: AnnData, batch_key: str | None, prefix: str, reference_b
             msg = f"obs[{batch_key!r}] is missing (NaN) for {missing} of {adata.n_obs} cells"
             raise QueryDataError(msg, hint=f"fill obs[{batch_key!r}] for every cell, or drop those cells")
         names = np.array([f"{prefix}/{v}" for v in column.astype(str)], dtype=object)
-    clash = set(names).intersection(reference_batches)
-    if clash:
-        msg = f"query batch {sorted(clash)[0]!r} has the name of a reference batch"
-        raise QueryDataError(msg, hint="choose another lab name (--lab-name)")
     return names

@@ -12,7 +12,7 @@ from fedarches.shared._cli import CountsLayer, Debug, Quiet, console, handle_err
 
 app = typer.Typer(
     name="fedarches-server",
-    help="Build and sign fedarches reference bundles (the coordinator's side).",
+    help="The coordinator: reference bundles, the SuperLink, labs and mapping rounds.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -133,3 +133,156 @@ def _report(bundle: object) -> None:
         f"{summary['n_genes']} genes, cell types {', '.join(summary['label_categories'])}, "
         f"{summary['size_bytes'] / 1e6:.1f} MB, signed"
     )
+
+
+CoordDir = Annotated[Path, typer.Option("--dir", "-d", help="Coordinator directory (from `init`).")]
+
+
+@app.command()
+def init(
+    directory: CoordDir,
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Host name or IP labs dial; repeat for several (default: 127.0.0.1, localhost)."),
+    ] = None,
+    port: Annotated[int, typer.Option(help="SuperLink port (Fleet, Control and Runtime APIs).")] = 8000,
+    bind: Annotated[str, typer.Option(help="Address the SuperLink listens on (0.0.0.0 for all interfaces).")] = (
+        "127.0.0.1"
+    ),
+    overwrite: Overwrite = False,
+    debug: Debug = False,
+) -> None:
+    """Create a coordinator directory: CA, SuperLink TLS certificate, bundle-signing key, configuration."""
+    with handle_errors(debug=debug):
+        from fedarches.server.coordinator import init_coordinator
+
+        coord = init_coordinator(directory, hosts=host, port=port, bind_host=bind, overwrite=overwrite)
+        console.print(
+            f"coordinator directory [bold]{coord.root}[/bold]\n"
+            f"  CA certificate   {coord.ca_cert} (labs receive it)\n"
+            f"  SuperLink TLS    {coord.server_cert} for {', '.join(host or ['127.0.0.1', 'localhost'])}\n"
+            f"  signing key      {coord.signing_key} (stays here)\n"
+            f"next: `fedarches-server serve --dir {directory}` and `fedarches-server add-lab NAME --dir {directory}`"
+        )
+
+
+@app.command("add-lab")
+def add_lab_command(
+    name: Annotated[str, typer.Argument(help="Lab name (lower case, digits, - and _); prefixes its batch names.")],
+    directory: CoordDir,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="The lab's supernode.pub (from `fedarches-client keygen`); else a key pair is made here."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Export directory (default: COORD_DIR/exports/NAME).")
+    ] = (None),
+    overwrite: Overwrite = False,
+    debug: Debug = False,
+) -> None:
+    """Register a lab for node authentication and export what it needs to join."""
+    with handle_errors(debug=debug):
+        from fedarches.server import superlink
+        from fedarches.server.coordinator import CoordinatorDir, add_lab
+
+        coord = CoordinatorDir.open(directory)
+        export = add_lab(coord, name, public_key=public_key, export_dir=out, overwrite=overwrite)
+        if superlink.is_listening(coord.host, coord.port):
+            node_id = superlink.register_lab(coord, name)
+            registered = f"registered with the running SuperLink as node {node_id}"
+        else:
+            registered = "will be registered when `fedarches-server serve` starts"
+        key_note = (
+            "its own key (the private key never left the lab)"
+            if public_key
+            else "a key made here: send the export over a trusted channel, it holds supernode.key"
+        )
+        console.print(
+            f"lab [bold]{name}[/bold] {registered}, with {key_note}\n"
+            f"export: [bold]{export}[/bold] (lab.toml, ca.crt, bundle-signing.pub"
+            f"{'' if public_key else ', supernode.key, supernode.pub'})\n"
+            f"the lab runs: fedarches-client join --lab-dir {export} --data QUERY.h5ad --out OUT_DIR"
+        )
+
+
+@app.command()
+def serve(directory: CoordDir, quiet: Quiet = False, debug: Debug = False) -> None:
+    """Run the SuperLink (TLS, node authentication, persistent state) in the foreground until stopped."""
+    setup_logging(quiet=quiet, debug=debug)
+    with handle_errors(debug=debug):
+        from fedarches.server.coordinator import CoordinatorDir
+        from fedarches.server.service import serve as run_service
+
+        coord = CoordinatorDir.open(directory)
+
+        def ready(seconds: float) -> None:
+            console.print(
+                f"SuperLink ready on {coord.local_address} in {seconds:.1f} s (TLS on, node authentication on); "
+                f"log: {coord.logs_dir / 'superlink.log'}; Ctrl-C stops it"
+            )
+
+        code = run_service(coord, on_ready=ready)
+        console.print("SuperLink stopped")
+        raise typer.Exit(code)
+
+
+@app.command("run-round")
+def run_round_command(
+    directory: CoordDir,
+    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Signed reference bundle to map against.")],
+    min_labs: Annotated[int | None, typer.Option(min=1, help="Fewest accepted labs to merge an atlas.")] = None,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Seconds to wait for labs' replies.")] = None,
+    wait_for_labs: Annotated[
+        float | None, typer.Option(min=0, help="Seconds to wait for registered labs to come online.")
+    ] = None,
+    max_epochs: Annotated[int | None, typer.Option(min=1, help="Surgery epochs at each lab (at most).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every lab's surgery.")] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Run one mapping round through Flower (`flwr run`): labs map locally; adapters merge into a new atlas."""
+    setup_logging(quiet=quiet, debug=debug)
+    with handle_errors(debug=debug):
+        from fedarches.server.coordinator import CoordinatorDir
+        from fedarches.server.service import follow_round, start_round
+        from fedarches.shared.errors import FederationError
+
+        coord = CoordinatorDir.open(directory)
+        submitted = start_round(
+            coord,
+            bundle,
+            min_labs=min_labs,
+            timeout=timeout,
+            wait_for_labs=wait_for_labs,
+            max_epochs=max_epochs,
+            seed=seed,
+        )
+        console.print(f"round {submitted.round_id} submitted as Flower run {submitted.run_id}")
+        echo = None if quiet else (lambda line: console.print(f"  [dim]{line}[/dim]", highlight=False))
+        report = follow_round(coord, submitted, echo=echo)
+        print_round_summary(report, submitted.round_dir)
+        if report["status"] != "completed":
+            raise FederationError(report["message"], hint=f"see {submitted.round_dir / 'report.html'}")
+
+
+def print_round_summary(report: dict, round_dir: Path) -> None:
+    """A table of labs and where the outputs are."""
+    from rich.table import Table
+
+    table = Table(title=f"round {report['round_id']}: {report['status']}")
+    for column in ("lab", "status", "bytes to lab", "bytes from lab", "epochs", "reason"):
+        table.add_column(column, justify="right" if "bytes" in column or column == "epochs" else "left")
+    for lab in report["labs"]:
+        table.add_row(
+            lab["name"],
+            lab["status"],
+            str(lab["bytes_to_lab"]),
+            str(lab["bytes_from_lab"]),
+            "" if lab["n_epochs"] is None else str(lab["n_epochs"]),
+            lab["reason"],
+        )
+    console.print(table)
+    atlas = report["atlas"]
+    if atlas:
+        console.print(f"updated atlas: [bold]{atlas['path']}[/bold] (bundle {atlas['bundle_id']})")
+    console.print(f"report: [bold]{round_dir / 'report.html'}[/bold] and report.json")

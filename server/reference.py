@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNLABELED_CATEGORY = "Unknown"
-# Attributes of a saved scvi-tools model that describe the reference's own cells, not the model.
-_PRIVATE_ATTRS = ("train_indices_", "validation_indices_", "test_indices_")
+# Attributes of a saved scvi-tools model that describe the reference's own cells, not the model
+# (``labels_`` is SCANVI's per-cell label array; it is rebuilt from the query on load).
+PRIVATE_ATTRS = ("train_indices_", "validation_indices_", "test_indices_", "labels_")
 _SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "feature_name", "gene_name", "symbol")
 
 
@@ -200,7 +201,7 @@ def _contents(
     import torch
 
     attr_dict = saved["attr_dict"]
-    for attr in _PRIVATE_ATTRS:
+    for attr in PRIVATE_ATTRS:
         attr_dict.pop(attr, None)
     registry = attr_dict["registry_"]
     fields = registry["field_registries"]

@@ -90,6 +90,20 @@ class PrivacyError(FedarchesError):
     hint = "nothing was sent; review the lab's privacy policy"
 
 
+class FederationError(FedarchesError):
+    """The federation could not do what was asked: SuperLink unreachable, a run failed."""
+
+    exit_code = 40
+    hint = "check that `fedarches-server serve` is running and see its log under COORD_DIR/logs/"
+
+
+class ConfigError(UserInputError):
+    """A coordinator or lab directory is missing, incomplete or inconsistent."""
+
+    exit_code = 13
+    hint = "create it with `fedarches-server init` (coordinator) or `fedarches-server add-lab` (lab)"
+
+
 EXIT_CODE_HELP: dict[int, str] = {
     cls.exit_code: cls.hint
     for cls in (
@@ -102,5 +116,7 @@ EXIT_CODE_HELP: dict[int, str] = {
         AdapterError,
         CryptoError,
         PrivacyError,
+        FederationError,
+        ConfigError,
     )
 }

@@ -1,0 +1,283 @@
+"""The coordinator's directory: TLS material, signing key, lab registry, SuperLink state, rounds.
+
+::
+
+    COORD_DIR/
+      coordinator.toml         address, ports, round defaults
+      pki/ca.crt ca.key        consortium CA (ca.key never leaves)
+      pki/superlink.crt .key   SuperLink TLS certificate and key
+      keys/bundle-signing.*    Ed25519 key that signs every bundle
+      labs/NAME/lab.toml       one registered lab: public key, Flower node id
+      labs/NAME/supernode.pub
+      exports/NAME/            what a lab receives (see :func:`add_lab`)
+      flwr/config.toml         FLWR_HOME of the `flwr` CLI (connection to our SuperLink)
+      state/superlink.db       SuperLink state (registrations, runs) across restarts
+      logs/                    SuperLink log
+      app/pyproject.toml       the Flower app `run-round` submits
+      rounds/ROUND_ID/         report, merged atlas, received adapters
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedarches.shared import crypto, pki
+from fedarches.shared._io import atomic_write_bytes
+from fedarches.shared.errors import ConfigError, UserInputError
+
+CONFIG_NAME = "coordinator.toml"
+LAB_CONFIG_NAME = "lab.toml"
+CONNECTION_NAME = "fedarches"
+DEFAULT_PORT = 8000
+LAB_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+DEFAULT_ROUND = {
+    "min-labs": 1,
+    "timeout": 3600.0,
+    "max-epochs": 100,
+    "seed": 0,
+    "confidence-threshold": 0.5,
+    "min-count": 11,
+    "max-adapter-bytes": 1_048_576,
+}
+
+
+@dataclass(frozen=True)
+class CoordinatorDir:
+    """Paths and settings of a coordinator directory created by :func:`init_coordinator`."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, root: Path | str) -> CoordinatorDir:
+        """Open an existing coordinator directory, or fail with the command that creates one."""
+        coord = cls(Path(root).resolve())
+        if not coord.config_path.is_file():
+            msg = f"{coord.root} is not a coordinator directory (no {CONFIG_NAME})"
+            raise ConfigError(msg, hint=f"create it with `fedarches-server init --dir {root}`")
+        return coord
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return tomllib.loads(self.config_path.read_text())
+
+    @property
+    def host(self) -> str:
+        return str(self.config["superlink"]["host"])
+
+    @property
+    def port(self) -> int:
+        return int(self.config["superlink"]["port"])
+
+    @property
+    def public_address(self) -> str:
+        """Address labs dial (``host:port``)."""
+        return str(self.config["superlink"]["public-address"])
+
+    @property
+    def local_address(self) -> str:
+        """Address the coordinator's own tools dial."""
+        host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    @property
+    def round_defaults(self) -> dict[str, Any]:
+        return {**DEFAULT_ROUND, **self.config.get("round", {})}
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.pki_dir / "ca.crt"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.pki_dir / "superlink.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.pki_dir / "superlink.key"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.root / "keys" / crypto.PRIVATE_KEY_NAME
+
+    @property
+    def signing_public_key(self) -> Path:
+        return self.root / "keys" / crypto.PUBLIC_KEY_NAME
+
+    @property
+    def labs_dir(self) -> Path:
+        return self.root / "labs"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.root / "flwr"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "state" / "superlink.db"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def app_dir(self) -> Path:
+        return self.root / "app"
+
+    @property
+    def rounds_dir(self) -> Path:
+        return self.root / "rounds"
+
+    def labs(self) -> dict[str, dict[str, Any]]:
+        """Registered labs by name, each with its ``lab.toml`` settings."""
+        labs = {}
+        for path in sorted(self.labs_dir.glob(f"*/{LAB_CONFIG_NAME}")):
+            labs[path.parent.name] = tomllib.loads(path.read_text())
+        return labs
+
+    def lab(self, name: str) -> dict[str, Any]:
+        path = self.labs_dir / name / LAB_CONFIG_NAME
+        if not path.is_file():
+            msg = f"no lab named {name!r} in {self.root}; labs are {sorted(self.labs())}"
+            raise ConfigError(msg, hint=f"add it with `fedarches-server add-lab {name} --dir {self.root}`")
+        return tomllib.loads(path.read_text())
+
+    def update_lab(self, name: str, **values: Any) -> None:
+        record = {**self.lab(name), **values}
+        write_toml(self.labs_dir / name / LAB_CONFIG_NAME, record)
+
+
+def init_coordinator(
+    root: Path,
+    *,
+    hosts: list[str] | None = None,
+    port: int = DEFAULT_PORT,
+    bind_host: str = "127.0.0.1",
+    public_address: str | None = None,
+    overwrite: bool = False,
+) -> CoordinatorDir:
+    """Create a coordinator directory: CA, SuperLink certificate, signing key, configuration."""
+    root = Path(root).resolve()
+    hosts = hosts or ["127.0.0.1", "localhost"]
+    if (root / CONFIG_NAME).exists() and not overwrite:
+        msg = f"{root} is already a coordinator directory"
+        raise UserInputError(msg, hint="pass --overwrite to replace its keys and certificates (labs must re-join)")
+    if not 1 <= port <= 65535:
+        msg = f"--port {port} is not a TCP port"
+        raise UserInputError(msg)
+    coord = CoordinatorDir(root)
+    pki.create_ca_and_server_cert(coord.pki_dir, hosts)
+    crypto.generate_signing_keys(coord.signing_key.parent, overwrite=True)
+    for directory in (coord.labs_dir, coord.flwr_home, coord.database.parent, coord.logs_dir, coord.rounds_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    write_toml(
+        coord.config_path,
+        {
+            "created": _now(),
+            "superlink": {
+                "host": bind_host,
+                "port": port,
+                "public-address": public_address or f"{hosts[0]}:{port}",
+                "tls-hosts": hosts,
+            },
+            "round": dict(DEFAULT_ROUND),
+        },
+    )
+    write_flwr_config(coord)
+    return coord
+
+
+def write_flwr_config(coord: CoordinatorDir) -> Path:
+    """``FLWR_HOME/config.toml`` pointing the `flwr` CLI at this coordinator's SuperLink over TLS."""
+    path = coord.flwr_home / "config.toml"
+    write_toml(
+        path,
+        {
+            "superlink": {
+                "default": CONNECTION_NAME,
+                CONNECTION_NAME: {"address": coord.local_address, "root-certificates": str(coord.ca_cert)},
+            }
+        },
+    )
+    return path
+
+
+def add_lab(
+    coord: CoordinatorDir,
+    name: str,
+    *,
+    public_key: Path | None = None,
+    export_dir: Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Register lab ``name`` and write its export directory; return the export's path.
+
+    With ``public_key`` (made at the lab by ``fedarches-client keygen``) the lab's private key
+    never leaves the lab. Without it, a key pair is generated here and the private key is put in
+    the export, which must then travel to the lab over a trusted channel.
+
+    The export holds ``lab.toml`` (name, SuperLink address), ``ca.crt`` (to verify the
+    SuperLink), ``bundle-signing.pub`` (to verify bundles) and, when generated here,
+    ``supernode.key``/``supernode.pub``. Registration with the SuperLink happens now if it is
+    running, else when ``fedarches-server serve`` next starts.
+    """
+    if not LAB_NAME_PATTERN.match(name):
+        msg = f"lab name {name!r} must be lower-case letters, digits, '-' or '_' (at most 63, not starting with - or _)"
+        raise UserInputError(msg, hint="for example: add-lab lab_a")
+    lab_dir = coord.labs_dir / name
+    if (lab_dir / LAB_CONFIG_NAME).exists() and not overwrite:
+        msg = f"lab {name!r} is already registered in {coord.root}"
+        raise UserInputError(msg, hint="choose another name, or pass --overwrite to issue it a new key")
+    export_dir = Path(export_dir or coord.root / "exports" / name).resolve()
+    if export_dir.exists() and any(export_dir.iterdir()) and not overwrite:
+        msg = f"{export_dir} already exists and is not empty"
+        raise UserInputError(msg, hint="choose another --out directory, or pass --overwrite")
+    export_dir.mkdir(parents=True, exist_ok=True)
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    if public_key is not None:
+        line = pki.load_node_public_key(public_key)
+        atomic_write_bytes(lab_dir / "supernode.pub", line + b"\n")
+        key_origin = "lab"
+    else:
+        pki.create_node_keys(export_dir / "supernode.key", export_dir / "supernode.pub")
+        shutil.copyfile(export_dir / "supernode.pub", lab_dir / "supernode.pub")
+        key_origin = "coordinator"
+    shutil.copyfile(coord.ca_cert, export_dir / "ca.crt")
+    shutil.copyfile(coord.signing_public_key, export_dir / crypto.PUBLIC_KEY_NAME)
+    write_toml(
+        export_dir / LAB_CONFIG_NAME,
+        {"name": name, "superlink": coord.public_address, "coordinator-key-id": _signing_key_id(coord)},
+    )
+    write_toml(
+        lab_dir / LAB_CONFIG_NAME,
+        {"name": name, "added": _now(), "key-origin": key_origin, "registered": False, "node-id": 0},
+    )
+    return export_dir
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as TOML atomically."""
+    atomic_write_bytes(Path(path), tomli_w.dumps(data).encode())
+
+
+def _signing_key_id(coord: CoordinatorDir) -> str:
+    return crypto.key_id(crypto.load_public_key(coord.signing_public_key))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,213 @@
+"""The consortium report of a round: ``report.json``, ``report.html`` and ``composition.png``.
+
+Composition is shown exactly as the labs sent it: released counts only, and suppressed counts as
+"suppressed" (their value never reached the coordinator, so they cannot be shown or summed).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fedarches.server.round import RoundResult
+from fedarches.shared._io import atomic_write_bytes, write_atomically
+from fedarches.shared.labels import SUPPRESSED
+
+STATUS_COLOURS = {"accepted": "#2e7d32", "rejected": "#c62828", "failed": "#c62828", "dropped": "#ef6c00"}
+
+
+def report_dict(result: RoundResult) -> dict[str, Any]:
+    """The JSON-safe report."""
+    settings = result.settings
+    labs = [lab.to_dict() for lab in result.labs]
+    return {
+        "round_id": settings.round_id,
+        "status": result.status,
+        "message": result.message,
+        "started": result.started,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "phases_s": {k: round(v, 2) for k, v in result.phases.items()},
+        "settings": {
+            "min_labs": settings.min_labs,
+            "timeout": settings.timeout,
+            "max_epochs": settings.max_epochs,
+            "seed": settings.seed,
+            "confidence_threshold": settings.confidence_threshold,
+            "min_count": settings.min_count,
+            "max_adapter_bytes": settings.max_adapter_bytes,
+        },
+        "bundle": result.bundle.summary(),
+        "atlas": None
+        if result.atlas is None
+        else {
+            "bundle_id": result.atlas.bundle_id,
+            "path": str(result.atlas.path),
+            "batches": result.atlas.batch_categories,
+            "size_bytes": result.atlas.size_bytes,
+        },
+        "labs": labs,
+        "dropped": [lab["name"] for lab in labs if lab["status"] in ("dropped", "timed-out", "offline")],
+        "rejected": [lab["name"] for lab in labs if lab["status"] in ("rejected", "failed")],
+        "composition": composition_table(result),
+    }
+
+
+def composition_table(result: RoundResult) -> dict[str, dict[str, int | str]]:
+    """Lab → cell type → released count or ``"suppressed"``, for accepted labs."""
+    table: dict[str, dict[str, int | str]] = {}
+    for lab in result.labs:
+        if lab.label_statistics is None or lab.status != "accepted":
+            continue
+        table[lab.name] = {
+            t.cell_type: SUPPRESSED if t.n_cells is None else t.n_cells for t in lab.label_statistics.types
+        }
+    return table
+
+
+def write_report(result: RoundResult, round_dir: Path) -> dict[str, Path]:
+    """Write report.json, composition.png and report.html into ``round_dir``."""
+    round_dir = Path(round_dir)
+    data = report_dict(result)
+    paths = {
+        "json": round_dir / "report.json",
+        "plot": round_dir / "composition.png",
+        "html": round_dir / "report.html",
+    }
+    atomic_write_bytes(paths["json"], (json.dumps(data, indent=2) + "\n").encode())
+    plot_composition(data, paths["plot"])
+    atomic_write_bytes(paths["html"], render_html(data, paths["plot"]).encode())
+    return paths
+
+
+def plot_composition(data: dict[str, Any], path: Path) -> None:
+    """Stacked bars of released predicted-type counts per lab; suppressed types listed under each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    composition: dict[str, dict[str, Any]] = data["composition"]
+    types = list(data["bundle"]["label_categories"])
+    extra = sorted({t for row in composition.values() for t in row} - set(types))
+    types += extra
+    labs = list(composition)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(labs) + 3), 4.5))
+    cmap = plt.get_cmap("tab20")
+    bottoms = [0] * len(labs)
+    for i, cell_type in enumerate(types):
+        heights = [row.get(cell_type) if isinstance(row.get(cell_type), int) else 0 for row in composition.values()]
+        if not any(heights):
+            continue
+        ax.bar(labs, heights, bottom=bottoms, label=cell_type, color=cmap(i % 20), edgecolor="white", linewidth=0.5)
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    for x, row in enumerate(composition.values()):
+        hidden = [t for t, v in row.items() if v == SUPPRESSED]
+        note = f"{len(hidden)} types suppressed" if hidden else "none suppressed"
+        ax.annotate(note, (x, 0), xytext=(0, -28), textcoords="offset points", ha="center", fontsize=8, color="#555")
+    ax.set_ylabel("cells (released counts only)")
+    ax.set_title(
+        f"Predicted composition, round {data['round_id']} (counts < k={data['settings']['min_count']} suppressed)"
+    )
+    if labs:
+        ax.legend(title="predicted type", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no lab accepted", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    plt.close(fig)
+
+
+def render_html(data: dict[str, Any], plot_path: Path) -> str:
+    """A self-contained HTML page (the plot is embedded)."""
+    esc = html.escape
+    image = base64.b64encode(Path(plot_path).read_bytes()).decode()
+    rows = []
+    for lab in data["labs"]:
+        colour = STATUS_COLOURS.get(lab["status"], "#555")
+        adapter = lab["adapter"]
+        rows.append(
+            "<tr>"
+            f"<td>{esc(lab['name'])}</td>"
+            f"<td style='color:{colour};font-weight:bold'>{esc(lab['status'])}</td>"
+            f"<td>{esc(lab['reason'])}</td>"
+            f"<td>{'yes' if lab['bundle_sent'] else 'no (held)'}</td>"
+            f"<td class=n>{_bytes(lab['bytes_to_lab'])}</td>"
+            f"<td class=n>{_bytes(lab['bytes_from_lab'])}</td>"
+            f"<td class=n>{'' if adapter is None else _bytes(adapter['bytes'])}</td>"
+            f"<td class=n>{'' if lab['n_epochs'] is None else lab['n_epochs']}</td>"
+            f"<td class=n>{_seconds(lab['reply_s'])}</td>"
+            "</tr>"
+        )
+    stats_blocks = []
+    for lab in data["labs"]:
+        stats = lab["label_statistics"]
+        if stats is None or lab["status"] != "accepted":
+            continue
+        body = "".join(
+            f"<tr><td>{esc(t['cell_type'])}</td><td class=n>{_cell(t['n_cells'])}</td>"
+            f"<td class=n>{_cell(t['mean_confidence'], '.3f')}</td><td class=n>{_cell(t['n_low_confidence'])}</td></tr>"
+            for t in stats["types"]
+        )
+        stats_blocks.append(
+            f"<h3>{esc(lab['name'])}</h3><table><tr><th>predicted type</th><th>cells</th>"
+            f"<th>mean confidence</th><th>low-confidence cells</th></tr>{body}</table>"
+        )
+    atlas = data["atlas"]
+    atlas_line = (
+        f"updated atlas <code>{esc(atlas['bundle_id'])}</code> at <code>{esc(atlas['path'])}</code> "
+        f"({len(atlas['batches'])} batches, {_bytes(atlas['size_bytes'])})"
+        if atlas
+        else "no atlas written"
+    )
+    phases = ", ".join(f"{esc(k)} {v:.1f} s" for k, v in data["phases_s"].items())
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>fedarches round {esc(data["round_id"])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; color: #222 }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left }}
+td.n {{ text-align: right; font-variant-numeric: tabular-nums }}
+.sup {{ color: #888; font-style: italic }}
+</style></head><body>
+<h1>fedarches consortium report: round {esc(data["round_id"])}</h1>
+<p><b>{esc(data["status"])}</b>: {esc(data["message"])}<br>
+reference bundle <code>{esc(data["bundle"]["bundle_id"])}</code> ({esc(data["bundle"]["model_class"])},
+{data["bundle"]["n_genes"]} genes, {_bytes(data["bundle"]["size_bytes"])}); {atlas_line}<br>
+started {esc(data["started"])}, finished {esc(data["finished"])}; {phases}</p>
+<h2>Labs</h2>
+<table><tr><th>lab</th><th>status</th><th>reason</th><th>bundle sent</th><th>bytes to lab</th>
+<th>bytes from lab</th><th>adapter</th><th>epochs</th><th>reply after</th></tr>
+{"".join(rows)}</table>
+<p>Dropped: {esc(", ".join(data["dropped"]) or "none")}. Rejected: {esc(", ".join(data["rejected"]) or "none")}.</p>
+<h2>Predicted composition</h2>
+<p>As the labs sent it: counts below k={data["settings"]["min_count"]} were suppressed at the lab
+and never reached the coordinator.</p>
+<img alt="composition" src="data:image/png;base64,{image}" style="max-width:100%">
+<h2>Label statistics per lab</h2>
+{"".join(stats_blocks) or "<p>none</p>"}
+</body></html>
+"""
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} s"
+
+
+def _cell(value: Any, spec: str = "d") -> str:
+    if value == SUPPRESSED or value is None:
+        return f"<span class=sup>{SUPPRESSED}</span>"
+    return format(value, spec)
+
+
+def _bytes(n: int | None) -> str:
+    if not n:
+        return "0 B"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"

@@ -1,0 +1,348 @@
+"""One mapping round over a Flower :class:`~flwr.serverapp.Grid`: the coordinator's logic.
+
+1. Wait (``wait-for-labs`` seconds at most) until every registered lab's SuperNode is online.
+2. ``query`` each lab: its name and the bundles it holds. A node whose id is not a registered
+   lab's, or whose lab name differs from the one registered with its key, is left out.
+3. ``train``: the round settings, and the signed bundle only to labs that lack it.
+4. Collect replies until all arrived, or the round's ``timeout``. A lab whose node goes offline
+   gets Flower's ``node unavailable`` error reply and is reported as dropped.
+5. Validate each reply (sender identity, bundle id, adapter shapes, finiteness and size, batch
+   names, label-statistics suppression) and keep the valid ones.
+6. Merge the accepted adapters into an updated atlas (a new signed bundle) when at least
+   ``min-labs`` labs were accepted, then write the consortium report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+from fedarches.server.coordinator import CoordinatorDir
+from fedarches.shared import protocol
+from fedarches.shared.adapters import Adapter
+from fedarches.shared.bundle import ReferenceBundle
+from fedarches.shared.errors import FedarchesError, FederationError
+from fedarches.shared.labels import LabelStatistics
+
+log = logging.getLogger("fedarches.server")
+
+POLL_S = 1.0
+QUERY_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """A round's settings (the Flower run config)."""
+
+    coordinator_dir: Path
+    bundle_dir: Path
+    round_dir: Path
+    round_id: str
+    min_labs: int = 1
+    timeout: float = 3600.0
+    wait_for_labs: float = 60.0
+    max_epochs: int = 100
+    seed: int = 0
+    confidence_threshold: float = 0.5
+    min_count: int = 11
+    max_adapter_bytes: int = 1_048_576
+
+    @classmethod
+    def from_run_config(cls, config: dict[str, Any]) -> RoundSettings:
+        return cls(
+            coordinator_dir=Path(str(config["coordinator-dir"])),
+            bundle_dir=Path(str(config["bundle-dir"])),
+            round_dir=Path(str(config["round-dir"])),
+            round_id=str(config["round-id"]),
+            min_labs=int(config["min-labs"]),
+            timeout=float(config["timeout"]),
+            wait_for_labs=float(config["wait-for-labs"]),
+            max_epochs=int(config["max-epochs"]),
+            seed=int(config["seed"]),
+            confidence_threshold=float(config["confidence-threshold"]),
+            min_count=int(config["min-count"]),
+            max_adapter_bytes=int(config["max-adapter-bytes"]),
+        )
+
+    def train_config(self, bundle_id: str) -> dict[str, Any]:
+        return {
+            "round-id": self.round_id,
+            "bundle-id": bundle_id,
+            "max-epochs": self.max_epochs,
+            "seed": self.seed,
+            "confidence-threshold": self.confidence_threshold,
+            "min-count": self.min_count,
+            "max-adapter-bytes": self.max_adapter_bytes,
+        }
+
+
+@dataclass
+class LabOutcome:
+    """What happened to one registered lab in a round."""
+
+    name: str
+    node_id: int
+    status: str = "offline"  # offline | excluded | dropped | timed-out | failed | rejected | accepted
+    reason: str = ""
+    bundle_sent: bool = False
+    bytes_to_lab: int = 0
+    bytes_from_lab: int = 0
+    reply_s: float | None = None
+    n_epochs: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    adapter: Adapter | None = None
+    label_statistics: LabelStatistics | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "node_id": self.node_id,
+            "status": self.status,
+            "reason": self.reason,
+            "bundle_sent": self.bundle_sent,
+            "bytes_to_lab": self.bytes_to_lab,
+            "bytes_from_lab": self.bytes_from_lab,
+            "reply_s": None if self.reply_s is None else round(self.reply_s, 2),
+            "n_epochs": self.n_epochs,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "adapter": None
+            if self.adapter is None
+            else {
+                "batches": list(self.adapter.batch_categories),
+                "tensors": self.adapter.describe(),
+                "bytes": self.adapter.nbytes,
+            },
+            "label_statistics": None if self.label_statistics is None else self.label_statistics.to_dict(),
+        }
+
+
+@dataclass
+class RoundResult:
+    """Everything the report needs."""
+
+    settings: RoundSettings
+    bundle: ReferenceBundle
+    labs: list[LabOutcome]
+    started: str
+    phases: dict[str, float] = field(default_factory=dict)
+    atlas: ReferenceBundle | None = None
+    status: str = "running"
+    message: str = ""
+
+
+def run_round(grid: Grid, settings: RoundSettings) -> RoundResult:
+    """Run one round; always returns a result (the caller writes the report), never raises for a lab's failure."""
+    from fedarches.server.merge import merge_adapters
+
+    coord = CoordinatorDir.open(settings.coordinator_dir)
+    bundle = ReferenceBundle.open(settings.bundle_dir, coord.signing_public_key)
+    labs = {
+        name: LabOutcome(name=name, node_id=int(info.get("node-id", 0)))
+        for name, info in coord.labs().items()
+        if info.get("registered")
+    }
+    result = RoundResult(settings, bundle, list(labs.values()), started=datetime.now(UTC).isoformat(timespec="seconds"))
+    by_node = {lab.node_id: lab for lab in labs.values()}
+    log.info(
+        "round %s: bundle %s, %d registered labs: %s", settings.round_id, bundle.bundle_id, len(labs), ", ".join(labs)
+    )
+
+    tick = time.perf_counter()
+    online = _wait_for_nodes(grid, set(by_node), settings.wait_for_labs)
+    result.phases["wait_for_labs_s"] = time.perf_counter() - tick
+    for node_id in online - set(by_node):
+        log.warning("node %d is online but not a registered lab; it is left out", node_id)
+    participants = [by_node[n] for n in sorted(online & set(by_node))]
+    for lab in labs.values():
+        if lab.node_id not in online:
+            lab.reason = "SuperNode not online when the round started"
+    log.info("%d of %d labs online: %s", len(participants), len(labs), ", ".join(p.name for p in participants))
+
+    tick = time.perf_counter()
+    held = _query_labs(grid, participants, settings)
+    result.phases["query_s"] = time.perf_counter() - tick
+    participants = [lab for lab in participants if lab.name in held]
+
+    tick = time.perf_counter()
+    replies = _train_labs(grid, participants, held, bundle, settings)
+    result.phases["train_s"] = time.perf_counter() - tick
+    reference_shapes = {name: value.shape for name, value in bundle.reference_state().items()}
+    for lab in participants:
+        _validate(lab, replies.get(lab.name), bundle, reference_shapes, settings)
+
+    accepted = [lab for lab in participants if lab.status == "accepted"]
+    if len(accepted) >= settings.min_labs and accepted:
+        tick = time.perf_counter()
+        result.atlas = merge_adapters(
+            bundle,
+            [(lab.name, lab.adapter) for lab in accepted if lab.adapter is not None],
+            settings.round_dir / "atlas",
+            coord.signing_key,
+            round_id=settings.round_id,
+        )
+        result.phases["merge_s"] = time.perf_counter() - tick
+        result.status = "completed"
+        result.message = f"merged {len(accepted)} labs into atlas {result.atlas.bundle_id}"
+    else:
+        result.status = "failed"
+        result.message = f"{len(accepted)} labs accepted, fewer than --min-labs {settings.min_labs}; no atlas written"
+    log.info("round %s %s: %s", settings.round_id, result.status, result.message)
+    return result
+
+
+def _wait_for_nodes(grid: Grid, expected: set[int], wait_s: float) -> set[int]:
+    deadline = time.monotonic() + wait_s
+    while True:
+        online = set(grid.get_node_ids())
+        if expected <= online or time.monotonic() >= deadline:
+            return online
+        time.sleep(POLL_S)
+
+
+def _query_labs(grid: Grid, labs: list[LabOutcome], settings: RoundSettings) -> dict[str, list[str]]:
+    """Ask each lab which bundles it holds; check that each node answers with its registered name."""
+    messages = [Message(RecordDict(), dst_node_id=lab.node_id, message_type=protocol.QUERY) for lab in labs]
+    replies = _exchange(grid, messages, min(QUERY_TIMEOUT_S, settings.timeout))
+    by_node = {lab.node_id: lab for lab in labs}
+    held: dict[str, list[str]] = {}
+    for lab in labs:
+        reply = replies.get(lab.node_id)
+        if reply is None:
+            lab.status, lab.reason = "timed-out", "no answer to the query message"
+            continue
+        if reply.has_error():
+            lab.status, lab.reason = "dropped", f"query failed: {reply.error.reason}"
+            continue
+        hello = reply.content.config_records.get(protocol.HELLO)
+        name = str(hello.get("lab-name")) if hello else ""
+        if by_node.get(reply.metadata.src_node_id) is not lab or name != lab.name:
+            lab.status, lab.reason = "rejected", f"node {reply.metadata.src_node_id} calls itself {name!r}"
+            continue
+        held[lab.name] = [str(b) for b in hello.get("bundles", [])]  # type: ignore[union-attr]
+    return held
+
+
+def _train_labs(
+    grid: Grid, labs: list[LabOutcome], held: dict[str, list[str]], bundle: ReferenceBundle, settings: RoundSettings
+) -> dict[str, Message]:
+    files = sorted(p.relative_to(bundle.path).as_posix() for p in bundle.path.rglob("*") if p.is_file())
+    bundle_record = protocol.bundle_to_record(bundle.path, files)
+    messages = []
+    for lab in labs:
+        content = RecordDict({protocol.ROUND: protocol.round_config(settings.train_config(bundle.bundle_id))})
+        if bundle.bundle_id not in held[lab.name]:
+            content[protocol.BUNDLE] = bundle_record
+            lab.bundle_sent = True
+        message = Message(content, dst_node_id=lab.node_id, message_type=protocol.TRAIN)
+        lab.bytes_to_lab = message_bytes(message)
+        lab.status = "running"
+        messages.append(message)
+        log.info(
+            "-> %s: train (%s, %d bytes)",
+            lab.name,
+            "with bundle" if lab.bundle_sent else f"bundle {bundle.bundle_id} already held",
+            lab.bytes_to_lab,
+        )
+    start = time.monotonic()
+    replies = _exchange(grid, messages, settings.timeout, on_reply=lambda r: _log_arrival(r, labs, start))
+    return {lab.name: replies[lab.node_id] for lab in labs if lab.node_id in replies}
+
+
+def _log_arrival(reply: Message, labs: list[LabOutcome], start: float) -> None:
+    lab = next((lab for lab in labs if lab.node_id == reply.metadata.src_node_id), None)
+    if lab is None:
+        return
+    lab.reply_s = time.monotonic() - start
+    if reply.has_error():
+        log.warning("<- %s: error after %.1f s (%s)", lab.name, lab.reply_s, reply.error.reason)
+    else:
+        log.info("<- %s: reply after %.1f s (%d bytes)", lab.name, lab.reply_s, message_bytes(reply))
+
+
+def _exchange(grid: Grid, messages: list[Message], timeout: float, on_reply: Any = None) -> dict[int, Message]:
+    """Push ``messages``; pull replies until each has one or ``timeout`` passes. Keyed by destination node."""
+    if not messages:
+        return {}
+    dst_by_id = {}
+    ids = list(grid.push_messages(messages))
+    for message_id, message in zip(ids, messages, strict=True):
+        dst_by_id[message_id] = message.metadata.dst_node_id
+    replies: dict[int, Message] = {}
+    pending = set(ids)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for reply in grid.pull_messages(list(pending)):
+            node = dst_by_id.get(reply.metadata.reply_to_message_id)
+            if node is None:
+                continue
+            pending.discard(reply.metadata.reply_to_message_id)
+            replies[node] = reply
+            if on_reply is not None:
+                on_reply(reply)
+        if pending:
+            time.sleep(POLL_S)
+    return replies
+
+
+def _validate(
+    lab: LabOutcome,
+    reply: Message | None,
+    bundle: ReferenceBundle,
+    reference_shapes: dict[str, tuple[int, ...]],
+    settings: RoundSettings,
+) -> None:
+    """Accept or reject one lab's reply, recording why."""
+    if reply is None:
+        lab.status = "timed-out"
+        lab.reason = f"no reply within --timeout {settings.timeout:.0f} s"
+        return
+    if reply.has_error():
+        reason = reply.error.reason or ""
+        offline = "unavail" in reason.lower() or "offline" in reason.lower()
+        lab.status = "dropped" if offline else "failed"
+        lab.reason = "SuperNode went offline during the round" if offline else f"lab reported an error: {reason}"
+        return
+    lab.bytes_from_lab = message_bytes(reply)
+    if reply.metadata.src_node_id != lab.node_id:
+        lab.status, lab.reason = "rejected", f"reply came from node {reply.metadata.src_node_id}, not the lab's"
+        return
+    try:
+        content = reply.content
+        info = content.config_records.get(protocol.LAB)
+        if info is None or str(info.get("lab-name")) != lab.name:
+            msg = f"reply names lab {None if info is None else info.get('lab-name')!r}"
+            raise FederationError(msg)
+        adapter = protocol.adapter_from_records(content)
+        if adapter.bundle_id != bundle.bundle_id:
+            msg = f"adapter was made against bundle {adapter.bundle_id}, not {bundle.bundle_id}"
+            raise FederationError(msg)
+        foreign = [b for b in adapter.batch_categories if b != lab.name and not b.startswith(f"{lab.name}/")]
+        if foreign:
+            msg = f"adapter names batches {foreign} outside the lab's namespace {lab.name!r}"
+            raise FederationError(msg)
+        adapter.check_against(reference_shapes, max_bytes=settings.max_adapter_bytes)
+        stats = protocol.label_stats_from_record(
+            content.config_records[protocol.LABEL_STATS], min_count=settings.min_count
+        )
+        lab.n_epochs = int(info.get("n-epochs", 0))  # type: ignore[arg-type]
+        timings = content.metric_records.get(protocol.TIMINGS)
+        lab.timings = {k: float(v) for k, v in (timings or {}).items()}  # type: ignore[arg-type]
+    except (FedarchesError, KeyError, TypeError, ValueError) as err:
+        lab.status, lab.reason = "rejected", str(err)
+        log.warning("rejected %s: %s", lab.name, err)
+        return
+    lab.adapter, lab.label_statistics = adapter, stats
+    lab.status, lab.reason = "accepted", ""
+
+
+def message_bytes(message: Message) -> int:
+    """Serialized size of a message and every object it carries (what Flower pushes, before HTTP framing)."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())

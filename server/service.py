@@ -1,0 +1,164 @@
+"""The coordinator as a service: run the SuperLink, and submit and follow rounds.
+
+:func:`serve` keeps a TLS, node-authenticating SuperLink running in the foreground (what a systemd
+unit or container runs), registers labs added while it was down, and stops it cleanly on SIGTERM
+or Ctrl-C. :func:`start_round` submits a round through ``flwr run``; :func:`follow_round` waits for
+it while echoing the ServerApp's log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fedarches.server import superlink
+from fedarches.server.coordinator import CoordinatorDir
+from fedarches.shared.bundle import ReferenceBundle
+from fedarches.shared.errors import FederationError, UserInputError
+
+log = logging.getLogger("fedarches.server")
+
+STARTUP_TIMEOUT_S = 60.0
+
+
+def serve(coord: CoordinatorDir, *, on_ready: Callable[[float], None] | None = None) -> int:
+    """Run the SuperLink until it exits or we are asked to stop; return its exit code."""
+    if superlink.is_listening(coord.host, coord.port):
+        msg = f"something already listens on {coord.local_address}"
+        raise FederationError(msg, hint="is `fedarches-server serve` already running? stop it, or change the port")
+    coord.logs_dir.mkdir(parents=True, exist_ok=True)
+    log_path = coord.logs_dir / "superlink.log"
+    start = time.monotonic()
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        log_file.write(f"\n=== fedarches-server serve {datetime.now(UTC).isoformat(timespec='seconds')}\n")
+        log_file.flush()
+        process = subprocess.Popen(
+            superlink.superlink_command(coord),
+            env=superlink.flower_env(coord),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    stop = _forward_signals(process)
+    try:
+        superlink.wait_until_listening(coord.host, coord.port, STARTUP_TIMEOUT_S, process)
+        ready_s = time.monotonic() - start
+        registered = superlink.register_pending_labs(coord)
+        for name, node_id in registered.items():
+            log.info("registered lab %s as node %d", name, node_id)
+        if on_ready is not None:
+            on_ready(ready_s)
+        while process.poll() is None and not stop["requested"]:
+            time.sleep(0.5)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    return 0 if stop["requested"] else int(process.returncode or 0)
+
+
+def _forward_signals(process: subprocess.Popen[Any]) -> dict[str, bool]:
+    state = {"requested": False}
+
+    def handler(signum: int, _frame: object) -> None:
+        state["requested"] = True
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return state
+
+
+@dataclass(frozen=True)
+class SubmittedRound:
+    """A round handed to the SuperLink."""
+
+    round_id: str
+    run_id: int
+    round_dir: Path
+    submit_s: float
+
+
+def start_round(coord: CoordinatorDir, bundle_dir: Path, **overrides: Any) -> SubmittedRound:
+    """Check the bundle, write the run config and ``flwr run`` it."""
+    bundle_dir = Path(bundle_dir).resolve()
+    ReferenceBundle.open(bundle_dir, coord.signing_public_key)  # our own key: refuse foreign bundles early
+    if not superlink.is_listening(coord.host, coord.port):
+        msg = f"no SuperLink listens on {coord.local_address}"
+        raise FederationError(msg, hint=f"start it with `fedarches-server serve --dir {coord.root}`")
+    if not any(info.get("registered") for info in coord.labs().values()):
+        msg = "no lab is registered with the SuperLink"
+        raise UserInputError(msg, hint="add labs with `fedarches-server add-lab NAME --dir COORD_DIR` while serve runs")
+    round_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    round_dir = coord.rounds_dir / round_id
+    suffix = 1
+    while round_dir.exists():
+        suffix += 1
+        round_dir = coord.rounds_dir / f"{round_id}-{suffix}"
+    round_dir.mkdir(parents=True)
+    config = {
+        **{k: v for k, v in coord.round_defaults.items()},
+        "wait-for-labs": 60.0,
+        **{k.replace("_", "-"): v for k, v in overrides.items() if v is not None},
+        "coordinator-dir": str(coord.root),
+        "bundle-dir": str(bundle_dir),
+        "round-dir": str(round_dir),
+        "round-id": round_dir.name,
+    }
+    tick = time.monotonic()
+    run_id = superlink.submit_run(coord, config)
+    return SubmittedRound(round_dir.name, run_id, round_dir, time.monotonic() - tick)
+
+
+def follow_round(
+    coord: CoordinatorDir, submitted: SubmittedRound, *, echo: Callable[[str], None] | None = None, poll_s: float = 2.0
+) -> dict[str, Any]:
+    """Wait until Flower reports the run finished, echoing new ``round.log`` lines; return the report."""
+    log_path = submitted.round_dir / "round.log"
+    offset = 0
+    status = "pending"
+    while not status.startswith("finished"):
+        time.sleep(poll_s)
+        status = superlink.run_status(coord, submitted.run_id)
+        offset = _echo_new_lines(log_path, offset, echo)
+    _echo_new_lines(log_path, offset, echo)
+    report_path = submitted.round_dir / "report.json"
+    if not report_path.is_file():
+        status_path = submitted.round_dir / "status.json"
+        detail = json.loads(status_path.read_text())["message"] if status_path.is_file() else status
+        msg = f"round {submitted.round_id} (Flower run {submitted.run_id}) ended without a report: {detail}"
+        raise FederationError(
+            msg, hint=f"see `FLWR_HOME={coord.flwr_home} flwr log {submitted.run_id}` and {coord.logs_dir}"
+        )
+    return json.loads(report_path.read_text())
+
+
+def _echo_new_lines(path: Path, offset: int, echo: Callable[[str], None] | None) -> int:
+    if not path.is_file():
+        return offset
+    with open(path, encoding="utf-8") as fh:
+        fh.seek(offset)
+        chunk = fh.read()
+        if echo is not None:
+            for line in chunk.splitlines():
+                echo(line)
+        return fh.tell()
+
+
+def print_to_stderr(line: str) -> None:
+    """Default echo for :func:`follow_round`."""
+    sys.stderr.write(line + "\n")

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 venv: $(STAMP)
 
 demo: $(STAMP)
-	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh demo-output
+	$(PY) scripts/demo.py demo-output
 
 test: $(STAMP)
 	$(PY) -m pytest

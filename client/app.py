@@ -32,6 +32,11 @@ from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.errors import ConfigError
 
 log = logging.getLogger("fedarches.client")
+if not logging.getLogger("fedarches").handlers:  # a fresh ClientApp process: log to the SuperNode's console
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(asctime)s fedarches %(levelname)s: %(message)s", "%H:%M:%S"))
+    logging.getLogger("fedarches").addHandler(_handler)
+    logging.getLogger("fedarches").setLevel(logging.INFO)
 
 app = ClientApp(mods=[egress_audit_mod, lab_mods_mod])
 

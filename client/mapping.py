@@ -252,6 +252,22 @@ def embed_with_adapters(
         return model.get_latent_representation().astype(np.float32)
 
 
+def embed_with_atlas(
+    adata: AnnData,
+    atlas: ReferenceBundle,
+    *,
+    batch_key: str | None = None,
+    layer: str | None = None,
+    lab_name: str = "query",
+) -> np.ndarray:
+    """Latent of ``adata`` from a merged atlas that already holds this lab's batches: no surgery, no training."""
+    prepared = prepare_query(adata, atlas, batch_key=batch_key, layer=layer, batch_prefix=lab_name, known_batches=True)
+    with quiet_training(), tempfile.TemporaryDirectory() as tmp:
+        model = _load_query_model(prepared, atlas, Path(tmp))
+        model.is_trained_ = True
+        return model.get_latent_representation().astype(np.float32)
+
+
 def _load_query_model(prepared: PreparedQuery, bundle: ReferenceBundle, workdir: Path) -> Any:
     """``load_query_data`` on the prepared input, from verified bundle bytes."""
     import anndata as ad

@@ -131,16 +131,23 @@ def prepare_query(
     layer: str | None = None,
     batch_prefix: str = "query",
     min_gene_fraction: float = MIN_GENE_FRACTION,
+    known_batches: bool = False,
 ) -> PreparedQuery:
     """Check ``adata`` and build the reference-aligned counts the model takes.
 
     Genes missing from the query are zero-filled, as ``prepare_query_anndata`` does. Query
     batches become ``"{batch_prefix}/{value}"`` (or just ``batch_prefix`` without a batch key)
-    so that they can never be mistaken for a reference batch.
+    so that they can never be mistaken for a reference batch. With ``known_batches`` every
+    batch must instead already be in the bundle (a merged atlas holding this lab's batches).
     """
     batches, counts, source = validate_query(adata, batch_key=batch_key, layer=layer, batch_prefix=batch_prefix)
     clash = set(batches).intersection(bundle.batch_categories)
-    if clash:
+    if known_batches:
+        unknown = sorted(set(batches) - clash)
+        if unknown:
+            msg = f"batches {unknown[:3]} are not in this atlas, so they need surgery, not just embedding"
+            raise QueryDataError(msg, hint="map the data with `fedarches-client map` (or join a round) instead")
+    elif clash:
         msg = f"query batch {sorted(clash)[0]!r} has the name of a reference batch"
         raise QueryDataError(msg, hint="choose another lab name (--lab-name)")
     overlap, positions = match_genes(adata, bundle.genes)

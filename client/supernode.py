@@ -7,10 +7,13 @@ the lab, and paths with spaces survive.
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,8 @@ from fedarches.client.lab import LabDir
 from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.errors import FederationError
 
+PID_FILE = "supernode.pid"  # process group of the running SuperNode, while `join` runs
+_EXIT_CODE = re.compile(r"Exit Code: (\d+)")
 # flower-supernode exit codes worth explaining (flwr.common.exit.ExitCode, 1.41).
 _EXIT_HELP = {
     305: (
@@ -81,38 +86,74 @@ def supernode_command(settings: JoinSettings, node_config_path: Path) -> list[st
 
 
 def run_supernode(settings: JoinSettings, *, env: dict[str, str] | None = None) -> int:
-    """Run the SuperNode in the foreground until it exits or we are stopped; return its exit code."""
+    """Run the SuperNode in the foreground until it exits or we are stopped; return its exit code.
+
+    Its output is passed through to our stdout. The SuperNode runs in its own process group, which
+    is taken down as a whole at the end: flower-supernode 1.41 can exit and leave its SuperExec
+    child retrying forever.
+    """
     config_path = settings.lab.root / "node-config.toml"
     atomic_write_bytes(config_path, tomli_w.dumps(settings.node_config()).encode())
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(supernode_command(settings, config_path), env=env)
+    # Flower keeps installed apps under FLWR_HOME: keep them in the lab directory, not in ~/.flwr.
+    env = {**(os.environ if env is None else env), "FLWR_HOME": str(settings.lab.root / "flwr")}
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    process = subprocess.Popen(
+        supernode_command(settings, config_path),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
+    pid_file = settings.lab.root / PID_FILE
+    pid_file.write_text(f"{process.pid}\n")
+    seen: list[int] = []
+    relay = threading.Thread(target=_relay_output, args=(process, seen), daemon=True)
+    relay.start()
     stopping = {"requested": False}
 
     def handler(_signum: int, _frame: object) -> None:
         stopping["requested"] = True
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        _signal_group(process.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     try:
-        while process.poll() is None:
-            time.sleep(0.5)
+        process.wait()
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-    code = int(process.returncode or 0)
+        _signal_group(process.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        _signal_group(process.pid, signal.SIGKILL)
+        relay.join(timeout=5)
+        pid_file.unlink(missing_ok=True)
     if stopping["requested"]:
         return 0
-    if code in _EXIT_HELP:
-        message, hint = _EXIT_HELP[code]
-        msg = f"{message} (flower-supernode exit code {code})"
-        raise FederationError(msg, hint=hint)
-    return code
+    for code in seen:
+        if code in _EXIT_HELP:
+            message, hint = _EXIT_HELP[code]
+            msg = f"{message} (Flower exit code {code})"
+            raise FederationError(msg, hint=hint)
+    return int(process.returncode or 0)
+
+
+def _relay_output(process: subprocess.Popen[str], exit_codes: list[int]) -> None:
+    """Copy the SuperNode's output to ours, noting the Flower exit codes it reports."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        match = _EXIT_CODE.search(line)
+        if match:
+            exit_codes.append(int(match.group(1)))
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def free_port() -> int:

@@ -160,7 +160,7 @@ def run_round(grid: Grid, settings: RoundSettings) -> RoundResult:
     result.phases["wait_for_labs_s"] = time.perf_counter() - tick
     for node_id in online - set(by_node):
         log.warning("node %d is online but not a registered lab; it is left out", node_id)
-    participants = [by_node[n] for n in sorted(online & set(by_node))]
+    participants = sorted((by_node[n] for n in online & set(by_node)), key=lambda lab: lab.name)
     for lab in labs.values():
         if lab.node_id not in online:
             lab.reason = "SuperNode not online when the round started"
@@ -252,14 +252,12 @@ def _train_labs(
             lab.bytes_to_lab,
         )
     start = time.monotonic()
-    replies = _exchange(grid, messages, settings.timeout, on_reply=lambda r: _log_arrival(r, labs, start))
+    by_node = {lab.node_id: lab for lab in labs}
+    replies = _exchange(grid, messages, settings.timeout, on_reply=lambda n, r: _log_arrival(by_node[n], r, start))
     return {lab.name: replies[lab.node_id] for lab in labs if lab.node_id in replies}
 
 
-def _log_arrival(reply: Message, labs: list[LabOutcome], start: float) -> None:
-    lab = next((lab for lab in labs if lab.node_id == reply.metadata.src_node_id), None)
-    if lab is None:
-        return
+def _log_arrival(lab: LabOutcome, reply: Message, start: float) -> None:
     lab.reply_s = time.monotonic() - start
     if reply.has_error():
         log.warning("<- %s: error after %.1f s (%s)", lab.name, lab.reply_s, reply.error.reason)
@@ -286,7 +284,7 @@ def _exchange(grid: Grid, messages: list[Message], timeout: float, on_reply: Any
             pending.discard(reply.metadata.reply_to_message_id)
             replies[node] = reply
             if on_reply is not None:
-                on_reply(reply)
+                on_reply(node, reply)
         if pending:
             time.sleep(POLL_S)
     return replies

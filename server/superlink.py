@@ -29,7 +29,7 @@ APP_NAME = "fedarches-round"
 
 
 def flower_executable(name: str) -> str:
-    """Path of a Flower executable in the environment running fedarches."""
+    """Path of an executable (Flower's, or fedarches') in the environment running fedarches."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
 

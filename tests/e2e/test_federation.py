@@ -1,0 +1,261 @@
+"""The real federation on loopback: a SuperLink with TLS and node authentication, real SuperNodes.
+
+One coordinator and three labs on the demo data run through the same command lines users type
+(``fedarches-server serve/add-lab/run-round``, ``fedarches-client join``). Later rounds add
+misbehaving labs (corrupt adapters through their own client mods) and kill a lab mid-round.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from fedarches.server.loopback import LoopbackFederation, free_tcp_port
+from fedarches.shared import crypto, protocol
+from fedarches.shared.bundle import ReferenceBundle, write_bundle
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+REPO = Path(__file__).resolve().parents[2]
+LABS = ("lab_a", "lab_b", "lab_c")
+EPOCHS = 30
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory, demo_bundle: ReferenceBundle, demo_dir: Path):
+    """Coordinator + three labs online; yields (federation, bundle signed by the coordinator)."""
+    work = tmp_path_factory.mktemp("federation")
+    fed = LoopbackFederation(work, threads=1, env={"PYTHONPATH": str(REPO)})
+    try:
+        # The demo bundle, re-signed with this coordinator's key (a coordinator only runs its own bundles).
+        key = crypto.load_private_key(fed.coord.signing_key)
+        bundle_dir = work / "reference-bundle"
+        write_bundle(bundle_dir, _contents_of(demo_bundle), key)
+        bundle = ReferenceBundle.open(bundle_dir, fed.coord.signing_public_key)
+        fed.start_coordinator()
+        for lab in LABS:
+            fed.add_lab(lab, demo_dir / f"{lab}.h5ad")
+            fed.join(lab)
+        yield fed, bundle
+    finally:
+        fed.stop()
+
+
+@pytest.fixture(scope="module")
+def first_round(federation):
+    fed, bundle = federation
+    return fed.run_round(bundle.path, "--max-epochs", str(EPOCHS), "--min-labs", "3")
+
+
+def test_round_completes_and_merges_every_lab(first_round, federation) -> None:
+    fed, bundle = federation
+    assert first_round["status"] == "completed", first_round["_cli"]["output"]
+    assert {lab["name"]: lab["status"] for lab in first_round["labs"]} == dict.fromkeys(LABS, "accepted")
+    atlas = ReferenceBundle.open(first_round["atlas"]["path"], fed.coord.signing_public_key)
+    assert atlas.batch_categories == [*bundle.batch_categories, *LABS]
+    for lab in first_round["labs"]:
+        # first round: the whole bundle travels once; the reply is a few KB
+        assert lab["bundle_sent"]
+        assert lab["bytes_to_lab"] >= bundle.size_bytes
+        assert lab["bytes_from_lab"] < 20_000
+        assert lab["adapter"]["bytes"] == 2560
+    report = Path(first_round["atlas"]["path"]).parent
+    html = (report / "report.html").read_text()
+    assert all(name in html for name in LABS) and "suppressed" in html
+    assert (report / "composition.png").stat().st_size > 10_000
+
+
+def test_each_lab_matches_a_local_map_and_the_atlas_reproduces_its_latent(first_round, federation, demo_dir) -> None:
+    from fedarches.client.mapping import MappingOptions, embed_with_atlas, map_query
+
+    fed, bundle = federation
+    atlas = ReferenceBundle.open(first_round["atlas"]["path"], fed.coord.signing_public_key)
+    for name in LABS:
+        federated = ad.read_h5ad(fed.labs[name].out_dir / "annotated.h5ad")
+        local = ad.read_h5ad(demo_dir / f"{name}.h5ad")
+        map_query(
+            local, bundle, lab_name=name, options=MappingOptions(max_epochs=EPOCHS, threads=1, progress_bar=False)
+        )
+        assert (federated.obs["predicted_cell_type"] == local.obs["predicted_cell_type"]).all()
+        np.testing.assert_allclose(
+            federated.obs["prediction_confidence"], local.obs["prediction_confidence"], atol=1e-5
+        )
+        latent = embed_with_atlas(federated, atlas, lab_name=name)
+        np.testing.assert_allclose(latent, federated.obsm["X_scANVI"], atol=1e-5)
+
+
+def test_egress_holds_only_allow_listed_adapter_tensors_and_statistics(first_round, federation, demo_dir) -> None:
+    fed, _ = federation
+    for name in LABS:
+        source = ad.read_h5ad(demo_dir / f"{name}.h5ad")
+        forbidden = {str(v) for v in source.obs_names} | {
+            str(v) for column in source.obs.columns for v in source.obs[column].astype(str).unique() if len(str(v)) > 3
+        }
+        entries = [json.loads(line) for line in (fed.labs[name].export_dir / "egress" / "audit.jsonl").open()]
+        assert {e["message_type"] for e in entries} == {"query", "train"}
+        for entry in entries:
+            assert entry["verdict"] == "sent"
+            rules = protocol.ALLOWED_REPLIES[entry["message_type"]]
+            assert set(entry["records"]) <= set(rules)
+            copy = Path(entry["copy"])
+            with np.load(copy, allow_pickle=False) as arrays:
+                for key in arrays.files:
+                    values = arrays[key]
+                    assert key.startswith(protocol.ADAPTER + "/"), key
+                    assert np.issubdtype(values.dtype, np.floating)
+                    assert source.n_obs not in values.shape, (key, values.shape)
+                    assert source.n_vars not in values.shape, (key, values.shape)
+            sent_text = copy.with_suffix(".json").read_text()
+            leaked = [value for value in forbidden if f'"{value}"' in sent_text]
+            # cell-type names are the reference's labels, shared by design; nothing else of obs may appear
+            leaked = [v for v in leaked if v not in fed_label_names(federation)]
+            assert not leaked, leaked
+
+
+def fed_label_names(federation) -> set[str]:
+    _, bundle = federation
+    return set(bundle.label_categories)
+
+
+def test_second_round_sends_only_the_bundle_id_and_rejects_malformed_adapters(first_round, federation, demo_dir):
+    fed, bundle = federation
+    coordinator_toml = fed.coord.config_path
+    coordinator_toml.write_text(
+        coordinator_toml.read_text().replace("max-adapter-bytes = 1048576", "max-adapter-bytes = 8192")
+    )
+    small = fed.workdir / "small_lab.h5ad"
+    ad.read_h5ad(demo_dir / "lab_a.h5ad")[:80].copy().write_h5ad(small)
+    faults = {"lab_nan": "nan_adapter", "lab_shape": "wrong_shape_adapter", "lab_big": "oversized_adapter"}
+    for name, mod in faults.items():
+        fed.add_lab(name, small, extra_mods=f"tests.e2e.faulty_mods:{mod}")
+        fed.join(name)
+    report = fed.run_round(bundle.path, "--max-epochs", "3", check=False)
+    status = {lab["name"]: lab for lab in report["labs"]}
+    for name in LABS:
+        assert status[name]["status"] == "accepted"
+        assert not status[name]["bundle_sent"] and status[name]["bytes_to_lab"] < 2_000
+    assert status["lab_nan"]["status"] == "rejected" and "non-finite" in status["lab_nan"]["reason"]
+    assert status["lab_shape"]["status"] == "rejected" and "shape" in status["lab_shape"]["reason"]
+    assert status["lab_big"]["status"] == "rejected" and "limit" in status["lab_big"]["reason"]
+    assert report["status"] == "completed"
+    assert sorted(report["rejected"]) == sorted(faults)
+    atlas = ReferenceBundle.open(report["atlas"]["path"], fed.coord.signing_public_key)
+    assert atlas.batch_categories == [*bundle.batch_categories, *LABS]
+    for name in faults:  # they are not part of the next rounds
+        fed.kill_lab(name)
+        fed.coord.update_lab(name, registered=False)
+
+
+def test_lab_killed_mid_round_is_reported_and_the_superlink_keeps_serving(first_round, federation):
+    fed, bundle = federation
+    holder: dict = {}
+    log_path = fed.labs["lab_c"].log_path
+    before = log_path.read_text().count("using held bundle")
+    runner = threading.Thread(
+        target=lambda: holder.update(
+            report=fed.run_round(bundle.path, "--max-epochs", "200", "--min-labs", "2", "--timeout", "400", check=False)
+        )
+    )
+    runner.start()
+    deadline = time.monotonic() + 120
+    while log_path.read_text().count("using held bundle") == before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert log_path.read_text().count("using held bundle") > before, "lab_c never started training"
+    fed.kill_lab("lab_c")
+    runner.join(timeout=500)
+    report = holder["report"]
+    status = {lab["name"]: lab for lab in report["labs"]}
+    assert status["lab_c"]["status"] == "dropped", status["lab_c"]
+    assert report["dropped"] == ["lab_c"]
+    assert status["lab_a"]["status"] == status["lab_b"]["status"] == "accepted"
+    assert report["status"] == "completed"
+    assert fed._serve is not None and fed._serve.poll() is None  # coordinator still up
+    online = fed.online_nodes()
+    assert {int(fed.coord.lab(n)["node-id"]) for n in ("lab_a", "lab_b")} <= online
+
+
+def test_unregistered_key_is_refused(federation, tmp_path) -> None:
+    fed, _ = federation
+    lab_dir = tmp_path / "intruder"
+    lab_dir.mkdir()
+    for name in ("ca.crt", "bundle-signing.pub", "lab.toml"):
+        (lab_dir / name).write_bytes((fed.labs["lab_a"].export_dir / name).read_bytes())
+    subprocess.run([_bin("fedarches-client"), "keygen", "--lab-dir", str(lab_dir)], check=True, capture_output=True)
+    output = tmp_path / "join.log"
+    with output.open("w") as fh:
+        done = subprocess.run(
+            [
+                _bin("fedarches-client"), "join", "--lab-dir", str(lab_dir), "--data",
+                str(fed.labs["lab_a"].data), "--out", str(tmp_path / "out"),
+            ],
+            stdout=fh, stderr=subprocess.STDOUT, timeout=120, check=False,
+        )  # fmt: skip
+    text = output.read_text()
+    assert done.returncode == 40, text
+    assert "refused" in text and "add-lab" in text
+    assert not (lab_dir / "supernode.pid").exists()
+
+
+def test_connections_without_tls_fail(federation, tmp_path) -> None:
+    fed, _ = federation
+    host, port = fed.coord.host, fed.coord.port
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        connection = http.client.HTTPConnection(host, port, timeout=10)
+        connection.request("GET", "/")
+        connection.getresponse()
+    untrusted = ssl.create_default_context()  # the system CAs do not know the consortium CA
+    with pytest.raises(ssl.SSLCertVerificationError), socket.create_connection((host, port), timeout=10) as sock:
+        untrusted.wrap_socket(sock, server_hostname=host)
+    trusted = ssl.create_default_context(cafile=str(fed.coord.ca_cert))
+    with socket.create_connection((host, port), timeout=10) as sock, trusted.wrap_socket(sock, server_hostname=host):
+        pass
+    # a registered lab's key over plain HTTP: the SuperNode never comes online
+    export = fed.labs["lab_a"].export_dir
+    output = tmp_path / "insecure.log"
+    with output.open("w") as fh:
+        process = subprocess.Popen(
+            [
+                _bin("flower-supernode"), "--insecure", "--superlink", f"{host}:{port}",
+                "--auth-supernode-private-key", str(export / "supernode.key"), "--max-retries", "1",
+                "--port", str(free_tcp_port()), "--node-config", f'lab-dir="{tmp_path}"',
+            ],
+            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            code = process.wait(timeout=120)
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)  # its SuperExec child may linger
+    assert code != 0, output.read_text()
+
+
+def _bin(name: str) -> str:
+    from fedarches.server.superlink import flower_executable
+
+    return flower_executable(name)
+
+
+def _contents_of(bundle: ReferenceBundle):
+    from fedarches.shared.bundle import BundleContents
+
+    return BundleContents(
+        model_pt=bundle.model_bytes(),
+        model_class=bundle.model_class,
+        setup_args=bundle.setup_args,
+        batch_categories=bundle.batch_categories,
+        label_categories=bundle.label_categories,
+        gene_ids=bundle.genes["gene_id"].tolist(),
+        gene_symbols=bundle.genes["gene_symbol"].tolist(),
+        embedding=bundle.embedding,
+    )

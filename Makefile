@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test test-fast lint compare clean
+.PHONY: venv demo test test-fast lint compare bench-federation clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ lint: $(STAMP)
 
 compare: $(STAMP)
 	$(PY) scripts/compare_scvi.py
+
+bench-federation: $(STAMP)
+	$(PY) scripts/bench_federation.py bench-output/federation
 
 clean:
 	rm -rf demo-output bench-output

@@ -279,6 +279,10 @@ def print_egress(description: dict, *, n_cells: int) -> None:
                 values.add_row(record, t["cell_type"], detail)
         else:
             for key, value in info["values"].items():
+                if key == "slices":
+                    for name, where in json.loads(value).items():
+                        values.add_row(record, f"slice {name}", f"axis {where['axis']}, offset {where['offset']}")
+                    continue
                 shown = f"{value:.3f}" if isinstance(value, float) else str(value)
                 values.add_row(record, key, shown if len(shown) < 200 else shown[:200] + "...")
     out.print(tensors)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import tomli_w
 
 from fedarches.client.lab import LabDir
 from fedarches.shared._io import atomic_write_bytes
+from fedarches.shared._process import free_port, own_executable, with_own_bin_on_path
 from fedarches.shared.errors import FederationError
 
 PID_FILE = "supernode.pid"  # process group of the running SuperNode, while `join` runs
@@ -71,7 +71,7 @@ def supernode_command(settings: JoinSettings, node_config_path: Path) -> list[st
     """The ``flower-supernode`` command line for ``settings``."""
     port = settings.port or free_port()
     return [
-        str(Path(sys.executable).parent / "flower-supernode"),
+        own_executable("flower-supernode"),
         "--superlink",
         settings.superlink,
         "--root-certificates",
@@ -96,7 +96,7 @@ def run_supernode(settings: JoinSettings, *, env: dict[str, str] | None = None) 
     atomic_write_bytes(config_path, tomli_w.dumps(settings.node_config()).encode())
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     # Flower keeps installed apps under FLWR_HOME: keep them in the lab directory, not in ~/.flwr.
-    env = {**(os.environ if env is None else env), "FLWR_HOME": str(settings.lab.root / "flwr")}
+    env = with_own_bin_on_path({**(os.environ if env is None else env), "FLWR_HOME": str(settings.lab.root / "flwr")})
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     process = subprocess.Popen(
         supernode_command(settings, config_path),
@@ -154,10 +154,3 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def free_port() -> int:
-    """A TCP port on loopback that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -30,7 +30,7 @@ import torch
 
 from fedarches.client.mapping import MappingOptions, map_query
 from fedarches.server.loopback import LoopbackFederation
-from fedarches.server.superlink import flower_executable
+from fedarches.shared._process import own_executable
 from fedarches.shared.bundle import ReferenceBundle
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cellbench_lung_celllines.h5ad"
@@ -60,7 +60,7 @@ def main(out: Path) -> None:
         tick = time.monotonic()
         subprocess.run(
             [
-                flower_executable("fedarches-server"), "build-reference", str(data["reference"]),
+                own_executable("fedarches-server"), "build-reference", str(data["reference"]),
                 "--batch-key", "batch", "--labels-key", "cell_type", "--signing-key", str(fed.coord.signing_key),
                 "--out", str(bundle_dir), "--quiet",
             ],

@@ -22,7 +22,7 @@ import anndata as ad
 from sklearn.metrics import accuracy_score, f1_score
 
 from fedarches.server.loopback import LoopbackFederation
-from fedarches.server.superlink import flower_executable
+from fedarches.shared._process import own_executable
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "demo"
 LABS = ("lab_a", "lab_b", "lab_c")
@@ -43,7 +43,7 @@ def main(out: Path) -> None:
         step("coordinator: build and sign the reference bundle (scVI -> scANVI on the demo reference)")
         subprocess.run(
             [
-                flower_executable("fedarches-server"), "build-reference", str(DATA / "reference.h5ad"),
+                own_executable("fedarches-server"), "build-reference", str(DATA / "reference.h5ad"),
                 "--batch-key", "batch", "--labels-key", "cell_type", "--signing-key", str(coord.signing_key),
                 "--out", str(bundle), "--quiet",
             ],

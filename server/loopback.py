@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import IO, Any
 
 from fedarches.server import superlink
 from fedarches.server.coordinator import CoordinatorDir, init_coordinator
+from fedarches.shared._process import free_port, own_executable
 from fedarches.shared.errors import FederationError
 
 ONLINE_TIMEOUT_S = 60.0
@@ -60,7 +60,7 @@ class LoopbackFederation:
         if (coord_dir / "coordinator.toml").exists():
             self.coord = CoordinatorDir.open(coord_dir)
         else:
-            port = free_tcp_port()
+            port = free_port()
             self.coord = init_coordinator(coord_dir, port=port)
 
     def __enter__(self) -> LoopbackFederation:
@@ -188,7 +188,7 @@ class LoopbackFederation:
         fh = open(log_path, "a", encoding="utf-8")
         self._logs.append(fh)
         return subprocess.Popen(
-            [superlink.flower_executable(command[0]), *command[1:]],
+            [own_executable(command[0]), *command[1:]],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=self._env(),
@@ -197,7 +197,7 @@ class LoopbackFederation:
 
     def _cli(self, command: list[str], *, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [superlink.flower_executable(command[0]), *command[1:]],
+            [own_executable(command[0]), *command[1:]],
             env=self._env(),
             capture_output=capture,
             text=True,
@@ -210,15 +210,12 @@ class LoopbackFederation:
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "OMP_NUM_THREADS": str(self.threads), **self.env}
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        return env
+        return superlink.with_own_bin_on_path(env)
 
 
 def _signal_supernode(lab: LabProcess, sig: int) -> None:
     """Signal the SuperNode process group that ``join`` recorded in its pid file."""
-    from fedarches.client.supernode import PID_FILE
-
-    pid_file = lab.export_dir / PID_FILE
+    pid_file = lab.export_dir / "supernode.pid"  # written by `fedarches-client join`
     try:
         os.killpg(int(pid_file.read_text()), sig)
     except (OSError, ValueError):
@@ -230,10 +227,3 @@ def _signal_group(process: subprocess.Popen[Any], sig: int) -> None:
         os.killpg(process.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def free_tcp_port() -> int:
-    """A loopback TCP port free right now."""
-    from fedarches.client.supernode import free_port
-
-    return free_port()

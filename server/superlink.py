@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import tomli_w
 
 from fedarches.server.coordinator import CONNECTION_NAME, CoordinatorDir
 from fedarches.shared import __version__
+from fedarches.shared._process import own_executable, with_own_bin_on_path
 from fedarches.shared.errors import FederationError
 
 log = logging.getLogger("fedarches.server")
@@ -28,15 +28,9 @@ log = logging.getLogger("fedarches.server")
 APP_NAME = "fedarches-round"
 
 
-def flower_executable(name: str) -> str:
-    """Path of an executable (Flower's, or fedarches') in the environment running fedarches."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
 def flower_env(coord: CoordinatorDir, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for Flower commands: our FLWR_HOME, no telemetry."""
-    env = dict(os.environ if base is None else base)
+    env = with_own_bin_on_path(dict(os.environ if base is None else base))
     env["FLWR_HOME"] = str(coord.flwr_home)
     env["FLWR_TELEMETRY_ENABLED"] = "0"
     return env
@@ -45,7 +39,7 @@ def flower_env(coord: CoordinatorDir, base: dict[str, str] | None = None) -> dic
 def superlink_command(coord: CoordinatorDir) -> list[str]:
     """``flower-superlink`` with TLS, node authentication, persistent state, and no runtime installs."""
     return [
-        flower_executable("flower-superlink"),
+        own_executable("flower-superlink"),
         "--ssl-ca-certfile",
         str(coord.ca_cert),
         "--ssl-certfile",
@@ -91,7 +85,7 @@ def is_listening(host: str, port: int) -> bool:
 
 def flwr(coord: CoordinatorDir, *args: str, timeout: float = 120) -> dict[str, Any]:
     """Run ``flwr ARGS --format json`` against this coordinator's SuperLink; return its JSON output."""
-    command = [flower_executable("flwr"), *args, "--format", "json"]
+    command = [own_executable("flwr"), *args, "--format", "json"]
     try:
         done = subprocess.run(
             command, env=flower_env(coord), capture_output=True, text=True, timeout=timeout, check=False

@@ -7,6 +7,7 @@ misbehaving labs (corrupt adapters through their own client mods) and kill a lab
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -22,8 +23,9 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from fedarches.server.loopback import LoopbackFederation, free_tcp_port
+from fedarches.server.loopback import LoopbackFederation
 from fedarches.shared import crypto, protocol
+from fedarches.shared._process import free_port, own_executable
 from fedarches.shared.bundle import ReferenceBundle, write_bundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -229,21 +231,20 @@ def test_connections_without_tls_fail(federation, tmp_path) -> None:
             [
                 _bin("flower-supernode"), "--insecure", "--superlink", f"{host}:{port}",
                 "--auth-supernode-private-key", str(export / "supernode.key"), "--max-retries", "1",
-                "--port", str(free_tcp_port()), "--node-config", f'lab-dir="{tmp_path}"',
+                "--port", str(free_port()), "--node-config", f'lab-dir="{tmp_path}"',
             ],
             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
             code = process.wait(timeout=120)
         finally:
-            os.killpg(process.pid, signal.SIGKILL)  # its SuperExec child may linger
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # its SuperExec child may linger
     assert code != 0, output.read_text()
 
 
 def _bin(name: str) -> str:
-    from fedarches.server.superlink import flower_executable
-
-    return flower_executable(name)
+    return own_executable(name)
 
 
 def _contents_of(bundle: ReferenceBundle):

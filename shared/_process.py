@@ -1,0 +1,34 @@
+"""Child processes of the coordinator and the labs: executables, PATH, ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+
+def own_executable(name: str) -> str:
+    """Path of an executable (Flower's or fedarches') in the environment running fedarches."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def with_own_bin_on_path(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this environment's bin directory first on PATH.
+
+    flower-superlink and flower-supernode start ``flower-superexec``, ``flwr-serverapp`` and
+    ``flwr-clientapp`` by name; without this, a virtual environment that is not activated would
+    make them fail (or run another installation's).
+    """
+    own = str(Path(sys.executable).parent)
+    if env.get("PATH", "").split(os.pathsep)[0] != own:
+        env["PATH"] = os.pathsep.join([own, env.get("PATH", "")])
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

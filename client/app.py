@@ -1,16 +1,12 @@
 """The lab's Flower ClientApp: local scArches mapping on the lab's own file, adapters out.
 
 The SuperNode started by ``fedarches-client join`` passes the lab's settings as node config
-(``lab-dir``, ``data-path``, ``out-dir``, ``batch-key``, ``layer``, ``threads``). Two handlers:
+(``lab-dir``, ``data-path``, ``out-dir``, ``batch-key``, ``layer``, ``threads``). One handler,
+``train``: store and verify the bundle if it came with the message, map the lab's file exactly as
+``fedarches-client map`` would, write the annotated ``.h5ad``, plots, adapter and statistics under
+``out-dir``, and reply with the adapter and the suppressed label statistics only.
 
-``query``
-    Which bundles this lab already holds (cheap: no scvi-tools import).
-``train``
-    Store and verify the bundle if it came with the message, map the lab's file exactly as
-    ``fedarches-client map`` would, write the annotated ``.h5ad``, plots, adapter and statistics
-    under ``out-dir``, and reply with the adapter and the suppressed label statistics only.
-
-Both run inside :func:`~fedarches.client.mods.egress_audit_mod`.
+It runs inside :func:`~fedarches.client.mods.egress_audit_mod`.
 """
 
 from __future__ import annotations
@@ -68,14 +64,6 @@ class NodeSettings:
             layer=str(config.get("layer") or "") or None,
             threads=threads or None,
         )
-
-
-@app.query()
-def hello(msg: Message, context: Context) -> Message:
-    """Tell the coordinator this lab's name, version and the bundles it holds."""
-    lab = LabDir.open(NodeSettings.from_context(context).lab_dir)
-    record = ConfigRecord({"lab-name": lab.name, "fedarches-version": __version__, "bundles": lab.held_bundles()})
-    return Message(RecordDict({protocol.HELLO: record}), reply_to=msg)
 
 
 @app.train()

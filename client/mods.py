@@ -38,8 +38,8 @@ log = logging.getLogger("fedarches.client")
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 
 EGRESS_LIMIT_BYTES = 1_048_576
-# Error codes sent to the coordinator: 1000 + the fedarches exit code; 1001 for anything unexpected.
-ERROR_CODE_BASE = 1000
+# Error codes sent to the coordinator: base + the fedarches exit code; base + 1 for anything unexpected.
+ERROR_CODE_BASE = protocol.LAB_ERROR_CODE_BASE
 
 
 def egress_audit_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:

@@ -8,8 +8,8 @@ Measured in one run, on this machine:
 * federated: a SuperLink and three SuperNodes on loopback (TLS and node authentication on), each
   lab with 1 torch thread; start-up times; two rounds (the first sends the bundle, the second only
   its id); wall time of `fedarches-server run-round`; Flower payload bytes each way per lab;
-* central: the same three `map_query` calls, one after another in one process (same bundle, same
-  epochs and seed), with 2 torch threads;
+* central: the same three mappings, one after another in one process (same bundle, same epochs and
+  seed, the same output files written), with 2 torch threads, scvi-tools imported once;
 * sizes: bundle, each lab's raw .h5ad, adapters.
 
     .venv/bin/python scripts/bench_federation.py [OUT_DIR]     (make bench-federation)
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from fedarches.client.mapping import MappingOptions, map_query
+from fedarches.client.outputs import MappingOutputs, write_mapping_outputs
 from fedarches.server.loopback import LoopbackFederation
 from fedarches.shared._process import own_executable
 from fedarches.shared.bundle import ReferenceBundle
@@ -42,6 +43,7 @@ CENTRAL_THREADS = 2
 
 def write_split(out: Path) -> dict[str, Path]:
     adata = ad.read_h5ad(DATA)
+    out.mkdir(parents=True, exist_ok=True)
     paths = {"reference": out / "reference.h5ad"}
     adata[adata.obs["batch"].isin(REFERENCE_BATCHES)].copy().write_h5ad(paths["reference"])
     for lab, batch in LABS.items():
@@ -51,6 +53,7 @@ def write_split(out: Path) -> dict[str, Path]:
 
 
 def main(out: Path) -> None:
+    out = out.resolve()
     if out.exists():
         shutil.rmtree(out)
     data = write_split(out / "data")
@@ -72,6 +75,7 @@ def main(out: Path) -> None:
             fed.add_lab(lab, data[lab])
         results["supernode_startup_s"] = {lab: fed.join(lab) for lab in LABS}
         rounds = [fed.run_round(bundle_dir, "--max-epochs", str(EPOCHS), "--min-labs", "3") for _ in range(2)]
+        results["lab_timings_round2"] = {lab["name"]: lab["timings"] for lab in rounds[1]["labs"]}
         outputs = {lab: ad.read_h5ad(fed.labs[lab].out_dir / "annotated.h5ad") for lab in LABS}
     bundle = ReferenceBundle.open(bundle_dir, fed.coord.signing_public_key)
     results["bundle_bytes"] = bundle.size_bytes
@@ -94,7 +98,10 @@ def main(out: Path) -> None:
     central = {}
     for lab in LABS:
         adata = ad.read_h5ad(data[lab])
-        map_query(adata, bundle, lab_name=lab, options=MappingOptions(max_epochs=EPOCHS, seed=0, progress_bar=False))
+        options = MappingOptions(max_epochs=EPOCHS, seed=0, progress_bar=False)
+        result = map_query(adata, bundle, lab_name=lab, options=options)
+        outputs_dir = MappingOutputs.in_directory(out / "central" / lab)  # the same files a lab writes
+        write_mapping_outputs(adata, result, bundle, outputs_dir, confidence_threshold=0.5)
         central[lab] = adata
     results["central_s"] = time.monotonic() - tick
     for lab in LABS:

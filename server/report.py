@@ -53,7 +53,31 @@ def report_dict(result: RoundResult) -> dict[str, Any]:
         "dropped": [lab["name"] for lab in labs if lab["status"] in ("dropped", "timed-out", "offline")],
         "rejected": [lab["name"] for lab in labs if lab["status"] in ("rejected", "failed")],
         "composition": composition_table(result),
+        "confidence": confidence_summary(result),
     }
+
+
+def confidence_summary(result: RoundResult) -> dict[str, dict[str, float | int | None]]:
+    """Per accepted lab, over released types only: cells, mean confidence, low-confidence share.
+
+    A low-confidence count below k is suppressed at the lab; the share then counts it as unknown
+    (``low_confidence_share`` is None when no type released one).
+    """
+    summary: dict[str, dict[str, float | int | None]] = {}
+    for lab in result.labs:
+        if lab.label_statistics is None or lab.status != "accepted":
+            continue
+        released = [t for t in lab.label_statistics.types if t.n_cells is not None and t.mean_confidence is not None]
+        cells = sum(t.n_cells for t in released)  # type: ignore[misc]
+        low = [t for t in released if t.n_low_confidence is not None]
+        summary[lab.name] = {
+            "released_cells": cells,
+            "mean_confidence": round(sum(t.n_cells * t.mean_confidence for t in released) / cells, 4)
+            if cells
+            else None,  # type: ignore[operator]
+            "low_confidence_share": round(sum(t.n_low_confidence for t in low) / cells, 4) if cells and low else None,  # type: ignore[misc]
+        }
+    return summary
 
 
 def composition_table(result: RoundResult) -> dict[str, dict[str, int | str]]:
@@ -152,8 +176,13 @@ def render_html(data: dict[str, Any], plot_path: Path) -> str:
             f"<td class=n>{_cell(t['mean_confidence'], '.3f')}</td><td class=n>{_cell(t['n_low_confidence'])}</td></tr>"
             for t in stats["types"]
         )
+        conf = data["confidence"].get(lab["name"], {})
+        share = conf.get("low_confidence_share")
         stats_blocks.append(
-            f"<h3>{esc(lab['name'])}</h3><table><tr><th>predicted type</th><th>cells</th>"
+            f"<h3>{esc(lab['name'])}</h3><p>{conf.get('released_cells', 0)} cells in released types, mean confidence "
+            f"{_cell(conf.get('mean_confidence'), '.3f')}, low-confidence share "
+            f"{'below k (suppressed)' if share is None else f'{share:.1%}'}</p>"
+            "<table><tr><th>predicted type</th><th>cells</th>"
             f"<th>mean confidence</th><th>low-confidence cells</th></tr>{body}</table>"
         )
     atlas = data["atlas"]
@@ -191,6 +220,10 @@ and never reached the coordinator.</p>
 {"".join(stats_blocks) or "<p>none</p>"}
 </body></html>
 """
+
+
+def _weighted_mean(types: list, cells: int) -> float | None:
+    return round(sum(t.n_cells * t.mean_confidence for t in types) / cells, 4) if cells else None
 
 
 def _seconds(value: float | None) -> str:

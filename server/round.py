@@ -1,14 +1,15 @@
 """One mapping round over a Flower :class:`~flwr.serverapp.Grid`: the coordinator's logic.
 
 1. Wait (``wait-for-labs`` seconds at most) until every registered lab's SuperNode is online.
-2. ``query`` each lab: its name and the bundles it holds. A node whose id is not a registered
-   lab's, or whose lab name differs from the one registered with its key, is left out.
-3. ``train``: the round settings, and the signed bundle only to labs that lack it.
-4. Collect replies until all arrived, or the round's ``timeout``. A lab whose node goes offline
+   A node whose id is not a registered lab's is left out.
+2. ``train``: the round settings, and the signed bundle only to labs with no record of holding
+   it (a lab is recorded as holding a bundle once its adapter for it was accepted; a lab that
+   lost its copy says so and gets it again).
+3. Collect replies until all arrived, or the round's ``timeout``. A lab whose node goes offline
    gets Flower's ``node unavailable`` error reply and is reported as dropped.
-5. Validate each reply (sender identity, bundle id, adapter shapes, finiteness and size, batch
+4. Validate each reply (sender identity, bundle id, adapter shapes, finiteness and size, batch
    names, label-statistics suppression) and keep the valid ones.
-6. Merge the accepted adapters into an updated atlas (a new signed bundle) when at least
+5. Merge the accepted adapters into an updated atlas (a new signed bundle) when at least
    ``min-labs`` labs were accepted, then write the consortium report.
 """
 
@@ -29,13 +30,12 @@ from fedarches.server.coordinator import CoordinatorDir
 from fedarches.shared import protocol
 from fedarches.shared.adapters import Adapter
 from fedarches.shared.bundle import ReferenceBundle
-from fedarches.shared.errors import FedarchesError, FederationError
+from fedarches.shared.errors import BundleError, BundleIntegrityError, FedarchesError, FederationError
 from fedarches.shared.labels import LabelStatistics
 
 log = logging.getLogger("fedarches.server")
 
 POLL_S = 1.0
-QUERY_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -167,18 +167,17 @@ def run_round(grid: Grid, settings: RoundSettings) -> RoundResult:
     log.info("%d of %d labs online: %s", len(participants), len(labs), ", ".join(p.name for p in participants))
 
     tick = time.perf_counter()
-    held = _query_labs(grid, participants, settings)
-    result.phases["query_s"] = time.perf_counter() - tick
-    participants = [lab for lab in participants if lab.name in held]
-
-    tick = time.perf_counter()
-    replies = _train_labs(grid, participants, held, bundle, settings)
+    held = {lab.name: [str(b) for b in coord.lab(lab.name).get("bundles", [])] for lab in participants}
+    replies = _train_labs(grid, participants, held, bundle, settings, deadline=time.monotonic() + settings.timeout)
     result.phases["train_s"] = time.perf_counter() - tick
     reference_shapes = {name: value.shape for name, value in bundle.reference_state().items()}
     for lab in participants:
         _validate(lab, replies.get(lab.name), bundle, reference_shapes, settings)
 
     accepted = [lab for lab in participants if lab.status == "accepted"]
+    for lab in accepted:  # it verified and used this bundle: later rounds send only the id
+        if bundle.bundle_id not in held[lab.name]:
+            coord.update_lab(lab.name, bundles=[*held[lab.name], bundle.bundle_id][-5:])
     if len(accepted) >= settings.min_labs and accepted:
         tick = time.perf_counter()
         result.atlas = merge_adapters(
@@ -207,54 +206,85 @@ def _wait_for_nodes(grid: Grid, expected: set[int], wait_s: float) -> set[int]:
         time.sleep(POLL_S)
 
 
-def _query_labs(grid: Grid, labs: list[LabOutcome], settings: RoundSettings) -> dict[str, list[str]]:
-    """Ask each lab which bundles it holds; check that each node answers with its registered name."""
-    messages = [Message(RecordDict(), dst_node_id=lab.node_id, message_type=protocol.QUERY) for lab in labs]
-    replies = _exchange(grid, messages, min(QUERY_TIMEOUT_S, settings.timeout))
-    by_node = {lab.node_id: lab for lab in labs}
-    held: dict[str, list[str]] = {}
-    for lab in labs:
-        reply = replies.get(lab.node_id)
-        if reply is None:
-            lab.status, lab.reason = "timed-out", "no answer to the query message"
-            continue
-        if reply.has_error():
-            lab.status, lab.reason = "dropped", f"query failed: {reply.error.reason}"
-            continue
-        hello = reply.content.config_records.get(protocol.HELLO)
-        name = str(hello.get("lab-name")) if hello else ""
-        if by_node.get(reply.metadata.src_node_id) is not lab or name != lab.name:
-            lab.status, lab.reason = "rejected", f"node {reply.metadata.src_node_id} calls itself {name!r}"
-            continue
-        held[lab.name] = [str(b) for b in hello.get("bundles", [])]  # type: ignore[union-attr]
-    return held
-
-
 def _train_labs(
-    grid: Grid, labs: list[LabOutcome], held: dict[str, list[str]], bundle: ReferenceBundle, settings: RoundSettings
+    grid: Grid,
+    labs: list[LabOutcome],
+    held: dict[str, list[str]],
+    bundle: ReferenceBundle,
+    settings: RoundSettings,
+    *,
+    deadline: float,
 ) -> dict[str, Message]:
-    files = sorted(p.relative_to(bundle.path).as_posix() for p in bundle.path.rglob("*") if p.is_file())
-    bundle_record = protocol.bundle_to_record(bundle.path, files)
+    """Send ``train`` to every lab, with the bundle only where the coordinator has no record of it.
+
+    A lab that answers that it lacks the bundle (or that its copy fails verification) gets it
+    resent once, within the same deadline.
+    """
+    start = time.monotonic()
+    first = _send_train(
+        grid,
+        labs,
+        {lab.name: bundle.bundle_id not in held[lab.name] for lab in labs},
+        bundle,
+        settings,
+        start,
+        deadline,
+    )
+    resend = [lab for lab in labs if not lab.bundle_sent and _lacks_bundle(first.get(lab.name))]
+    if resend:
+        log.info("resending bundle %s to %s", bundle.bundle_id, ", ".join(lab.name for lab in resend))
+        first.update(
+            _send_train(
+                grid, resend, dict.fromkeys((lab.name for lab in resend), True), bundle, settings, start, deadline
+            )
+        )
+    return first
+
+
+def _send_train(
+    grid: Grid,
+    labs: list[LabOutcome],
+    with_bundle: dict[str, bool],
+    bundle: ReferenceBundle,
+    settings: RoundSettings,
+    start: float,
+    deadline: float,
+) -> dict[str, Message]:
+    bundle_record = None
     messages = []
     for lab in labs:
         content = RecordDict({protocol.ROUND: protocol.round_config(settings.train_config(bundle.bundle_id))})
-        if bundle.bundle_id not in held[lab.name]:
+        if with_bundle[lab.name]:
+            if bundle_record is None:
+                files = sorted(p.relative_to(bundle.path).as_posix() for p in bundle.path.rglob("*") if p.is_file())
+                bundle_record = protocol.bundle_to_record(bundle.path, files)
             content[protocol.BUNDLE] = bundle_record
             lab.bundle_sent = True
         message = Message(content, dst_node_id=lab.node_id, message_type=protocol.TRAIN)
-        lab.bytes_to_lab = message_bytes(message)
+        size = message_bytes(message)
+        lab.bytes_to_lab += size
         lab.status = "running"
         messages.append(message)
         log.info(
             "-> %s: train (%s, %d bytes)",
             lab.name,
-            "with bundle" if lab.bundle_sent else f"bundle {bundle.bundle_id} already held",
-            lab.bytes_to_lab,
+            "with bundle" if with_bundle[lab.name] else f"bundle {bundle.bundle_id} held since an earlier round",
+            size,
         )
-    start = time.monotonic()
     by_node = {lab.node_id: lab for lab in labs}
-    replies = _exchange(grid, messages, settings.timeout, on_reply=lambda n, r: _log_arrival(by_node[n], r, start))
+    replies = _exchange(
+        grid, messages, max(0.0, deadline - time.monotonic()), on_reply=lambda n, r: _log_arrival(by_node[n], r, start)
+    )
     return {lab.name: replies[lab.node_id] for lab in labs if lab.node_id in replies}
+
+
+def _lacks_bundle(reply: Message | None) -> bool:
+    """Whether a lab's error says its copy of the bundle is missing or fails verification."""
+    codes = {
+        protocol.LAB_ERROR_CODE_BASE + BundleError.exit_code,
+        protocol.LAB_ERROR_CODE_BASE + BundleIntegrityError.exit_code,
+    }
+    return reply is not None and reply.has_error() and reply.error.code in codes
 
 
 def _log_arrival(lab: LabOutcome, reply: Message, start: float) -> None:

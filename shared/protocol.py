@@ -1,13 +1,12 @@
 """What travels between coordinator and labs, as Flower records, and what a lab may send.
 
 Coordinator → lab
-    ``query`` message: empty. The lab answers which bundles it already holds, so a bundle
-    travels once, not every round.
     ``train`` message: ``ConfigRecord`` :data:`ROUND` (bundle id, training options) and, only
-    when the lab lacks the bundle, ``ArrayRecord`` :data:`BUNDLE` (each bundle file as uint8).
+    when the coordinator has no record of the lab holding that bundle, ``ArrayRecord``
+    :data:`BUNDLE` (each bundle file as uint8). A bundle travels once, not every round; a lab
+    that lost its copy answers with error code ``LAB_ERROR_CODE_BASE + 20`` and gets it again.
 
 Lab → coordinator (the egress allow-list, :data:`ALLOWED_REPLIES`)
-    ``query`` reply: ``ConfigRecord`` :data:`HELLO` (lab name, version, held bundle ids).
     ``train`` reply: ``ArrayRecord`` :data:`ADAPTER` (float tensors of the new batch columns),
     ``ConfigRecord`` :data:`ADAPTER_META` (where each slice sits), ``ConfigRecord``
     :data:`LABEL_STATS` (suppressed label statistics, JSON), ``ConfigRecord`` :data:`LAB`
@@ -31,12 +30,12 @@ from fedarches.shared.adapters import Adapter
 from fedarches.shared.errors import AdapterError, PrivacyError
 from fedarches.shared.labels import LabelStatistics
 
-QUERY = "query"
 TRAIN = "train"
+# Lab errors travel as Flower error codes LAB_ERROR_CODE_BASE + the fedarches exit code, with no text.
+LAB_ERROR_CODE_BASE = 1000
 
 ROUND = "fedarches.round"
 BUNDLE = "fedarches.bundle"
-HELLO = "fedarches.hello"
 ADAPTER = "fedarches.adapter"
 ADAPTER_META = "fedarches.adapter-meta"
 LABEL_STATS = "fedarches.label-stats"
@@ -55,7 +54,6 @@ class RecordRule:
 
 
 ALLOWED_REPLIES: dict[str, dict[str, RecordRule]] = {
-    QUERY: {HELLO: RecordRule("config", frozenset({"lab-name", "fedarches-version", "bundles"}))},
     TRAIN: {
         ADAPTER: RecordRule("array", None),
         ADAPTER_META: RecordRule("config", frozenset({"format", "bundle-id", "batch-categories", "slices"})),

@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -79,17 +80,29 @@ def test_round_completes_and_merges_every_lab(first_round, federation) -> None:
     assert (report / "composition.png").stat().st_size > 10_000
 
 
-def test_each_lab_matches_a_local_map_and_the_atlas_reproduces_its_latent(first_round, federation, demo_dir) -> None:
-    from fedarches.client.mapping import MappingOptions, embed_with_atlas, map_query
+def test_each_lab_matches_a_local_map_and_the_atlas_reproduces_its_latent(
+    first_round, federation, demo_dir, tmp_path
+) -> None:
+    from typer.testing import CliRunner
+
+    from fedarches.client.cli import app as client_app
+    from fedarches.client.mapping import embed_with_atlas
 
     fed, bundle = federation
     atlas = ReferenceBundle.open(first_round["atlas"]["path"], fed.coord.signing_public_key)
     for name in LABS:
         federated = ad.read_h5ad(fed.labs[name].out_dir / "annotated.h5ad")
-        local = ad.read_h5ad(demo_dir / f"{name}.h5ad")
-        map_query(
-            local, bundle, lab_name=name, options=MappingOptions(max_epochs=EPOCHS, threads=1, progress_bar=False)
-        )
+        result = CliRunner().invoke(
+            client_app,
+            [
+                "map", str(demo_dir / f"{name}.h5ad"), "--reference", str(bundle.path),
+                "--trust", str(fed.labs[name].export_dir / "bundle-signing.pub"), "--lab-name", name,
+                "--max-epochs", str(EPOCHS), "--seed", "0", "--threads", "1",
+                "--out", str(tmp_path / f"{name}.h5ad"), "-q",
+            ],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        local = ad.read_h5ad(tmp_path / f"{name}.h5ad")
         assert (federated.obs["predicted_cell_type"] == local.obs["predicted_cell_type"]).all()
         np.testing.assert_allclose(
             federated.obs["prediction_confidence"], local.obs["prediction_confidence"], atol=1e-5
@@ -106,7 +119,7 @@ def test_egress_holds_only_allow_listed_adapter_tensors_and_statistics(first_rou
             str(v) for column in source.obs.columns for v in source.obs[column].astype(str).unique() if len(str(v)) > 3
         }
         entries = [json.loads(line) for line in (fed.labs[name].export_dir / "egress" / "audit.jsonl").open()]
-        assert {e["message_type"] for e in entries} == {"query", "train"}
+        assert {e["message_type"] for e in entries} == {"train"}
         for entry in entries:
             assert entry["verdict"] == "sent"
             rules = protocol.ALLOWED_REPLIES[entry["message_type"]]
@@ -143,11 +156,14 @@ def test_second_round_sends_only_the_bundle_id_and_rejects_malformed_adapters(fi
     for name, mod in faults.items():
         fed.add_lab(name, small, extra_mods=f"tests.e2e.faulty_mods:{mod}")
         fed.join(name)
+    shutil.rmtree(fed.labs["lab_b"].export_dir / "bundles")  # lab_b lost its copy: it must get it again
     report = fed.run_round(bundle.path, "--max-epochs", "3", check=False)
     status = {lab["name"]: lab for lab in report["labs"]}
     for name in LABS:
         assert status[name]["status"] == "accepted"
+    for name in ("lab_a", "lab_c"):
         assert not status[name]["bundle_sent"] and status[name]["bytes_to_lab"] < 2_000
+    assert status["lab_b"]["bundle_sent"] and status["lab_b"]["bytes_to_lab"] > bundle.size_bytes
     assert status["lab_nan"]["status"] == "rejected" and "non-finite" in status["lab_nan"]["reason"]
     assert status["lab_shape"]["status"] == "rejected" and "shape" in status["lab_shape"]["reason"]
     assert status["lab_big"]["status"] == "rejected" and "limit" in status["lab_big"]["reason"]
@@ -234,6 +250,7 @@ def test_connections_without_tls_fail(federation, tmp_path) -> None:
                 "--port", str(free_port()), "--node-config", f'lab-dir="{tmp_path}"',
             ],
             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "FLWR_TELEMETRY_ENABLED": "0"},
         )  # fmt: skip
         try:
             code = process.wait(timeout=120)

@@ -59,8 +59,11 @@ def main(out: Path) -> None:
             print(f"{lab}: SuperNode online after {seconds:.1f} s (1 torch thread; data stays in {DATA / lab}.h5ad)")
         step("coordinator: `fedarches-server run-round` (Flower run; labs map locally, adapters come back)")
         report = fed.run_round(bundle, "--min-labs", "3", echo=True)
-    step("all processes stopped")
+    leftover = fed.running_groups()
+    step("all processes stopped" if not leftover else f"process groups still running: {leftover}")
     summarize(out, report, time.monotonic() - start)
+    if leftover:
+        sys.exit(1)
 
 
 def summarize(out: Path, report: dict, total_s: float) -> None:
@@ -89,7 +92,7 @@ def summarize(out: Path, report: dict, total_s: float) -> None:
     print(f"  updated atlas: {report['atlas']['path']}  (batches: {', '.join(report['atlas']['batches'])})")
     print(f"  consortium report: {round_dir / 'report.html'}  and report.json, composition.png")
     print(f"  logs: {out / 'logs'}/")
-    print(f"demo finished in {total_s:.0f} s; no process left running")
+    print(f"demo finished in {total_s:.0f} s")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ and its ClientApp down at once, and :meth:`LoopbackFederation.stop` leaves no pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -181,6 +182,25 @@ class LoopbackFederation:
         for fh in self._logs:
             fh.close()
         self._logs.clear()
+
+    def running_groups(self) -> list[int]:
+        """Process groups started here that still have a live process (empty after :meth:`stop`)."""
+        groups = [lab.process.pid for lab in self.labs.values() if lab.process is not None]
+        if self._serve is not None:
+            groups.append(self._serve.pid)
+        for lab in self.labs.values():
+            with contextlib.suppress(OSError, ValueError):
+                groups.append(int((lab.export_dir / "supernode.pid").read_text()))
+        alive = []
+        for group in groups:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                pass
+            alive.append(group)
+        return alive
 
     def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen[Any]:
         log_path = self.workdir / "logs" / f"{log_name}.log"

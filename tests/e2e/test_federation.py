@@ -54,6 +54,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory, demo_bundle: ReferenceB
         yield fed, bundle
     finally:
         fed.stop()
+    assert not fed.running_groups(), "processes outlived the federation"
 
 
 @pytest.fixture(scope="module")

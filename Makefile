@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test test-fast lint compare bench-federation clean
+.PHONY: venv demo test test-fast lint compare bench-federation bench-unknown clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ compare: $(STAMP)
 
 bench-federation: $(STAMP)
 	$(PY) scripts/bench_federation.py bench-output/federation
+
+bench-unknown: $(STAMP)
+	$(PY) scripts/bench_unknown.py
 
 clean:
 	rm -rf demo-output bench-output

@@ -129,17 +129,22 @@ def print_summary(adata: object, *, confidence_threshold: float) -> None:
 
     obs = adata.obs  # type: ignore[attr-defined]
     table = Table(title=f"predicted cell types ({len(obs)} cells)")
-    for column in ("cell type", "cells", "share", "mean confidence", f"low confidence (< {confidence_threshold})"):
+    has_unknown = ADATA_KEYS.UNKNOWN in obs
+    columns = ["cell type", "cells", "share", "mean confidence", f"low confidence (< {confidence_threshold})"]
+    for column in columns + (["Unknown (not in the atlas)"] if has_unknown else []):
         table.add_column(column, justify="left" if column == "cell type" else "right")
     grouped = obs.groupby(ADATA_KEYS.PREDICTION, observed=True)
     for cell_type, group in grouped:
-        table.add_row(
+        row = [
             str(cell_type),
             str(len(group)),
             f"{len(group) / len(obs):.1%}",
             f"{group[ADATA_KEYS.CONFIDENCE].mean():.3f}",
             str(int(group[ADATA_KEYS.LOW_CONFIDENCE].sum())),
-        )
+        ]
+        if has_unknown:
+            row.append(str(int(group[ADATA_KEYS.UNKNOWN].sum())))
+        table.add_row(*row)
     Console().print(table)
 
 

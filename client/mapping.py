@@ -24,6 +24,7 @@ from fedarches.shared.adapters import Adapter, apply_adapters, check_reference_u
 from fedarches.shared.embedding import knn_label_probabilities, place_on_reference
 from fedarches.shared.errors import AdapterError, FedarchesError
 from fedarches.shared.labels import DEFAULT_MIN_COUNT, LabelStatistics, compute_label_statistics
+from fedarches.shared.quality import UNKNOWN_LABEL
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -114,7 +115,12 @@ def map_query(
     ``obs['predicted_cell_type']`` : categorical
         Predicted reference cell type.
     ``obs['prediction_confidence']`` : float
-        Highest class probability.
+        Highest class probability, temperature-calibrated when the bundle has a reference summary
+        (``obs['prediction_confidence_raw']``: before calibration).
+    ``obs['mapping_distance']``, ``obs['mapping_score']``, ``obs['is_unknown']``
+        Mahalanobis distance to the nearest reference type in latent space, the share of
+        reference cells at least as far, and the Unknown call (see :mod:`fedarches.shared.quality`);
+        only with a reference summary.
     ``obs['is_low_confidence']`` : bool
         ``prediction_confidence < confidence_threshold``.
     ``obsm['X_scANVI']`` (``obsm['X_scVI']`` for an scVI reference) : float32
@@ -172,18 +178,28 @@ def map_query(
 
     labels = np.asarray(bundle.label_categories)
     predicted = labels[probabilities.argmax(axis=1)]
-    confidence = probabilities.max(axis=1).astype(np.float32)
-    low = confidence < confidence_threshold
+    raw_confidence = probabilities.max(axis=1).astype(np.float32)
     latent_key = "X_scANVI" if bundle.model_class == "SCANVI" else "X_scVI"
+    quality = _mapping_quality(bundle, latent, probabilities)
+    confidence = quality.get(ADATA_KEYS.CONFIDENCE, raw_confidence)
+    low = confidence < confidence_threshold
 
     adata.obs[ADATA_KEYS.PREDICTION] = pd.Categorical(predicted, categories=bundle.label_categories)
     adata.obs[ADATA_KEYS.CONFIDENCE] = confidence
     adata.obs[ADATA_KEYS.LOW_CONFIDENCE] = low
+    for key, values in quality.items():
+        adata.obs[key] = values
+    adata.obs[ADATA_KEYS.RAW_CONFIDENCE] = raw_confidence
     adata.obsm[latent_key] = latent
     embedding = bundle.embedding
     if embedding is not None:
         adata.obsm[ADATA_KEYS.REF_UMAP] = place_on_reference(latent, embedding["latent"], embedding["umap"])
-    statistics = compute_label_statistics(predicted, confidence, low, bundle.label_categories, min_count=min_count)
+    categories = list(bundle.label_categories)
+    counted = predicted
+    if ADATA_KEYS.UNKNOWN in quality:  # Unknown cells are counted as Unknown, not as their nearest type
+        counted = np.where(quality[ADATA_KEYS.UNKNOWN], UNKNOWN_LABEL, predicted)
+        categories.append(UNKNOWN_LABEL)
+    statistics = compute_label_statistics(counted, confidence, low, categories, min_count=min_count)
     timings["total_s"] = time.perf_counter() - start
     adata.uns[ADATA_KEYS.UNS] = {
         "bundle_id": bundle.bundle_id,
@@ -205,6 +221,7 @@ def map_query(
         "model_batches": list(new_batches),
         "adapter_bytes": adapter.nbytes,
         "reference_weights_unchanged": True,
+        "quality": _quality_uns(bundle, quality),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
     return MappingResult(
@@ -266,6 +283,35 @@ def embed_with_atlas(
         model = _load_query_model(prepared, atlas, Path(tmp))
         model.is_trained_ = True
         return model.get_latent_representation().astype(np.float32)
+
+
+def _mapping_quality(bundle: ReferenceBundle, latent: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
+    """Calibrated confidence, mapping distance and score, and the Unknown call, when the bundle allows."""
+    summary = bundle.reference_summary
+    if summary is None:
+        return {}
+    calibrated = summary.calibrate(probabilities)
+    confidence = calibrated.max(axis=1).astype(np.float32)
+    distances = summary.distances(latent)
+    return {
+        ADATA_KEYS.CONFIDENCE: confidence,
+        ADATA_KEYS.MAPPING_DISTANCE: distances,
+        ADATA_KEYS.MAPPING_SCORE: summary.scores(distances),
+        ADATA_KEYS.UNKNOWN: summary.unknown(distances, confidence),
+    }
+
+
+def _quality_uns(bundle: ReferenceBundle, quality: dict[str, np.ndarray]) -> dict[str, Any]:
+    summary = bundle.reference_summary
+    if summary is None:
+        return {"calibrated": False, "note": "the bundle has no reference summary: raw confidence, no Unknown call"}
+    return {
+        "calibrated": True,
+        "temperature": summary.temperature,
+        "distance_threshold": summary.distance_threshold,
+        "unknown_confidence_threshold": summary.confidence_threshold,
+        "n_unknown": int(quality[ADATA_KEYS.UNKNOWN].sum()),
+    }
 
 
 def _load_query_model(prepared: PreparedQuery, bundle: ReferenceBundle, workdir: Path) -> Any:

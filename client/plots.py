@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
     from fedarches.shared.bundle import ReferenceBundle
+    from fedarches.shared.quality import ReferenceSummary
 
 
 def plot_mapping(adata: AnnData, bundle: ReferenceBundle, out_dir: Path, *, confidence_threshold: float) -> list[Path]:
@@ -68,6 +69,13 @@ def plot_mapping(adata: AnnData, bundle: ReferenceBundle, out_dir: Path, *, conf
                 linewidths=0.8,
                 label=f"low confidence (< {confidence_threshold})",
             )
+        if ADATA_KEYS.UNKNOWN in adata.obs and adata.obs[ADATA_KEYS.UNKNOWN].any():
+            unknown = adata.obs[ADATA_KEYS.UNKNOWN].to_numpy(dtype=bool)
+            axes[1].scatter(
+                query[unknown, 0], query[unknown, 1], s=22, marker="x", c="black", linewidths=0.8,
+                label=f"Unknown: not in the atlas ({unknown.sum()})",
+            )  # fmt: skip
+        if axes[1].get_legend_handles_labels()[0]:
             axes[1].legend(fontsize=8, loc="best", frameon=False)
         fig.colorbar(points, ax=axes[1], label=ADATA_KEYS.CONFIDENCE)
         axes[1].set_title("query on the reference, by prediction confidence")
@@ -82,7 +90,33 @@ def plot_mapping(adata: AnnData, bundle: ReferenceBundle, out_dir: Path, *, conf
     )
     ax.legend(frameon=False)
     paths.append(_save(fig, out_dir / "confidence_histogram.png"))
+    summary = bundle.reference_summary
+    if summary is not None and ADATA_KEYS.MAPPING_DISTANCE in adata.obs:
+        paths.append(_plot_distances(adata, summary, out_dir / "mapping_distance.png"))
     return paths
+
+
+def _plot_distances(adata: AnnData, summary: ReferenceSummary, path: Path) -> Path:
+    """Query cells' distance to the nearest reference type, against the reference's own distances."""
+    import matplotlib.pyplot as plt
+
+    distances = adata.obs[ADATA_KEYS.MAPPING_DISTANCE].to_numpy()
+    unknown = adata.obs[ADATA_KEYS.UNKNOWN].to_numpy(dtype=bool)
+    top = max(float(distances.max()), float(summary.distance_quantiles[-1])) * 1.05
+    bins = np.linspace(0, top, 50)
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    ax.hist(distances, bins=bins, color="#4c72b0", label="query cells")
+    reference = np.interp(
+        np.linspace(0, 1, 2000), np.linspace(0, 1, summary.distance_quantiles.size), summary.distance_quantiles
+    )
+    weights = np.full(reference.size, len(distances) / reference.size)
+    ax.hist(reference, bins=bins, weights=weights, histtype="step", color="#555", label="reference cells (scaled)")
+    ax.axvline(summary.distance_threshold, color="crimson", linestyle="--", label="Unknown beyond (reference p99)")
+    ax.set_xlabel("mapping distance (Mahalanobis to the nearest reference type)")
+    ax.set_ylabel("cells")
+    ax.set_title(f"{int(unknown.sum())} of {len(unknown)} cells called Unknown")
+    ax.legend(frameon=False, fontsize=8)
+    return _save(fig, path)
 
 
 def _save(fig: object, path: Path) -> Path:

@@ -81,6 +81,7 @@ def merge_adapters(
         gene_ids=bundle.genes["gene_id"].tolist(),
         gene_symbols=bundle.genes["gene_symbol"].tolist(),
         embedding=bundle.embedding,
+        summary=None if bundle.reference_summary is None else bundle.reference_summary.to_bytes(),
         description={
             **{k: v for k, v in bundle.setup.items() if k not in _SETUP_FIELDS},
             "lineage": lineage,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from fedarches.shared._training import quiet_training
 from fedarches.shared.bundle import BundleContents
 from fedarches.shared.counts import get_counts
 from fedarches.shared.errors import UserInputError
+from fedarches.shared.quality import DISTANCE_PERCENTILE, ReferenceSummary, fit_reference_summary
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNLABELED_CATEGORY = "Unknown"
+MIN_TEMPERATURE_CELLS = 20
 # Attributes of a saved scvi-tools model that describe the reference's own cells, not the model
 # (``labels_`` is SCANVI's per-cell label array; it is rebuilt from the query on load).
 PRIVATE_ATTRS = ("train_indices_", "validation_indices_", "test_indices_", "labels_")
@@ -192,7 +194,53 @@ def _contents_from_model(
 
         saved = torch.load(Path(tmp) / "model.pt", map_location="cpu", weights_only=False)
     embedding = _reference_embedding(model, adata, options)
-    return _contents(saved, type(model).__name__, symbols=symbols, embedding=embedding)
+    contents = _contents(saved, type(model).__name__, symbols=symbols, embedding=embedding)
+    if type(model).__name__ != "SCANVI":  # no classifier: labels come from kNN, no summary (raw scores only)
+        return contents
+    summary = _reference_summary(model, adata)
+    return replace(contents, summary=summary.to_bytes())
+
+
+def _reference_summary(model: Any, adata: AnnData) -> ReferenceSummary:
+    """Fit the mapping-quality summary on the reference cells (see :mod:`fedarches.shared.quality`).
+
+    Gaussians on the training split's labelled cells; temperature on the validation split's
+    labelled cells (all labelled cells when the split holds fewer than 20 of them).
+    """
+    registry = model.adata_manager.get_state_registry("labels")
+    unlabeled = getattr(model, "unlabeled_category_", None)
+    known = [str(c) for c in registry.categorical_mapping if c != unlabeled]
+    codes = pd.Categorical(adata.obs[registry.original_key].astype(str).to_numpy(), categories=known).codes
+    latent = model.get_latent_representation(adata).astype(np.float32)
+    split = getattr(model, "validation_indices_", None)
+    validation = np.asarray(split if split is not None else [], dtype=int)
+    fit_mask = np.ones(adata.n_obs, dtype=bool)
+    fit_mask[validation] = False
+    probabilities = probability_labels = None
+    if hasattr(model, "predict"):
+        held_out = validation[codes[validation] >= 0]
+        if len(held_out) < MIN_TEMPERATURE_CELLS:
+            held_out = np.flatnonzero(codes >= 0)
+        soft = model.predict(adata, indices=held_out, soft=True)
+        probabilities = soft[known].to_numpy()
+        probability_labels = codes[held_out]
+    summary = fit_reference_summary(
+        latent,
+        codes,
+        known,
+        fit_mask=fit_mask if fit_mask[codes >= 0].sum() >= 2 * len(known) else np.ones_like(fit_mask),
+        probabilities=probabilities,
+        probability_labels=probability_labels,
+    )
+    log.info(
+        "reference summary: %d types, temperature %.2f, distance threshold %.2f (p%.0f), %d bytes",
+        len(summary.labels),
+        summary.temperature,
+        summary.distance_threshold,
+        DISTANCE_PERCENTILE,
+        summary.nbytes,
+    )
+    return summary
 
 
 def _contents(

@@ -13,12 +13,17 @@ class _BundleKeys(NamedTuple):
     SETUP: str = "setup.json"
     GENES: str = "genes.tsv"
     EMBEDDING: str = "embedding.npz"
+    SUMMARY: str = "reference_summary.npz"
 
 
 class _AnnDataKeys(NamedTuple):
     PREDICTION: str = "predicted_cell_type"
     CONFIDENCE: str = "prediction_confidence"
     LOW_CONFIDENCE: str = "is_low_confidence"
+    RAW_CONFIDENCE: str = "prediction_confidence_raw"
+    MAPPING_DISTANCE: str = "mapping_distance"
+    MAPPING_SCORE: str = "mapping_score"
+    UNKNOWN: str = "is_unknown"
     REF_UMAP: str = "X_ref_umap"
     UNS: str = "fedarches"
     COUNTS_LAYER: str = "counts"

@@ -8,6 +8,8 @@ A bundle is a directory::
     setup.json      model class, setup_anndata arguments, batch and label categories
     genes.tsv       gene_id and gene_symbol of every model input, in model order
     embedding.npz   reference latent, reference 2-D UMAP and label codes (no pickles)
+    reference_summary.npz  optional: per-type latent Gaussians, distance quantiles and threshold,
+                    classifier temperature (see fedarches.shared.quality)
 
 Opening a bundle verifies the signature against a key the lab trusts, then the hash of every
 file, and refuses unlisted files, all before anything is deserialized. ``model.pt`` is a torch
@@ -42,6 +44,7 @@ from fedarches.shared import crypto
 from fedarches.shared._constants import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_KEYS
 from fedarches.shared._io import atomic_directory
 from fedarches.shared.errors import BundleError, BundleIntegrityError
+from fedarches.shared.quality import ReferenceSummary
 
 
 class OldBundleFormatWarning(UserWarning):
@@ -61,6 +64,7 @@ class BundleContents:
     gene_symbols: list[str] | None = None
     embedding: dict[str, np.ndarray] | None = None
     description: dict[str, Any] = field(default_factory=dict)
+    summary: bytes | None = None  # a ReferenceSummary's bytes (fedarches.shared.quality)
 
 
 def write_bundle(
@@ -88,6 +92,8 @@ def write_bundle(
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **contents.embedding)
         files[BUNDLE_KEYS.EMBEDDING] = buffer.getvalue()
+    if contents.summary is not None:
+        files[BUNDLE_KEYS.SUMMARY] = contents.summary
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
@@ -226,6 +232,12 @@ class ReferenceBundle:
             return None
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
+
+    @cached_property
+    def reference_summary(self) -> ReferenceSummary | None:
+        """Calibration and latent-space summary for mapping scores, or None in bundles built without one."""
+        data = self._files.get(BUNDLE_KEYS.SUMMARY)
+        return None if data is None else ReferenceSummary.from_bytes(data)
 
     @property
     def size_bytes(self) -> int:

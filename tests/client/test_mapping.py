@@ -103,3 +103,23 @@ def test_agrees_with_plain_scvi_tools(mapped, demo_bundle, lab_a, tmp_path) -> N
     )
     np.testing.assert_array_equal(model.predict(), adata.obs["predicted_cell_type"].astype(str).to_numpy())
     np.testing.assert_allclose(model.get_latent_representation(), adata.obsm["X_scANVI"], atol=1e-5)
+
+
+def test_writes_calibrated_confidence_mapping_score_and_unknown(mapped, demo_bundle) -> None:
+    adata, result = mapped
+    summary = demo_bundle.reference_summary
+    assert summary is not None and summary.temperature >= 1.0 and summary.nbytes < 10_000
+    obs = adata.obs
+    for key in ("prediction_confidence_raw", "mapping_distance", "mapping_score", "is_unknown"):
+        assert key in obs
+    np.testing.assert_array_equal(
+        obs["is_unknown"].to_numpy(),
+        (obs["mapping_distance"].to_numpy() > summary.distance_threshold) | (obs["prediction_confidence"] < 0.5),
+    )
+    assert ((obs["mapping_score"] >= 0) & (obs["mapping_score"] <= 1)).all()
+    # lab A holds only types the reference knows, but another technology (Drop-seq vs CEL-seq2):
+    # docs/benchmarks.md reports how many such cells cross the threshold on the full data
+    assert obs["is_unknown"].mean() < 0.25
+    counted = {t.cell_type for t in result.label_statistics.types}
+    assert "Unknown" in counted  # counted as its own category (suppressed when below k)
+    assert adata.uns["fedarches"]["quality"]["calibrated"] is True

@@ -42,15 +42,19 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 THREADS = 2
 
 
-def run_one(data: ad.AnnData, held_out: str, work: Path) -> dict:
-    reference = data[data.obs["batch"].isin(REFERENCE_BATCHES) & (data.obs["cell_type"] != held_out)].copy()
-    query = data[data.obs["batch"] == QUERY_BATCH].copy()
+def make_bundle(reference: ad.AnnData, work: Path) -> ReferenceBundle:
+    """Build and sign a reference as the coordinator would; open it as a lab would."""
     private, public = generate_signing_keys(work / "keys", overwrite=True)
     options = ReferenceOptions(n_top_genes=2000, max_epochs=200, scanvi_max_epochs=20, progress_bar=False)
     contents = build_reference(reference, batch_key="batch", labels_key="cell_type", options=options)
-    bundle = ReferenceBundle.open(
-        write_bundle(work / "bundle", contents, load_private_key(private), overwrite=True), public
-    )
+    path = write_bundle(work / "bundle", contents, load_private_key(private), overwrite=True)
+    return ReferenceBundle.open(path, public)
+
+
+def run_one(data: ad.AnnData, held_out: str, work: Path) -> dict:
+    reference = data[data.obs["batch"].isin(REFERENCE_BATCHES) & (data.obs["cell_type"] != held_out)].copy()
+    query = data[data.obs["batch"] == QUERY_BATCH].copy()
+    bundle = make_bundle(reference, work)
     map_query(query, bundle, lab_name="lab_c", options=MappingOptions(max_epochs=100, seed=0, progress_bar=False))
     obs = query.obs
     unseen = (obs["cell_type"] == held_out).to_numpy()
@@ -85,12 +89,7 @@ def run_one(data: ad.AnnData, held_out: str, work: Path) -> dict:
 def known_only(data: ad.AnnData, work: Path) -> list[dict]:
     """False Unknown calls when nothing is held out: each lab mapped onto the full reference."""
     reference = data[data.obs["batch"].isin(REFERENCE_BATCHES)].copy()
-    private, public = generate_signing_keys(work / "keys", overwrite=True)
-    options = ReferenceOptions(n_top_genes=2000, max_epochs=200, scanvi_max_epochs=20, progress_bar=False)
-    contents = build_reference(reference, batch_key="batch", labels_key="cell_type", options=options)
-    bundle = ReferenceBundle.open(
-        write_bundle(work / "bundle", contents, load_private_key(private), overwrite=True), public
-    )
+    bundle = make_bundle(reference, work)
     rows = []
     for batch, technology in OTHER_LABS.items():
         query = data[data.obs["batch"] == batch].copy()

@@ -259,7 +259,14 @@ def run_round_command(
         )
         console.print(f"round {submitted.round_id} submitted as Flower run {submitted.run_id}")
         echo = None if quiet else (lambda line: console.print(f"  [dim]{line}[/dim]", highlight=False))
-        report = follow_round(coord, submitted, echo=echo)
+        try:
+            report = follow_round(coord, submitted, echo=echo)
+        except KeyboardInterrupt:
+            console.print(
+                f"stopped following; the round goes on at the SuperLink (report in {submitted.round_dir}). "
+                f"To cancel it: FLWR_HOME={coord.flwr_home} flwr stop {submitted.run_id}"
+            )
+            raise typer.Exit(130) from None
         print_round_summary(report, submitted.round_dir)
         if report["status"] != "completed":
             raise FederationError(report["message"], hint=f"see {submitted.round_dir / 'report.html'}")

@@ -14,13 +14,11 @@
 from __future__ import annotations
 
 import re
-import shutil
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedarches.shared import crypto, pki
-from fedarches.shared._constants import BUNDLE_KEYS
 from fedarches.shared._io import atomic_directory
 from fedarches.shared.bundle import ReferenceBundle
 from fedarches.shared.errors import BundleIntegrityError, ConfigError, CryptoError
@@ -67,10 +65,6 @@ class LabDir:
         return self.root / "supernode.key"
 
     @property
-    def node_public_key(self) -> Path:
-        return self.root / "supernode.pub"
-
-    @property
     def bundles_dir(self) -> Path:
         return self.root / "bundles"
 
@@ -90,16 +84,6 @@ class LabDir:
                 ),
             )
         return self.node_key
-
-    def held_bundles(self) -> list[str]:
-        """Ids of the bundles stored here (verified again whenever one is opened)."""
-        if not self.bundles_dir.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in self.bundles_dir.iterdir()
-            if _BUNDLE_ID.match(p.name) and (p / BUNDLE_KEYS.MANIFEST).is_file()
-        )
 
     def open_bundle(self, bundle_id: str) -> ReferenceBundle:
         """Open a held bundle, verifying it against the coordinator's key and its id."""
@@ -132,9 +116,6 @@ class LabDir:
                 msg = f"received bundle has id {staged.bundle_id}, announced as {bundle_id}"
                 raise BundleIntegrityError(msg)
         return self.open_bundle(bundle_id)
-
-    def forget_bundle(self, bundle_id: str) -> None:
-        shutil.rmtree(self.bundles_dir / bundle_id, ignore_errors=True)
 
 
 def keygen(lab_dir: Path, *, overwrite: bool = False) -> Path:

@@ -15,7 +15,6 @@ reply before Flower sends it, so it is where the lab enforces and records what l
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
 import json
@@ -117,10 +116,6 @@ def _audit(lab_dir: Path, msg: Message, reply: Message, *, verdict: str, copy: b
         entry["error"] = {"code": reply.error.code, "reason": reply.error.reason}
     else:
         entry["records"] = protocol.describe_content(reply.content)
-        for name, record in reply.content.array_records.items():
-            for key, array in record.items():
-                digest = hashlib.sha256(array.numpy().tobytes()).hexdigest()
-                entry["records"][name]["arrays"][key]["sha256"] = digest
         if copy:
             entry["copy"] = str(_keep_copy(egress, msg, reply))
     line = json.dumps(entry, sort_keys=True) + "\n"

@@ -22,10 +22,16 @@ import tomli_w
 
 from fedarches.client.lab import LabDir
 from fedarches.shared._io import atomic_write_bytes
-from fedarches.shared._process import free_port, own_executable, with_own_bin_on_path
+from fedarches.shared._process import (
+    SUPERNODE_PID_FILE,
+    free_port,
+    on_stop_signals,
+    own_executable,
+    signal_group,
+    with_own_bin_on_path,
+)
 from fedarches.shared.errors import FederationError
 
-PID_FILE = "supernode.pid"  # process group of the running SuperNode, while `join` runs
 _EXIT_CODE = re.compile(r"Exit Code: (\d+)")
 # flower-supernode exit codes worth explaining (flwr.common.exit.ExitCode, 1.41).
 _EXIT_HELP = {
@@ -85,7 +91,7 @@ def supernode_command(settings: JoinSettings, node_config_path: Path) -> list[st
     ]
 
 
-def run_supernode(settings: JoinSettings, *, env: dict[str, str] | None = None) -> int:
+def run_supernode(settings: JoinSettings) -> int:
     """Run the SuperNode in the foreground until it exits or we are stopped; return its exit code.
 
     Its output is passed through to our stdout. The SuperNode runs in its own process group, which
@@ -96,7 +102,7 @@ def run_supernode(settings: JoinSettings, *, env: dict[str, str] | None = None) 
     atomic_write_bytes(config_path, tomli_w.dumps(settings.node_config()).encode())
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     # Flower keeps installed apps under FLWR_HOME: keep them in the lab directory, not in ~/.flwr.
-    env = with_own_bin_on_path({**(os.environ if env is None else env), "FLWR_HOME": str(settings.lab.root / "flwr")})
+    env = with_own_bin_on_path({**os.environ, "FLWR_HOME": str(settings.lab.root / "flwr")})
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     process = subprocess.Popen(
         supernode_command(settings, config_path),
@@ -107,25 +113,18 @@ def run_supernode(settings: JoinSettings, *, env: dict[str, str] | None = None) 
         bufsize=1,
         start_new_session=True,
     )
-    pid_file = settings.lab.root / PID_FILE
+    pid_file = settings.lab.root / SUPERNODE_PID_FILE
     pid_file.write_text(f"{process.pid}\n")
     seen: list[int] = []
     relay = threading.Thread(target=_relay_output, args=(process, seen), daemon=True)
     relay.start()
-    stopping = {"requested": False}
-
-    def handler(_signum: int, _frame: object) -> None:
-        stopping["requested"] = True
-        _signal_group(process.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    stopping = on_stop_signals(lambda: signal_group(process.pid, signal.SIGTERM))
     try:
         process.wait()
     finally:
-        _signal_group(process.pid, signal.SIGTERM)
+        signal_group(process.pid, signal.SIGTERM)
         time.sleep(0.5)
-        _signal_group(process.pid, signal.SIGKILL)
+        signal_group(process.pid, signal.SIGKILL)
         relay.join(timeout=5)
         pid_file.unlink(missing_ok=True)
     if stopping["requested"]:
@@ -147,10 +146,3 @@ def _relay_output(process: subprocess.Popen[str], exit_codes: list[int]) -> None
         match = _EXIT_CODE.search(line)
         if match:
             exit_codes.append(int(match.group(1)))
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

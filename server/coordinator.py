@@ -41,6 +41,7 @@ LAB_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_ROUND = {
     "min-labs": 1,
     "timeout": 3600.0,
+    "wait-for-labs": 60.0,
     "max-epochs": 100,
     "seed": 0,
     "confidence-threshold": 0.5,

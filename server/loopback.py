@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from fedarches.server import superlink
 from fedarches.server.coordinator import CoordinatorDir, init_coordinator
-from fedarches.shared._process import free_port, own_executable
+from fedarches.shared._process import SUPERNODE_PID_FILE, free_port, own_executable, signal_group
 from fedarches.shared.errors import FederationError
 
 ONLINE_TIMEOUT_S = 60.0
@@ -159,7 +159,7 @@ class LoopbackFederation:
         lab = self.labs[name]
         _signal_supernode(lab, signal.SIGKILL)
         if lab.process is not None and lab.process.poll() is None:
-            _signal_group(lab.process, signal.SIGKILL)
+            signal_group(lab.process.pid, signal.SIGKILL)
             lab.process.wait()
 
     def stop(self) -> None:
@@ -169,14 +169,14 @@ class LoopbackFederation:
             processes.append(self._serve)
         for process in processes:
             if process.poll() is None:
-                _signal_group(process, signal.SIGTERM)
+                signal_group(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for process in processes:
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            _signal_group(process, signal.SIGKILL)  # children that outlived their parent
+            signal_group(process.pid, signal.SIGKILL)  # children that outlived their parent
         for lab in self.labs.values():
             _signal_supernode(lab, signal.SIGKILL)
         for fh in self._logs:
@@ -190,7 +190,7 @@ class LoopbackFederation:
             groups.append(self._serve.pid)
         for lab in self.labs.values():
             with contextlib.suppress(OSError, ValueError):
-                groups.append(int((lab.export_dir / "supernode.pid").read_text()))
+                groups.append(int((lab.export_dir / SUPERNODE_PID_FILE).read_text()))
         alive = []
         for group in groups:
             try:
@@ -235,15 +235,5 @@ class LoopbackFederation:
 
 def _signal_supernode(lab: LabProcess, sig: int) -> None:
     """Signal the SuperNode process group that ``join`` recorded in its pid file."""
-    pid_file = lab.export_dir / "supernode.pid"  # written by `fedarches-client join`
-    try:
-        os.killpg(int(pid_file.read_text()), sig)
-    except (OSError, ValueError):
-        pass
-
-
-def _signal_group(process: subprocess.Popen[Any], sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    with contextlib.suppress(OSError, ValueError):
+        signal_group(int((lab.export_dir / SUPERNODE_PID_FILE).read_text()), sig)

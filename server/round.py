@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -333,10 +334,11 @@ def _validate(
         lab.reason = f"no reply within --timeout {settings.timeout:.0f} s"
         return
     if reply.has_error():
-        reason = reply.error.reason or ""
-        offline = "unavail" in reason.lower() or "offline" in reason.lower()
+        offline = reply.error.code in (ErrorCode.NODE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
         lab.status = "dropped" if offline else "failed"
-        lab.reason = "SuperNode went offline during the round" if offline else f"lab reported an error: {reason}"
+        lab.reason = (
+            "SuperNode went offline during the round" if offline else f"lab reported an error: {reply.error.reason}"
+        )
         return
     lab.bytes_from_lab = message_bytes(reply)
     if reply.metadata.src_node_id != lab.node_id:

@@ -12,7 +12,6 @@ import json
 import logging
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 
 from fedarches.server import superlink
 from fedarches.server.coordinator import CoordinatorDir
+from fedarches.shared._process import on_stop_signals
 from fedarches.shared.bundle import ReferenceBundle
 from fedarches.shared.errors import FederationError, UserInputError
 
@@ -48,7 +48,12 @@ def serve(coord: CoordinatorDir, *, on_ready: Callable[[float], None] | None = N
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    stop = _forward_signals(process)
+
+    def terminate() -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    stop = on_stop_signals(terminate)
     try:
         superlink.wait_until_listening(coord.host, coord.port, STARTUP_TIMEOUT_S, process)
         ready_s = time.monotonic() - start
@@ -70,19 +75,6 @@ def serve(coord: CoordinatorDir, *, on_ready: Callable[[float], None] | None = N
     return 0 if stop["requested"] else int(process.returncode or 0)
 
 
-def _forward_signals(process: subprocess.Popen[Any]) -> dict[str, bool]:
-    state = {"requested": False}
-
-    def handler(signum: int, _frame: object) -> None:
-        state["requested"] = True
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return state
-
-
 @dataclass(frozen=True)
 class SubmittedRound:
     """A round handed to the SuperLink."""
@@ -90,7 +82,6 @@ class SubmittedRound:
     round_id: str
     run_id: int
     round_dir: Path
-    submit_s: float
 
 
 def start_round(coord: CoordinatorDir, bundle_dir: Path, **overrides: Any) -> SubmittedRound:
@@ -111,17 +102,15 @@ def start_round(coord: CoordinatorDir, bundle_dir: Path, **overrides: Any) -> Su
         round_dir = coord.rounds_dir / f"{round_id}-{suffix}"
     round_dir.mkdir(parents=True)
     config = {
-        **{k: v for k, v in coord.round_defaults.items()},
-        "wait-for-labs": 60.0,
+        **coord.round_defaults,
         **{k.replace("_", "-"): v for k, v in overrides.items() if v is not None},
         "coordinator-dir": str(coord.root),
         "bundle-dir": str(bundle_dir),
         "round-dir": str(round_dir),
         "round-id": round_dir.name,
     }
-    tick = time.monotonic()
     run_id = superlink.submit_run(coord, config)
-    return SubmittedRound(round_dir.name, run_id, round_dir, time.monotonic() - tick)
+    return SubmittedRound(round_dir.name, run_id, round_dir)
 
 
 def follow_round(
@@ -170,8 +159,3 @@ def _echo_new_lines(path: Path, offset: int, echo: Callable[[str], None] | None)
             for line in chunk.splitlines():
                 echo(line)
         return fh.tell()
-
-
-def print_to_stderr(line: str) -> None:
-    """Default echo for :func:`follow_round`."""
-    sys.stderr.write(line + "\n")

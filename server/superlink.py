@@ -28,9 +28,9 @@ log = logging.getLogger("fedarches.server")
 APP_NAME = "fedarches-round"
 
 
-def flower_env(coord: CoordinatorDir, base: dict[str, str] | None = None) -> dict[str, str]:
+def flower_env(coord: CoordinatorDir) -> dict[str, str]:
     """Environment for Flower commands: our FLWR_HOME, no telemetry."""
-    env = with_own_bin_on_path(dict(os.environ if base is None else base))
+    env = with_own_bin_on_path(dict(os.environ))
     env["FLWR_HOME"] = str(coord.flwr_home)
     env["FLWR_TELEMETRY_ENABLED"] = "0"
     return env

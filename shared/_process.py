@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -32,3 +35,25 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+SUPERNODE_PID_FILE = "supernode.pid"  # in a lab directory: process group of the SuperNode `join` runs
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to process group ``pgid``; a group that is already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def on_stop_signals(stop: Callable[[], None]) -> dict[str, bool]:
+    """Call ``stop`` on SIGTERM or SIGINT; the returned dict's ``"requested"`` tells whether it happened."""
+    state = {"requested": False}
+
+    def handler(_signum: int, _frame: object) -> None:
+        state["requested"] = True
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return state

@@ -17,6 +17,7 @@ Lab → coordinator (the egress allow-list, :data:`ALLOWED_REPLIES`)
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -151,7 +152,7 @@ def label_stats_from_record(record: ConfigRecord, *, min_count: int) -> LabelSta
 
 
 def describe_content(content: RecordDict) -> dict[str, Any]:
-    """A JSON-safe description of a message's content: record kinds, array shapes and bytes, config values."""
+    """A JSON-safe description of a message's content: record kinds, array shapes, bytes and sha256, config values."""
     out: dict[str, Any] = {}
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
@@ -159,7 +160,12 @@ def describe_content(content: RecordDict) -> dict[str, Any]:
             out[name] = {
                 "kind": "array",
                 "arrays": {
-                    k: {"shape": list(v.shape), "dtype": str(v.dtype), "bytes": int(v.nbytes)}
+                    k: {
+                        "shape": list(v.shape),
+                        "dtype": str(v.dtype),
+                        "bytes": int(v.nbytes),
+                        "sha256": hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest(),
+                    }
                     for k, v in arrays.items()
                 },
                 "bytes": int(sum(v.nbytes for v in arrays.values())),

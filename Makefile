@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test test-fast lint compare bench-federation bench-unknown clean
+.PHONY: venv demo test test-fast lint compare bench-federation bench-unknown privacy-eval clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench-federation: $(STAMP)
 
 bench-unknown: $(STAMP)
 	$(PY) scripts/bench_unknown.py
+
+privacy-eval: $(STAMP)
+	$(PY) scripts/eval_privacy_utility.py
+	$(PY) scripts/eval_membership.py
+	$(PY) scripts/privacy_doc.py
 
 clean:
 	rm -rf demo-output bench-output

@@ -1,12 +1,17 @@
 """The lab's Flower ClientApp: local scArches mapping on the lab's own file, adapters out.
 
 The SuperNode started by ``fedarches-client join`` passes the lab's settings as node config
-(``lab-dir``, ``data-path``, ``out-dir``, ``batch-key``, ``layer``, ``threads``). One handler,
-``train``: store and verify the bundle if it came with the message, map the lab's file exactly as
-``fedarches-client map`` would, write the annotated ``.h5ad``, plots, adapter and statistics under
-``out-dir``, and reply with the adapter and the suppressed label statistics only.
+(``lab-dir``, ``data-path``, ``out-dir``, ``batch-key``, ``layer``, ``threads``). Two handlers:
 
-It runs inside :func:`~fedarches.client.mods.egress_audit_mod`.
+- ``train.map``: store and verify the bundle if it came with the message, map the lab's file
+  exactly as ``fedarches-client map`` would, write the annotated ``.h5ad``, plots, adapter and
+  statistics under ``out-dir``, and reply with what the lab's privacy policy releases (see
+  :mod:`fedarches.client.release`): the adapter and, for plain composition, label statistics.
+- ``train``: the lab's side of Flower's SecAgg+ (``secaggplus_mod``); the handler itself gives
+  the lab's (noised) count vector at the stage where the masked vector is made.
+
+Both run inside :func:`~fedarches.client.mods.egress_audit_mod`; every release is recorded in
+the lab's ledger before it leaves.
 """
 
 from __future__ import annotations
@@ -18,11 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.compat.common import recorddict_compat
 
 from fedarches.client.lab import LabDir
-from fedarches.client.mods import egress_audit_mod, lab_mods_mod
+from fedarches.client.mods import egress_audit_mod, lab_mods_mod, secure_sum_guard_mod
+from fedarches.client.release import MapRelease, Releaser, read_exact_counts, write_exact_counts
 from fedarches.shared import __version__, protocol
 from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.errors import ConfigError
@@ -66,7 +76,7 @@ class NodeSettings:
         )
 
 
-@app.train()
+@app.train("map")
 def map_lab(msg: Message, context: Context) -> Message:
     """Map the lab's query onto the round's bundle; reply with the adapter and label statistics."""
     settings = NodeSettings.from_context(context)
@@ -82,34 +92,78 @@ def map_lab(msg: Message, context: Context) -> Message:
         log.info("using held bundle %s", bundle_id)
     receive_s = time.perf_counter() - tick
 
-    result, n_cells = _map_and_write(settings, lab, bundle, round_cfg)
+    result, adata = _map_and_write(settings, lab, bundle, round_cfg)
     timings = {**{k: float(v) for k, v in result.timings.items()}, "receive_bundle_s": receive_s}
+    releaser = Releaser.for_lab(lab, run_id=context.run_id, round_id=str(round_cfg["round-id"]))
+    donor_key = releaser.policy.dp.donor_key
+    donors = adata.obs[donor_key].to_numpy() if donor_key and donor_key in adata.obs else None
+    counts = releaser.exact_counts(result, donors)
+    composition = releaser.policy.release.composition
+    if composition == "secure-sum":
+        write_exact_counts(settings.out_dir, str(round_cfg["round-id"]), counts)
+    released = releaser.map_reply(result.adapter, counts)
     log.info(
-        "mapped %d cells in %.1f s (%d epochs); sending a %d-byte adapter and label statistics",
-        n_cells,
+        "mapped %d cells in %.1f s (%d epochs); releasing %s (ledger entry %d; composition: %s)",
+        adata.n_obs,
         timings["total_s"],
         result.n_epochs,
-        result.adapter.nbytes,
+        " and ".join(
+            part
+            for part, present in (
+                (f"a {released.adapter.nbytes if released.adapter else 0}-byte adapter", released.adapter),
+                ("label statistics", released.label_statistics),
+            )
+            if present
+        )
+        or "nothing but its name and timings",
+        released.entry_seq,
+        composition,
     )
-    content = train_reply_content(result, lab.name, timings)
+    content = map_reply_content(released, lab.name, int(result.n_epochs), composition, timings)
     return Message(content, reply_to=msg)
 
 
-def train_reply_content(result: Any, lab_name: str, timings: dict[str, float]) -> RecordDict:
-    """Everything a lab sends after mapping: adapter, label statistics, its name and timings."""
-    return RecordDict(
+def map_reply_content(
+    released: MapRelease, lab_name: str, n_epochs: int, composition: str, timings: dict[str, float]
+) -> RecordDict:
+    """Everything a lab sends after mapping: what its policy released, its name and timings."""
+    content = RecordDict(
         {
-            **protocol.adapter_to_records(result.adapter),
-            protocol.LABEL_STATS: protocol.label_stats_to_record(result.label_statistics),
             protocol.LAB: ConfigRecord(
-                {"lab-name": lab_name, "fedarches-version": __version__, "n-epochs": int(result.n_epochs)}
+                {
+                    "lab-name": lab_name,
+                    "fedarches-version": __version__,
+                    "n-epochs": n_epochs,
+                    "composition": composition,
+                }
             ),
             protocol.TIMINGS: MetricRecord(timings),
         }
     )
+    if released.adapter is not None:
+        for name, record in protocol.adapter_to_records(released.adapter).items():
+            content[name] = record
+    if released.label_statistics is not None:
+        content[protocol.LABEL_STATS] = protocol.label_stats_to_record(released.label_statistics)
+    return content
 
 
-def _map_and_write(settings: NodeSettings, lab: LabDir, bundle: Any, round_cfg: dict[str, Any]) -> tuple[Any, int]:
+@app.train(mods=[secure_sum_guard_mod, secaggplus_mod])
+def secure_sum(msg: Message, context: Context) -> Message:
+    """SecAgg+ masked-vector stage: the lab's (noised) label-count vector, in the coordinator's type order."""
+    settings = NodeSettings.from_context(context)
+    lab = LabDir.open(settings.lab_dir)
+    fit_ins = recorddict_compat.recorddict_to_fitins(msg.content, keep_input=True)
+    round_id = str(fit_ins.config["round-id"])
+    categories = json.loads(str(fit_ins.config["categories"]))
+    releaser = Releaser.for_lab(lab, run_id=context.run_id, round_id=round_id)
+    vector, seq = releaser.secure_sum_counts(read_exact_counts(settings.out_dir, round_id), categories)
+    log.info("secure sum for round %s: masked count vector of %d values (ledger entry %d)", round_id, vector.size, seq)
+    fit_res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([vector.astype(np.float64)]), 1, {})
+    return Message(recorddict_compat.fitres_to_recorddict(fit_res, keep_input=False), reply_to=msg)
+
+
+def _map_and_write(settings: NodeSettings, lab: LabDir, bundle: Any, round_cfg: dict[str, Any]) -> tuple[Any, Any]:
     """Run :func:`~fedarches.client.mapping.map_query` and write the lab's local outputs."""
     from fedarches.client.mapping import MappingOptions, map_query
     from fedarches.client.outputs import MappingOutputs, write_mapping_outputs
@@ -142,4 +196,4 @@ def _map_and_write(settings: NodeSettings, lab: LabDir, bundle: Any, round_cfg: 
             {"round_id": round_cfg["round-id"], "bundle_id": bundle.bundle_id, "lab": lab.name}, indent=2
         ).encode(),
     )
-    return result, adata.n_obs
+    return result, adata

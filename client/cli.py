@@ -194,11 +194,17 @@ def join(
         from fedarches.client.lab import LabDir
         from fedarches.client.query import read_query, validate_query
         from fedarches.client.supernode import JoinSettings, run_supernode
+        from fedarches.shared.errors import ConfigError
+        from fedarches.shared.policy import PrivacyPolicy
 
         lab = LabDir.open(lab_dir)
         lab.require_node_key()
+        policy = PrivacyPolicy.load(lab.root)
         adata = read_query(data)
         validate_query(adata, batch_key=batch_key, layer=layer, batch_prefix=lab.name)
+        if policy.dp.enabled and policy.dp.unit == "donor" and policy.dp.donor_key not in adata.obs:
+            msg = f"the privacy policy's donor_key {policy.dp.donor_key!r} is not an obs column of {data}"
+            raise ConfigError(msg, hint="set dp.donor_key in LAB_DIR/policy.toml to the column naming donors")
         address = superlink or lab.superlink
         settings = JoinSettings(
             lab=lab,
@@ -216,6 +222,8 @@ def join(
             f"lab [bold]{lab.name}[/bold]: {data} ({adata.n_obs} cells) stays here; results go to {out}; "
             f"joining {address} (TLS, node authentication); every message sent is logged in {lab.egress_dir}"
         )
+        for what, how in policy.summary().items():
+            console.print(f"  {what}: {how}")
         del adata
         code = run_supernode(settings)
         raise typer.Exit(code)
@@ -238,11 +246,12 @@ def preview(
     """Map DATA locally and print exactly what a round would send. Contacts nobody, writes nothing."""
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
-        from fedarches.client.app import train_reply_content
+        from fedarches.client.app import map_reply_content
         from fedarches.client.lab import LabDir
         from fedarches.client.mapping import MappingOptions, map_query
         from fedarches.client.mods import EGRESS_LIMIT_BYTES
         from fedarches.client.query import read_query
+        from fedarches.client.release import Releaser
         from fedarches.shared import protocol
         from fedarches.shared.bundle import ReferenceBundle
 
@@ -253,9 +262,156 @@ def preview(
         result = map_query(
             adata, opened, batch_key=batch_key, layer=layer, lab_name=lab.name, options=options, min_count=min_count
         )
-        content = train_reply_content(result, lab.name, {k: float(v) for k, v in result.timings.items()})
-        protocol.check_egress(protocol.TRAIN, content, max_array_bytes=EGRESS_LIMIT_BYTES)
+        releaser = Releaser.for_lab(lab, run_id="preview", round_id="preview", preview=True)
+        donor_key = releaser.policy.dp.donor_key
+        donors = adata.obs[donor_key].to_numpy() if donor_key and donor_key in adata.obs else None
+        released = releaser.map_reply(result.adapter, releaser.exact_counts(result, donors))
+        composition = releaser.policy.release.composition
+        timings = {k: float(v) for k, v in result.timings.items()}
+        content = map_reply_content(released, lab.name, int(result.n_epochs), composition, timings)
+        protocol.check_egress(protocol.MAP, content, max_array_bytes=EGRESS_LIMIT_BYTES)
+        print_policy(releaser.policy, lab.root)
         print_egress(protocol.describe_content(content), n_cells=adata.n_obs)
+        if releaser.policy.dp.enabled and composition == "plain":
+            Console().print("noise above was drawn for this preview only; a round draws its own and records it")
+
+
+policy_app = typer.Typer(help="The lab's privacy policy (LAB_DIR/policy.toml).", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("show")
+def policy_show(
+    lab_dir: Annotated[Path | None, typer.Option("--lab-dir", help="Lab directory (omit with --defaults).")] = None,
+    defaults: Annotated[bool, typer.Option("--defaults", help="Show the built-in defaults only.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the effective policy as JSON.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Print the effective policy: every key, its value, and whether it comes from policy.toml."""
+    with handle_errors(debug=debug):
+        from fedarches.shared.errors import ConfigError
+        from fedarches.shared.policy import PrivacyPolicy
+
+        if defaults:
+            policy, root = PrivacyPolicy(), None
+        elif lab_dir is None:
+            msg = "give --lab-dir, or --defaults for the built-in policy"
+            raise ConfigError(msg, hint="fedarches-client policy show --lab-dir LAB_DIR")
+        else:
+            root = Path(lab_dir)
+            if not root.is_dir():
+                msg = f"lab directory {root} does not exist"
+                raise ConfigError(msg, hint="use the directory `fedarches-server add-lab` exported")
+            policy = PrivacyPolicy.load(root)
+        if as_json:
+            typer.echo(json.dumps(policy.model_dump(), indent=2))
+            return
+        print_policy(policy, root)
+
+
+@policy_app.command("init")
+def policy_init(
+    lab_dir: Annotated[Path, typer.Option("--lab-dir", help="Lab directory.")],
+    debug: Debug = False,
+) -> None:
+    """Write LAB_DIR/policy.toml with every key at its default, documented, for the lab to edit."""
+    with handle_errors(debug=debug):
+        from fedarches.shared._io import atomic_write_bytes
+        from fedarches.shared.errors import ConfigError
+        from fedarches.shared.policy import POLICY_FILE_NAME, default_policy_toml
+
+        target = Path(lab_dir) / POLICY_FILE_NAME
+        if target.exists():
+            msg = f"{target} exists"
+            raise ConfigError(msg, hint="edit it, or move it away to start again from the defaults")
+        atomic_write_bytes(target, default_policy_toml().encode())
+        console.print(f"wrote {target}; `fedarches-client policy show --lab-dir {lab_dir}` prints the effect")
+
+
+def print_policy(policy: object, lab_root: Path | None) -> None:
+    """The effective policy as a table (key, value, source) and its guarantees in words."""
+    from fedarches.shared.policy import POLICY_FILE_NAME, PrivacyPolicy
+
+    assert isinstance(policy, PrivacyPolicy)
+    overrides = policy.overrides()
+    path = None if lab_root is None else lab_root / POLICY_FILE_NAME
+    source = str(path) if path is not None and path.is_file() else "built-in defaults"
+    table = Table(title=f"privacy policy ({source})")
+    for column in ("key", "value", "source"):
+        table.add_column(column)
+    for section, values in policy.model_dump().items():
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            shown = repr(value) if isinstance(value, str) else str(value)
+            table.add_row(name, shown, "policy.toml" if name in overrides else "default")
+    out = Console()
+    out.print(table)
+    for what, how in policy.summary().items():
+        out.print(f"[bold]{what}[/bold]: {how}")
+
+
+@app.command()
+def ledger(
+    lab_dir: LabDirOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Every entry as JSON, payload included.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain; exit 31 if it is broken.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Show every release this lab made: what, when, to whom, and the privacy budget it spent."""
+    with handle_errors(debug=debug):
+        from fedarches.client.ledger import LEDGER_FILE_NAME, Ledger
+        from fedarches.shared.errors import ConfigError, PrivacyError
+        from fedarches.shared.policy import PrivacyPolicy
+
+        root = Path(lab_dir)
+        if not (root / LEDGER_FILE_NAME).is_file():
+            if not root.is_dir():
+                msg = f"lab directory {root} does not exist"
+                raise ConfigError(msg, hint="use the directory `fedarches-server add-lab` exported")
+            console.print(f"no releases yet: {root / LEDGER_FILE_NAME} does not exist")
+            return
+        book = Ledger.for_lab(root)
+        entries = book.entries()
+        if as_json:
+            typer.echo(json.dumps([e.to_dict(with_payload=True) for e in entries], indent=2))
+        else:
+            print_ledger(entries)
+            policy = PrivacyPolicy.load(root)
+            eps, delta = book.spent()
+            console.print(
+                f"spent ε={eps:.4g} δ={delta:.3g} of the budget ε={policy.dp.budget_epsilon:g} "
+                f"δ={policy.dp.budget_delta:g} ({len(entries)} releases)"
+            )
+        if verify:
+            problems = book.verify()
+            if problems:
+                msg = "the ledger's hash chain is broken: " + "; ".join(problems)
+                raise PrivacyError(msg, hint="the ledger was edited outside fedarches; keep a copy for review")
+            console.print(f"hash chain intact over {len(entries)} entries")
+
+
+def print_ledger(entries: list) -> None:
+    """One row per release (time, kind, round, mechanism, ε, δ, bytes, sha256), then where they went."""
+    table = Table(title="releases (append-only ledger)")
+    for column in ("#", "time (UTC)", "kind", "round", "mechanism", "ε", "δ", "bytes", "sha256"):
+        table.add_column(column, justify="right" if column in ("#", "ε", "δ", "bytes") else "left", no_wrap=True)
+    for e in entries:
+        table.add_row(
+            str(e.seq),
+            e.time.replace("+00:00", "").replace("T", " "),
+            e.kind,
+            e.round_id,
+            e.mechanism,
+            f"{e.epsilon:.3g}" if e.spends_budget else "-",
+            f"{e.delta:.2g}" if e.spends_budget else "-",
+            str(len(e.payload)),
+            e.sha256[:10],
+        )
+    out = Console(width=max(Console().width, 120))
+    out.print(table)
+    for coordinator in dict.fromkeys(e.coordinator for e in entries):
+        runs = sorted({e.run_id for e in entries if e.coordinator == coordinator})
+        out.print(f"to coordinator {coordinator}: Flower run(s) {', '.join(runs)}")
 
 
 def print_egress(description: dict, *, n_cells: int) -> None:

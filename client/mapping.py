@@ -23,7 +23,7 @@ from fedarches.shared._training import quiet_training
 from fedarches.shared.adapters import Adapter, apply_adapters, check_reference_unchanged, extract_adapter
 from fedarches.shared.embedding import knn_label_probabilities, place_on_reference
 from fedarches.shared.errors import AdapterError, FedarchesError
-from fedarches.shared.labels import DEFAULT_MIN_COUNT, LabelStatistics, compute_label_statistics
+from fedarches.shared.labels import DEFAULT_MIN_COUNT, LabelCounts, LabelStatistics, suppress
 from fedarches.shared.quality import UNKNOWN_LABEL
 
 if TYPE_CHECKING:
@@ -67,6 +67,21 @@ class MappingResult:
     n_epochs: int
     timings: dict[str, float] = field(default_factory=dict)
     model: Any = None
+    # per cell, kept in the lab: the type each cell is counted as (Unknown included), confidence, low flag
+    cell_labels: np.ndarray | None = None
+    cell_confidence: np.ndarray | None = None
+    cell_low_confidence: np.ndarray | None = None
+    label_categories: tuple[str, ...] = ()
+
+    def label_counts(self, keep: np.ndarray | None = None) -> LabelCounts:
+        """Exact per-type counts over all cells, or over the cells ``keep`` marks."""
+        if self.cell_labels is None or self.cell_confidence is None or self.cell_low_confidence is None:
+            msg = "this result carries no per-cell labels"
+            raise ValueError(msg)
+        keep = np.ones(self.cell_labels.shape[0], dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+        return LabelCounts.from_cells(
+            self.cell_labels[keep], self.cell_confidence[keep], self.cell_low_confidence[keep], self.label_categories
+        )
 
 
 def map_query(
@@ -199,7 +214,7 @@ def map_query(
     if ADATA_KEYS.UNKNOWN in quality:  # Unknown cells are counted as Unknown, not as their nearest type
         counted = np.where(quality[ADATA_KEYS.UNKNOWN], UNKNOWN_LABEL, predicted)
         categories.append(UNKNOWN_LABEL)
-    statistics = compute_label_statistics(counted, confidence, low, categories, min_count=min_count)
+    statistics = suppress(LabelCounts.from_cells(counted, confidence, low, categories), min_count=min_count)
     timings["total_s"] = time.perf_counter() - start
     adata.uns[ADATA_KEYS.UNS] = {
         "bundle_id": bundle.bundle_id,
@@ -232,6 +247,10 @@ def map_query(
         n_epochs=n_epochs,
         timings=timings,
         model=model,
+        cell_labels=np.asarray(counted, dtype=object),
+        cell_confidence=np.asarray(confidence, dtype=float),
+        cell_low_confidence=np.asarray(low, dtype=bool),
+        label_categories=tuple(categories),
     )
 
 

@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 
 from fedarches.shared import protocol
 from fedarches.shared._io import atomic_write_bytes
-from fedarches.shared.errors import FedarchesError
+from fedarches.shared.errors import FedarchesError, PrivacyError
 
 log = logging.getLogger("fedarches.client")
 
@@ -68,6 +68,27 @@ def egress_audit_mod(msg: Message, context: Context, call_next: Callable[[Messag
         )
     _audit(lab_dir, msg, reply, verdict="sent", copy=_truthy(context.node_config.get("egress-copy", False)))
     return reply
+
+
+def secure_sum_guard_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """Before SecAgg+ starts, refuse unless the lab's policy releases composition in a secure sum
+    over at least ``release.secure_sum_min_labs`` labs (the number the coordinator's setup announces).
+    """
+    from fedarches.shared.policy import PrivacyPolicy
+
+    configs = msg.content.config_records.get(protocol.SECAGG_RECORD)
+    if configs is not None and configs.get("stage") == "setup":
+        release = PrivacyPolicy.load(Path(str(context.node_config.get("lab-dir", ".")))).release
+        if release.composition != "secure-sum":
+            msg_text = f"the lab's policy releases composition as {release.composition!r}, not in a secure sum"
+            raise PrivacyError(msg_text)
+        n_labs = int(configs.get("sample_num", 0))  # type: ignore[arg-type]
+        if n_labs < release.secure_sum_min_labs:
+            msg_text = (
+                f"a secure sum over {n_labs} labs; the lab's policy requires at least {release.secure_sum_min_labs}"
+            )
+            raise PrivacyError(msg_text)
+    return call_next(msg, context)
 
 
 def lab_mods_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
@@ -134,13 +155,22 @@ def _keep_copy(egress: Path, msg: Message, reply: Message) -> Path:
         if isinstance(record, ArrayRecord):
             arrays.update({f"{name}/{k}": a.numpy() for k, a in record.items()})
         elif isinstance(record, ConfigRecord | MetricRecord):
-            values[name] = {k: v if not isinstance(v, bytes) else v.hex() for k, v in record.items()}
+            values[name] = {k: _hex_bytes(v) for k, v in record.items()}
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     target = egress / "messages" / f"{stem}.npz"
     atomic_write_bytes(target, buffer.getvalue())
     atomic_write_bytes(target.with_suffix(".json"), json.dumps(values, indent=2, sort_keys=True).encode())
     return target
+
+
+def _hex_bytes(value: Any) -> Any:
+    """Bytes (alone or in a list, as SecAgg+ sends keys and masked vectors) as hex text for the JSON copy."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list):
+        return [_hex_bytes(v) for v in value]
+    return value
 
 
 def _truthy(value: object) -> bool:

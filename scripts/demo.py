@@ -2,8 +2,9 @@
 
 Everything happens through the command lines a consortium would use, with TLS and node
 authentication on: ``fedarches-server init/build-reference/serve/add-lab/run-round`` and
-``fedarches-client join``. Each lab maps its own shipped demo file; only adapters and suppressed
-label statistics reach the coordinator. At the end every process is stopped, and the script
+``fedarches-client join``. Each lab maps its own shipped demo file under the default privacy
+policy (``fedarches-client policy show``): adapters go to the coordinator, label counts only
+inside a SecAgg+ secure sum with differential-privacy noise, every release in the lab's ledger. At the end every process is stopped, and the script
 prints where the annotated files, the updated atlas and the report are, and how each lab's
 predictions compare with the ground truth shipped in its file (which never left the lab).
 
@@ -23,6 +24,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from fedarches.server.loopback import LoopbackFederation
 from fedarches.shared._process import own_executable
+from fedarches.shared.policy import PrivacyPolicy
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "demo"
 LABS = ("lab_a", "lab_b", "lab_c")
@@ -57,11 +59,15 @@ def main(out: Path) -> None:
         for lab in LABS:
             seconds = fed.join(lab)
             print(f"{lab}: SuperNode online after {seconds:.1f} s (1 torch thread; data stays in {DATA / lab}.h5ad)")
+        step("labs: privacy policy in force (no LAB_DIR/policy.toml, so the defaults; `fedarches-client policy show`)")
+        for what, how in PrivacyPolicy.load(fed.labs[LABS[0]].export_dir).summary().items():
+            print(f"  {what}: {how}")
         step("coordinator: `fedarches-server run-round` (Flower run; labs map locally, adapters come back)")
         report = fed.run_round(bundle, "--min-labs", "3", echo=True)
     leftover = fed.running_groups()
     step("all processes stopped" if not leftover else f"process groups still running: {leftover}")
     summarize(out, report, time.monotonic() - start)
+    show_privacy(out, report)
     if leftover:
         sys.exit(1)
 
@@ -93,6 +99,23 @@ def summarize(out: Path, report: dict, total_s: float) -> None:
     print(f"  consortium report: {round_dir / 'report.html'}  and report.json, composition.png")
     print(f"  logs: {out / 'logs'}/")
     print(f"demo finished in {total_s:.0f} s")
+
+
+def show_privacy(out: Path, report: dict) -> None:
+    """What the coordinator learned of composition (the secure sum), and each lab's ledger."""
+    step("privacy: the consortium composition the coordinator learned (SecAgg+ sum, DP noise, k-suppressed)")
+    consortium = report.get("consortium")
+    if consortium is None or consortium["cells"] is None:
+        print(f"  no secure sum: {None if consortium is None else consortium['message']}")
+    else:
+        print(
+            f"  over {', '.join(consortium['labs'])}: " + ", ".join(f"{t} {n}" for t, n in consortium["cells"].items())
+        )
+        print("  per-lab counts: none reached the coordinator (report.json 'labs[].label_statistics' is null)")
+    for name in LABS:
+        lab_dir = out / "labs" / name / "lab-dir"
+        step(f"{name}: `fedarches-client ledger --lab-dir {lab_dir}`")
+        subprocess.run([own_executable("fedarches-client"), "ledger", "--lab-dir", str(lab_dir)], check=True)
 
 
 if __name__ == "__main__":

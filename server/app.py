@@ -33,7 +33,7 @@ def main(grid: Grid, context: Context) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        result = run_round(grid, settings)
+        result = run_round(grid, settings, context)
         paths = write_report(result, settings.round_dir)
         log.info("report: %s", paths["html"])
     except Exception as err:

@@ -47,6 +47,7 @@ DEFAULT_ROUND = {
     "confidence-threshold": 0.5,
     "min-count": 11,
     "max-adapter-bytes": 1_048_576,
+    "secure-sum-timeout": 120.0,
 }
 
 

@@ -2,6 +2,8 @@
 
 Composition is shown exactly as the labs sent it: released counts only, and suppressed counts as
 "suppressed" (their value never reached the coordinator, so they cannot be shown or summed).
+Labs whose policy releases composition only inside a secure sum appear in the consortium total
+(SecAgg+), which is itself suppressed below k before it is shown.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from fedarches.server.round import RoundResult
 from fedarches.shared._io import atomic_write_bytes, write_atomically
-from fedarches.shared.labels import SUPPRESSED
+from fedarches.shared.labels import SUPPRESSED, LabelCounts, suppress
 
 STATUS_COLOURS = {"accepted": "#2e7d32", "rejected": "#c62828", "failed": "#c62828", "dropped": "#ef6c00"}
 
@@ -54,7 +56,33 @@ def report_dict(result: RoundResult) -> dict[str, Any]:
         "rejected": [lab["name"] for lab in labs if lab["status"] in ("rejected", "failed")],
         "composition": composition_table(result),
         "confidence": confidence_summary(result),
+        "consortium": consortium_summary(result),
     }
+
+
+def consortium_summary(result: RoundResult) -> dict[str, Any] | None:
+    """The secure sum's total (counts below k suppressed here too), who is in it, and what it means."""
+    outcome = result.consortium_counts
+    if outcome is None:
+        return None
+    names = {lab.node_id: lab.name for lab in result.labs}
+    summary: dict[str, Any] = {
+        "method": "SecAgg+ (Flower), each lab's vector masked; only the sum is unmasked",
+        "labs": [names.get(n, str(n)) for n in outcome.contributors],
+        "asked": [lab.name for lab in result.labs if lab.composition == "secure-sum"],
+        "message": outcome.message,
+        "noise": "each lab adds the differential-privacy noise its own policy sets before masking",
+        "cells": None,
+        "low_confidence": None,
+    }
+    if outcome.total is not None:
+        counts = LabelCounts.from_vector(result.consortium_categories, outcome.total)
+        stats = suppress(counts, min_count=result.settings.min_count)
+        summary["cells"] = {t.cell_type: SUPPRESSED if t.n_cells is None else t.n_cells for t in stats.types}
+        summary["low_confidence"] = {
+            t.cell_type: SUPPRESSED if t.n_low_confidence is None else t.n_low_confidence for t in stats.types
+        }
+    return summary
 
 
 def confidence_summary(result: RoundResult) -> dict[str, dict[str, float | int | None]]:
@@ -67,14 +95,16 @@ def confidence_summary(result: RoundResult) -> dict[str, dict[str, float | int |
     for lab in result.labs:
         if lab.label_statistics is None or lab.status != "accepted":
             continue
-        released = [t for t in lab.label_statistics.types if t.n_cells is not None and t.mean_confidence is not None]
+        released = [t for t in lab.label_statistics.types if t.n_cells is not None]
         cells = sum(t.n_cells for t in released)  # type: ignore[misc]
         low = [t for t in released if t.n_low_confidence is not None]
+        with_mean = [t for t in released if t.mean_confidence is not None]  # withheld under DP
+        mean_cells = sum(t.n_cells for t in with_mean)  # type: ignore[misc]
         summary[lab.name] = {
             "released_cells": cells,
-            "mean_confidence": round(sum(t.n_cells * t.mean_confidence for t in released) / cells, 4)
-            if cells
-            else None,  # type: ignore[operator]
+            "mean_confidence": round(sum(t.n_cells * t.mean_confidence for t in with_mean) / mean_cells, 4)  # type: ignore[operator]
+            if mean_cells
+            else None,
             "low_confidence_share": round(sum(t.n_low_confidence for t in low) / cells, 4) if cells and low else None,  # type: ignore[misc]
         }
     return summary
@@ -114,7 +144,10 @@ def plot_composition(data: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    composition: dict[str, dict[str, Any]] = data["composition"]
+    composition: dict[str, dict[str, Any]] = dict(data["composition"])
+    consortium = data.get("consortium")
+    if consortium and consortium["cells"] is not None:
+        composition[f"consortium\n(SecAgg+, {len(consortium['labs'])} labs)"] = consortium["cells"]
     types = list(data["bundle"]["label_categories"])
     extra = sorted({t for row in composition.values() for t in row} - set(types))
     types += extra
@@ -158,6 +191,7 @@ def render_html(data: dict[str, Any], plot_path: Path) -> str:
             f"<td>{esc(lab['name'])}</td>"
             f"<td style='color:{colour};font-weight:bold'>{esc(lab['status'])}</td>"
             f"<td>{esc(lab['reason'])}</td>"
+            f"<td>{esc(_composition_mode(lab))}</td>"
             f"<td>{'yes' if lab['bundle_sent'] else 'no (held)'}</td>"
             f"<td class=n>{_bytes(lab['bytes_to_lab'])}</td>"
             f"<td class=n>{_bytes(lab['bytes_from_lab'])}</td>"
@@ -208,7 +242,7 @@ reference bundle <code>{esc(data["bundle"]["bundle_id"])}</code> ({esc(data["bun
 {data["bundle"]["n_genes"]} genes, {_bytes(data["bundle"]["size_bytes"])}); {atlas_line}<br>
 started {esc(data["started"])}, finished {esc(data["finished"])}; {phases}</p>
 <h2>Labs</h2>
-<table><tr><th>lab</th><th>status</th><th>reason</th><th>bundle sent</th><th>bytes to lab</th>
+<table><tr><th>lab</th><th>status</th><th>reason</th><th>composition</th><th>bundle sent</th><th>bytes to lab</th>
 <th>bytes from lab</th><th>adapter</th><th>epochs</th><th>reply after</th></tr>
 {"".join(rows)}</table>
 <p>Dropped: {esc(", ".join(data["dropped"]) or "none")}. Rejected: {esc(", ".join(data["rejected"]) or "none")}.</p>
@@ -216,14 +250,37 @@ started {esc(data["started"])}, finished {esc(data["finished"])}; {phases}</p>
 <p>As the labs sent it: counts below k={data["settings"]["min_count"]} were suppressed at the lab
 and never reached the coordinator.</p>
 <img alt="composition" src="data:image/png;base64,{image}" style="max-width:100%">
+<h2>Consortium composition (secure sum)</h2>
+{_consortium_html(data.get("consortium"))}
 <h2>Label statistics per lab</h2>
 {"".join(stats_blocks) or "<p>none</p>"}
 </body></html>
 """
 
 
-def _weighted_mean(types: list, cells: int) -> float | None:
-    return round(sum(t.n_cells * t.mean_confidence for t in types) / cells, 4) if cells else None
+def _composition_mode(lab: dict[str, Any]) -> str:
+    mode = lab.get("composition") or ""
+    if mode == "secure-sum":
+        return "secure sum" + ("" if lab.get("in_secure_sum") else " (not in the total)")
+    return {"plain": "per lab", "none": "not released"}.get(mode, "")
+
+
+def _consortium_html(consortium: dict[str, Any] | None) -> str:
+    esc = html.escape
+    if consortium is None:
+        return "<p>No lab chose the secure sum in this round.</p>"
+    if consortium["cells"] is None:
+        return f"<p>Not computed: {esc(consortium['message'])}. Asked: {esc(', '.join(consortium['asked']))}.</p>"
+    low = consortium["low_confidence"]
+    body = "".join(
+        f"<tr><td>{esc(t)}</td><td class=n>{_cell(n)}</td><td class=n>{_cell(low[t])}</td></tr>"
+        for t, n in consortium["cells"].items()
+    )
+    return (
+        f"<p>Sum over {esc(', '.join(consortium['labs']))} by {esc(consortium['method'])}; the coordinator never held "
+        f"one lab's counts. {esc(consortium['noise'])}; totals below k are suppressed here.</p>"
+        f"<table><tr><th>predicted type</th><th>cells</th><th>low-confidence cells</th></tr>{body}</table>"
+    )
 
 
 def _seconds(value: float | None) -> str:

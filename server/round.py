@@ -9,12 +9,16 @@
    gets Flower's ``node unavailable`` error reply and is reported as dropped.
 4. Validate each reply (sender identity, bundle id, adapter shapes, finiteness and size, batch
    names, label-statistics suppression) and keep the valid ones.
-5. Merge the accepted adapters into an updated atlas (a new signed bundle) when at least
+5. Secure sum: the accepted labs whose policy releases composition only inside a secure sum
+   add up their (noised) label-count vectors with SecAgg+ (:mod:`fedarches.server.secure_sum`);
+   the coordinator learns the consortium total, never one lab's counts.
+6. Merge the accepted adapters into an updated atlas (a new signed bundle) when at least
    ``min-labs`` labs were accepted, then write the consortium report.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,17 +26,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedarches.server.coordinator import CoordinatorDir
+from fedarches.server.secure_sum import SecureSumResult, secure_sum
 from fedarches.shared import protocol
+from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.adapters import Adapter
 from fedarches.shared.bundle import ReferenceBundle
 from fedarches.shared.errors import BundleError, BundleIntegrityError, FedarchesError, FederationError
 from fedarches.shared.labels import LabelStatistics
+from fedarches.shared.quality import UNKNOWN_LABEL
 
 log = logging.getLogger("fedarches.server")
 
@@ -55,6 +62,7 @@ class RoundSettings:
     confidence_threshold: float = 0.5
     min_count: int = 11
     max_adapter_bytes: int = 1_048_576
+    secure_sum_timeout: float = 120.0
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> RoundSettings:
@@ -71,6 +79,7 @@ class RoundSettings:
             confidence_threshold=float(config["confidence-threshold"]),
             min_count=int(config["min-count"]),
             max_adapter_bytes=int(config["max-adapter-bytes"]),
+            secure_sum_timeout=float(config.get("secure-sum-timeout", 120.0)),
         )
 
     def train_config(self, bundle_id: str) -> dict[str, Any]:
@@ -101,6 +110,8 @@ class LabOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     adapter: Adapter | None = None
     label_statistics: LabelStatistics | None = None
+    composition: str = ""  # how the lab's policy releases composition: plain | secure-sum | none
+    in_secure_sum: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +133,8 @@ class LabOutcome:
                 "bytes": self.adapter.nbytes,
             },
             "label_statistics": None if self.label_statistics is None else self.label_statistics.to_dict(),
+            "composition": self.composition,
+            "in_secure_sum": self.in_secure_sum,
         }
 
 
@@ -137,9 +150,11 @@ class RoundResult:
     atlas: ReferenceBundle | None = None
     status: str = "running"
     message: str = ""
+    consortium_categories: list[str] = field(default_factory=list)
+    consortium_counts: SecureSumResult | None = None
 
 
-def run_round(grid: Grid, settings: RoundSettings) -> RoundResult:
+def run_round(grid: Grid, settings: RoundSettings, context: Context) -> RoundResult:
     """Run one round; always returns a result (the caller writes the report), never raises for a lab's failure."""
     from fedarches.server.merge import merge_adapters
 
@@ -176,6 +191,28 @@ def run_round(grid: Grid, settings: RoundSettings) -> RoundResult:
         _validate(lab, replies.get(lab.name), bundle, reference_shapes, settings)
 
     accepted = [lab for lab in participants if lab.status == "accepted"]
+    summing = [lab for lab in accepted if lab.composition == "secure-sum"]
+    if summing:
+        tick = time.perf_counter()
+        result.consortium_categories = [*bundle.label_categories, UNKNOWN_LABEL]
+        log.info("secure sum (SecAgg+) of label counts over %s", ", ".join(lab.name for lab in summing))
+        result.consortium_counts = secure_sum(
+            grid,
+            context,
+            [lab.node_id for lab in summing],
+            round_id=settings.round_id,
+            categories=result.consortium_categories,
+            timeout=settings.secure_sum_timeout,
+        )
+        for lab in summing:
+            lab.in_secure_sum = lab.node_id in result.consortium_counts.contributors
+        _write_secure_sum(settings.round_dir, result, summing)
+        result.phases["secure_sum_s"] = time.perf_counter() - tick
+        outcome = result.consortium_counts
+        log.info(
+            "secure sum: %s",
+            f"total over {len(outcome.contributors)} labs" if outcome.total is not None else outcome.message,
+        )
     for lab in accepted:  # it verified and used this bundle: later rounds send only the id
         if bundle.bundle_id not in held[lab.name]:
             coord.update_lab(lab.name, bundles=[*held[lab.name], bundle.bundle_id][-5:])
@@ -196,6 +233,21 @@ def run_round(grid: Grid, settings: RoundSettings) -> RoundResult:
         result.message = f"{len(accepted)} labs accepted, fewer than --min-labs {settings.min_labs}; no atlas written"
     log.info("round %s %s: %s", settings.round_id, result.status, result.message)
     return result
+
+
+def _write_secure_sum(round_dir: Path, result: RoundResult, asked: list[LabOutcome]) -> None:
+    """The coordinator's own copy of the secure sum (unsuppressed: it is what SecAgg+ revealed to it)."""
+    outcome = result.consortium_counts
+    assert outcome is not None
+    data = {
+        "categories": result.consortium_categories,
+        "layout": "cells per type, then low-confidence cells per type",
+        "asked": [lab.name for lab in asked],
+        "contributors": [lab.name for lab in asked if lab.in_secure_sum],
+        "total": None if outcome.total is None else [int(v) for v in outcome.total],
+        "message": outcome.message,
+    }
+    atomic_write_bytes(Path(round_dir) / "secure_sum.json", json.dumps(data, indent=2).encode())
 
 
 def _wait_for_nodes(grid: Grid, expected: set[int], wait_s: float) -> set[int]:
@@ -261,7 +313,7 @@ def _send_train(
                 bundle_record = protocol.bundle_to_record(bundle.path, files)
             content[protocol.BUNDLE] = bundle_record
             lab.bundle_sent = True
-        message = Message(content, dst_node_id=lab.node_id, message_type=protocol.TRAIN)
+        message = Message(content, dst_node_id=lab.node_id, message_type=protocol.MAP)
         size = message_bytes(message)
         lab.bytes_to_lab += size
         lab.status = "running"
@@ -350,18 +402,26 @@ def _validate(
         if info is None or str(info.get("lab-name")) != lab.name:
             msg = f"reply names lab {None if info is None else info.get('lab-name')!r}"
             raise FederationError(msg)
-        adapter = protocol.adapter_from_records(content)
-        if adapter.bundle_id != bundle.bundle_id:
-            msg = f"adapter was made against bundle {adapter.bundle_id}, not {bundle.bundle_id}"
+        composition = str(info.get("composition", "plain"))
+        adapter = None
+        if protocol.ADAPTER in content.array_records:  # a lab's policy may keep its adapter in
+            adapter = protocol.adapter_from_records(content)
+            if adapter.bundle_id != bundle.bundle_id:
+                msg = f"adapter was made against bundle {adapter.bundle_id}, not {bundle.bundle_id}"
+                raise FederationError(msg)
+            foreign = [b for b in adapter.batch_categories if b != lab.name and not b.startswith(f"{lab.name}/")]
+            if foreign:
+                msg = f"adapter names batches {foreign} outside the lab's namespace {lab.name!r}"
+                raise FederationError(msg)
+            adapter.check_against(reference_shapes, max_bytes=settings.max_adapter_bytes)
+        stats = None
+        if composition == "plain":
+            stats = protocol.label_stats_from_record(
+                content.config_records[protocol.LABEL_STATS], min_count=settings.min_count
+            )
+        elif protocol.LABEL_STATS in content.config_records:
+            msg = f"lab says it releases composition as {composition!r} but sent per-lab statistics"
             raise FederationError(msg)
-        foreign = [b for b in adapter.batch_categories if b != lab.name and not b.startswith(f"{lab.name}/")]
-        if foreign:
-            msg = f"adapter names batches {foreign} outside the lab's namespace {lab.name!r}"
-            raise FederationError(msg)
-        adapter.check_against(reference_shapes, max_bytes=settings.max_adapter_bytes)
-        stats = protocol.label_stats_from_record(
-            content.config_records[protocol.LABEL_STATS], min_count=settings.min_count
-        )
         lab.n_epochs = int(info.get("n-epochs", 0))  # type: ignore[arg-type]
         timings = content.metric_records.get(protocol.TIMINGS)
         lab.timings = {k: float(v) for k, v in (timings or {}).items()}  # type: ignore[arg-type]
@@ -369,7 +429,7 @@ def _validate(
         lab.status, lab.reason = "rejected", str(err)
         log.warning("rejected %s: %s", lab.name, err)
         return
-    lab.adapter, lab.label_statistics = adapter, stats
+    lab.adapter, lab.label_statistics, lab.composition = adapter, stats, composition
     lab.status, lab.reason = "accepted", ""
 
 

@@ -63,7 +63,7 @@ def atomic_directory(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_atomically(path: Path, writer: Callable[[Path], object]) -> None:
-    """Call ``writer(tmp_path)`` and move the result to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+def write_atomically(path: Path, writer: Callable[[Path], object], *, mode: int = 0o644) -> None:
+    """Call ``writer(tmp_path)`` and move the result to ``path`` atomically (mode 0644, like a plain write)."""
+    with atomic_path(path, mode=mode) as tmp:
         writer(tmp)

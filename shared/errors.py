@@ -90,6 +90,13 @@ class PrivacyError(FedarchesError):
     hint = "nothing was sent; review the lab's privacy policy"
 
 
+class BudgetExceededError(PrivacyError):
+    """A release would take the lab's total ε or δ over its policy's budget."""
+
+    exit_code = 32
+    hint = "nothing was sent; raise dp.budget_epsilon in LAB_DIR/policy.toml only with your ethics board's approval"
+
+
 class FederationError(FedarchesError):
     """The federation could not do what was asked: SuperLink unreachable, a run failed."""
 
@@ -116,6 +123,7 @@ EXIT_CODE_HELP: dict[int, str] = {
         AdapterError,
         CryptoError,
         PrivacyError,
+        BudgetExceededError,
         FederationError,
         ConfigError,
     )

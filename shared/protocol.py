@@ -1,16 +1,23 @@
 """What travels between coordinator and labs, as Flower records, and what a lab may send.
 
 Coordinator → lab
-    ``train`` message: ``ConfigRecord`` :data:`ROUND` (bundle id, training options) and, only
+    ``train.map`` message (:data:`MAP`): ``ConfigRecord`` :data:`ROUND` (bundle id, training options) and, only
     when the coordinator has no record of the lab holding that bundle, ``ArrayRecord``
     :data:`BUNDLE` (each bundle file as uint8). A bundle travels once, not every round; a lab
     that lost its copy answers with error code ``LAB_ERROR_CODE_BASE + 20`` and gets it again.
 
+    ``train`` messages (:data:`SECURE_SUM`): Flower's SecAgg+ protocol, four stages, adding up the
+    labs' label-count vectors (see :mod:`fedarches.server.secure_sum`).
+
 Lab → coordinator (the egress allow-list, :data:`ALLOWED_REPLIES`)
-    ``train`` reply: ``ArrayRecord`` :data:`ADAPTER` (float tensors of the new batch columns),
-    ``ConfigRecord`` :data:`ADAPTER_META` (where each slice sits), ``ConfigRecord``
-    :data:`LABEL_STATS` (suppressed label statistics, JSON), ``ConfigRecord`` :data:`LAB`
-    (name, version, epochs trained) and ``MetricRecord`` :data:`TIMINGS` (seconds).
+    ``train.map`` reply: ``ArrayRecord`` :data:`ADAPTER` (float tensors of the new batch columns)
+    and ``ConfigRecord`` :data:`ADAPTER_META` (where each slice sits), unless the lab's policy
+    keeps adapters in; ``ConfigRecord`` :data:`LABEL_STATS` (suppressed, optionally noised label
+    statistics, JSON) only when the lab's policy releases per-lab composition; ``ConfigRecord``
+    :data:`LAB` (name, version, epochs trained, how it releases composition) and ``MetricRecord``
+    :data:`TIMINGS` (seconds).
+    ``train`` replies: SecAgg+ keys, encrypted shares and the masked count vector (bytes, in
+    the ``secaggplus_configs`` record), plus Flower's empty legacy fit-result records.
 
 :func:`check_egress` enforces the allow-list on every message a lab sends.
 """
@@ -26,12 +33,14 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from fedarches.shared.adapters import Adapter
 from fedarches.shared.errors import AdapterError, PrivacyError
 from fedarches.shared.labels import LabelStatistics
 
-TRAIN = "train"
+MAP = "train.map"
+SECURE_SUM = "train"  # Flower's SecAgg+ workflow sends plain ``train`` messages
 # Lab errors travel as Flower error codes LAB_ERROR_CODE_BASE + the fedarches exit code, with no text.
 LAB_ERROR_CODE_BASE = 1000
 
@@ -52,18 +61,29 @@ class RecordRule:
 
     kind: str
     keys: frozenset[str] | None
+    allow_bytes: bool = False
 
+
+SECAGG_RECORD = RECORD_KEY_CONFIGS  # "secaggplus_configs"
+_SECAGG_REPLY_KEYS = frozenset({"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"})
 
 ALLOWED_REPLIES: dict[str, dict[str, RecordRule]] = {
-    TRAIN: {
+    MAP: {
         ADAPTER: RecordRule("array", None),
         ADAPTER_META: RecordRule("config", frozenset({"format", "bundle-id", "batch-categories", "slices"})),
         LABEL_STATS: RecordRule("config", frozenset({"json"})),
-        LAB: RecordRule("config", frozenset({"lab-name", "fedarches-version", "n-epochs"})),
+        LAB: RecordRule("config", frozenset({"lab-name", "fedarches-version", "n-epochs", "composition"})),
         TIMINGS: RecordRule(
             "metric",
             frozenset({"validate_s", "surgery_setup_s", "train_s", "predict_s", "total_s", "receive_bundle_s"}),
         ),
+    },
+    SECURE_SUM: {
+        SECAGG_RECORD: RecordRule("config", _SECAGG_REPLY_KEYS, allow_bytes=True),
+        "fitres.parameters": RecordRule("array", frozenset()),
+        "fitres.metrics": RecordRule("config", frozenset()),
+        "fitres.num_examples": RecordRule("metric", frozenset({"num_examples"})),
+        "fitres.status": RecordRule("config", frozenset({"code", "message"})),
     },
 }
 _KINDS = {"array": ArrayRecord, "config": ConfigRecord, "metric": MetricRecord}
@@ -211,7 +231,12 @@ def check_egress(message_type: str, content: RecordDict, *, max_array_bytes: int
                 total += values.nbytes
         elif isinstance(record, ConfigRecord):
             for key, value in record.items():
-                if isinstance(value, bytes) or (isinstance(value, list) and any(isinstance(v, bytes) for v in value)):
+                holds_bytes = isinstance(value, bytes) or (
+                    isinstance(value, list) and any(isinstance(v, bytes) for v in value)
+                )
+                if holds_bytes and rule.allow_bytes:
+                    total += len(value) if isinstance(value, bytes) else sum(len(v) for v in value)  # type: ignore[arg-type]
+                elif holds_bytes:
                     msg = f"config value {name}.{key} holds raw bytes; only text and numbers may leave"
                     raise PrivacyError(msg)
     if total > max_array_bytes:

@@ -22,7 +22,7 @@ def context(tmp_path: Path) -> Context:
 
 
 def train_message() -> Message:
-    return Message(RecordDict(), dst_node_id=11, message_type=protocol.TRAIN)
+    return Message(RecordDict(), dst_node_id=11, message_type=protocol.MAP)
 
 
 def audit(tmp_path: Path) -> list[dict]:

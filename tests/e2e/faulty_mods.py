@@ -45,3 +45,21 @@ def wrong_shape_adapter(msg: Message, context: Context, call_next: Handler) -> M
 def oversized_adapter(msg: Message, context: Context, call_next: Handler) -> Message:
     """One adapter tensor grows 40 extra columns (about 20 KB)."""
     return _corrupt(msg, context, call_next, lambda v: np.concatenate([v] + [v] * 40, axis=1))
+
+
+def drop_in_secure_sum(msg: Message, context: Context, call_next: Handler) -> Message:
+    """The lab's SuperNode dies (SIGKILL to its process group) when SecAgg+ asks for its masked vector:
+    a lab that drops out in the middle of the secure-sum protocol, after sharing its keys."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    from fedarches.shared._process import SUPERNODE_PID_FILE
+
+    configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    if configs is not None and configs.get("stage") == "collect_masked_vectors":
+        pid = int((Path(str(context.node_config["lab-dir"])) / SUPERNODE_PID_FILE).read_text())
+        os.killpg(pid, signal.SIGKILL)
+    return call_next(msg, context)

@@ -2,7 +2,10 @@
 
 One coordinator and three labs on the demo data run through the same command lines users type
 (``fedarches-server serve/add-lab/run-round``, ``fedarches-client join``). Later rounds add
-misbehaving labs (corrupt adapters through their own client mods) and kill a lab mid-round.
+misbehaving labs (corrupt adapters through their own client mods), a lab that dies in the middle
+of the secure sum, and kill a lab mid-round. Privacy: round 1 runs every lab's composition
+through SecAgg+ with DP off (the sum must be exact); round 2 mixes policies (plain with Gaussian DP
+and noised adapters; secure sum with Laplace DP).
 """
 
 from __future__ import annotations
@@ -50,11 +53,26 @@ def federation(tmp_path_factory: pytest.TempPathFactory, demo_bundle: ReferenceB
         fed.start_coordinator()
         for lab in LABS:
             fed.add_lab(lab, demo_dir / f"{lab}.h5ad")
+            set_policy(fed, lab, "[dp]\nenabled = false\n")  # secure sum (the default), no noise: exact
             fed.join(lab)
         yield fed, bundle
     finally:
         fed.stop()
     assert not fed.running_groups(), "processes outlived the federation"
+
+
+def set_policy(fed: LoopbackFederation, lab: str, text: str) -> None:
+    (fed.labs[lab].export_dir / "policy.toml").write_text(text)
+
+
+def ledger_vectors(fed: LoopbackFederation, lab: str, round_id: str) -> list[np.ndarray]:
+    from fedarches.client.ledger import Ledger
+
+    return [
+        np.asarray(json.loads(e.payload)["vector"])
+        for e in Ledger.for_lab(fed.labs[lab].export_dir).entries()
+        if e.kind == "secure-sum-counts" and e.round_id == round_id
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +95,8 @@ def test_round_completes_and_merges_every_lab(first_round, federation) -> None:
         assert lab["adapter"]["bytes"] == 2560
     report = Path(first_round["atlas"]["path"]).parent
     html = (report / "report.html").read_text()
-    assert all(name in html for name in LABS) and "suppressed" in html
+    assert all(name in html for name in LABS) and "suppressed" in html and "SecAgg+" in html
+    assert sorted(first_round["consortium"]["labs"]) == list(LABS)
     assert (report / "composition.png").stat().st_size > 10_000
 
 
@@ -112,6 +131,44 @@ def test_each_lab_matches_a_local_map_and_the_atlas_reproduces_its_latent(
         np.testing.assert_allclose(latent, federated.obsm["X_scANVI"], atol=1e-5)
 
 
+def test_secure_sum_is_exact_and_the_coordinator_never_holds_a_lab_vector(first_round, federation) -> None:
+    from flwr.common import bytes_to_ndarray
+
+    from fedarches.client.ledger import Ledger
+    from fedarches.server.secure_sum import CLIPPING_RANGE
+
+    fed, bundle = federation
+    round_dir = Path(first_round["atlas"]["path"]).parent
+    summed = json.loads((round_dir / "secure_sum.json").read_text())
+    categories = summed["categories"]
+    assert categories == [*bundle.label_categories, "Unknown"] and sorted(summed["contributors"]) == list(LABS)
+    expected = np.zeros(2 * len(categories), dtype=np.int64)
+    for name in LABS:
+        # the lab's own predictions (annotated.h5ad never left it): counted per type, Unknown cells as Unknown
+        obs = ad.read_h5ad(fed.labs[name].out_dir / "annotated.h5ad").obs
+        counted = np.where(obs["is_unknown"], "Unknown", obs["predicted_cell_type"].astype(str))
+        cells = np.array([(counted == t).sum() for t in categories])
+        low = np.array([((counted == t) & obs["is_low_confidence"].to_numpy()).sum() for t in categories])
+        vector = np.concatenate([cells, low])
+        (released,) = ledger_vectors(fed, name, first_round["round_id"])  # one ledger entry, DP off: exact
+        np.testing.assert_array_equal(released, vector)
+        expected += vector
+        # the coordinator got per-lab statistics from no one
+        assert next(lab for lab in first_round["labs"] if lab["name"] == name)["label_statistics"] is None
+        # what left the lab in the secure sum: the masked vector, not the quantized counts (x + C)
+        run_ids = {e.run_id for e in Ledger.for_lab(fed.labs[name].export_dir).entries()}
+        masked = []
+        for entry in map(json.loads, (fed.labs[name].export_dir / "egress" / "audit.jsonl").open()):
+            if entry["message_type"] == "train" and str(entry["run_id"]) in run_ids:
+                sent = json.loads(Path(entry["copy"]).with_suffix(".json").read_text())
+                for hexed in sent.get(protocol.SECAGG_RECORD, {}).get("masked_params", []):
+                    masked.append(bytes_to_ndarray(bytes.fromhex(hexed)))
+        assert len(masked) == 2, masked  # the weight factor, then the vector
+        assert not np.isin(masked[1], vector + CLIPPING_RANGE).all()
+        assert masked[1].max() > 2**28  # masks spread every entry over [0, 2**32)
+    np.testing.assert_array_equal(summed["total"], expected)
+
+
 def test_egress_holds_only_allow_listed_adapter_tensors_and_statistics(first_round, federation, demo_dir) -> None:
     fed, _ = federation
     for name in LABS:
@@ -120,7 +177,7 @@ def test_egress_holds_only_allow_listed_adapter_tensors_and_statistics(first_rou
             str(v) for column in source.obs.columns for v in source.obs[column].astype(str).unique() if len(str(v)) > 3
         }
         entries = [json.loads(line) for line in (fed.labs[name].export_dir / "egress" / "audit.jsonl").open()]
-        assert {e["message_type"] for e in entries} == {"train"}
+        assert {e["message_type"] for e in entries} == {"train.map", "train"}
         for entry in entries:
             assert entry["verdict"] == "sent"
             rules = protocol.ALLOWED_REPLIES[entry["message_type"]]
@@ -129,7 +186,7 @@ def test_egress_holds_only_allow_listed_adapter_tensors_and_statistics(first_rou
             with np.load(copy, allow_pickle=False) as arrays:
                 for key in arrays.files:
                     values = arrays[key]
-                    assert key.startswith(protocol.ADAPTER + "/"), key
+                    assert entry["message_type"] == "train.map" and key.startswith(protocol.ADAPTER + "/"), key
                     assert np.issubdtype(values.dtype, np.floating)
                     assert source.n_obs not in values.shape, (key, values.shape)
                     assert source.n_vars not in values.shape, (key, values.shape)
@@ -154,9 +211,19 @@ def test_second_round_sends_only_the_bundle_id_and_rejects_malformed_adapters(fi
     small = fed.workdir / "small_lab.h5ad"
     ad.read_h5ad(demo_dir / "lab_a.h5ad")[:80].copy().write_h5ad(small)
     faults = {"lab_nan": "nan_adapter", "lab_shape": "wrong_shape_adapter", "lab_big": "oversized_adapter"}
-    for name, mod in faults.items():
+    for name, mod in {**faults, "lab_drop": "drop_in_secure_sum"}.items():
         fed.add_lab(name, small, extra_mods=f"tests.e2e.faulty_mods:{mod}")
         fed.join(name)
+    # mixed policies: lab_a releases per-lab statistics with Gaussian DP and a clipped, noised adapter;
+    # lab_b, lab_c and lab_drop keep the default (secure sum, Laplace DP)
+    set_policy(
+        fed,
+        "lab_a",
+        '[release]\ncomposition = "plain"\n[dp]\nmechanism = "gaussian"\ndelta = 1e-7\n'
+        "[adapters]\nclip_norm = 5.0\nnoise_multiplier = 4.0\ndelta = 1e-6\n",
+    )
+    for name in ("lab_b", "lab_c"):
+        set_policy(fed, name, "")
     shutil.rmtree(fed.labs["lab_b"].export_dir / "bundles")  # lab_b lost its copy: it must get it again
     report = fed.run_round(bundle.path, "--max-epochs", "3", check=False)
     status = {lab["name"]: lab for lab in report["labs"]}
@@ -171,8 +238,24 @@ def test_second_round_sends_only_the_bundle_id_and_rejects_malformed_adapters(fi
     assert report["status"] == "completed"
     assert sorted(report["rejected"]) == sorted(faults)
     atlas = ReferenceBundle.open(report["atlas"]["path"], fed.coord.signing_public_key)
-    assert atlas.batch_categories == [*bundle.batch_categories, *LABS]
-    for name in faults:  # they are not part of the next rounds
+    assert atlas.batch_categories == [*bundle.batch_categories, *LABS, "lab_drop"]
+    # lab_a: per-lab counts under Gaussian DP (no mean confidence), recorded with their ε in its ledger
+    stats = status["lab_a"]["label_statistics"]
+    assert stats["privacy"]["mechanism"] == "gaussian" and stats["privacy"]["epsilon"] <= 1.0
+    assert all(t["mean_confidence"] == "suppressed" for t in stats["types"])
+    from fedarches.client.ledger import Ledger
+
+    (entry,) = [e for e in Ledger.for_lab(fed.labs["lab_a"].export_dir).entries() if e.round_id == report["round_id"]]
+    assert entry.kind == "map-reply" and "gaussian" in entry.mechanism and entry.epsilon > 1.0  # counts + adapter
+    # lab_drop died after sharing its keys: SecAgg+ recovered, and the sum is exactly lab_b's + lab_c's vectors
+    summed = json.loads((Path(report["atlas"]["path"]).parent / "secure_sum.json").read_text())
+    assert sorted(summed["asked"]) == ["lab_b", "lab_c", "lab_drop"]
+    assert sorted(summed["contributors"]) == ["lab_b", "lab_c"]
+    assert ledger_vectors(fed, "lab_drop", report["round_id"]) == []
+    (vector_b,) = ledger_vectors(fed, "lab_b", report["round_id"])
+    (vector_c,) = ledger_vectors(fed, "lab_c", report["round_id"])
+    np.testing.assert_array_equal(summed["total"], vector_b + vector_c)
+    for name in (*faults, "lab_drop"):  # they are not part of the next rounds
         fed.kill_lab(name)
         fed.coord.update_lab(name, registered=False)
 
@@ -277,4 +360,5 @@ def _contents_of(bundle: ReferenceBundle):
         gene_ids=bundle.genes["gene_id"].tolist(),
         gene_symbols=bundle.genes["gene_symbol"].tolist(),
         embedding=bundle.embedding,
+        summary=None if bundle.reference_summary is None else bundle.reference_summary.to_bytes(),
     )

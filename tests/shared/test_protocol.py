@@ -23,7 +23,9 @@ def adapter() -> Adapter:
 
 
 def reply(adapter: Adapter) -> RecordDict:
-    stats = compute_label_statistics(["T"] * 20 + ["B"] * 3, np.ones(23), np.zeros(23, bool), ["T", "B"])
+    stats = compute_label_statistics(
+        ["T"] * 20 + ["B"] * 3 + ["NK"] * 8, np.ones(31), np.zeros(31, bool), ["T", "B", "NK"]
+    )
     return RecordDict(
         {
             **protocol.adapter_to_records(adapter),
@@ -43,7 +45,7 @@ def test_adapter_round_trips_through_records(adapter: Adapter) -> None:
 
 
 def test_a_proper_reply_passes_the_allow_list(adapter: Adapter) -> None:
-    protocol.check_egress(protocol.TRAIN, reply(adapter), max_array_bytes=1024)
+    protocol.check_egress(protocol.MAP, reply(adapter), max_array_bytes=1024)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +63,7 @@ def test_anything_else_is_refused(adapter: Adapter, change, message: str) -> Non
     content = reply(adapter)
     change(content)
     with pytest.raises(PrivacyError, match=message):
-        protocol.check_egress(protocol.TRAIN, content, max_array_bytes=1024)
+        protocol.check_egress(protocol.MAP, content, max_array_bytes=1024)
 
 
 def test_label_statistics_below_k_are_refused_at_the_coordinator(adapter: Adapter) -> None:

@@ -1,0 +1,211 @@
+"""What a lab releases, made under its privacy policy and recorded in its ledger.
+
+Two kinds of release, each one ledger entry (see :mod:`fedarches.client.ledger`):
+
+- ``map-reply``: the reply to a mapping round. The adapter (unless ``adapters.release`` is off;
+  clipped and noised when the policy says so) and, only when ``release.composition = "plain"``,
+  the label statistics (noised with OpenDP when ``dp.enabled``, then primary, complement and
+  secondary suppression at ``k``).
+- ``secure-sum-counts``: the lab's count vector entering a SecAgg+ sum (when
+  ``release.composition = "secure-sum"``), noised when ``dp.enabled``. The coordinator sees only
+  the masked vector and learns only the sum over labs.
+
+Both are built from the ledger's stored payload, so a retried release re-sends the same values.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedarches.client.lab import LabDir
+from fedarches.client.ledger import Ledger, Release, ReleaseContext
+from fedarches.shared import dp
+from fedarches.shared._io import atomic_write_bytes
+from fedarches.shared.adapters import Adapter
+from fedarches.shared.errors import ConfigError, PrivacyError
+from fedarches.shared.labels import LabelCounts, LabelStatistics, suppress
+from fedarches.shared.policy import PrivacyPolicy
+
+MAP_REPLY = "map-reply"
+SECURE_SUM_COUNTS = "secure-sum-counts"
+COUNTS_FILE_NAME = "label_counts.json"  # exact counts kept in the lab's out-dir for the secure-sum stage
+
+
+@dataclass(frozen=True)
+class MapRelease:
+    """What a mapping reply carries, as recorded in the ledger."""
+
+    adapter: Adapter | None
+    label_statistics: LabelStatistics | None
+    entry_seq: int
+
+
+@dataclass(frozen=True)
+class Releaser:
+    """Makes a lab's releases for one round: policy applied, budget checked, ledger written."""
+
+    policy: PrivacyPolicy
+    ledger: Ledger | None  # None: a preview, which releases nothing and records nothing
+    context: ReleaseContext
+
+    @classmethod
+    def for_lab(cls, lab: LabDir, *, run_id: int | str, round_id: str, preview: bool = False) -> Releaser:
+        return cls(
+            PrivacyPolicy.load(lab.root),
+            None if preview else Ledger.for_lab(lab.root),
+            ReleaseContext(lab=lab.name, coordinator=lab.superlink, run_id=str(run_id), round_id=round_id),
+        )
+
+    def _release(self, kind: str, make: Callable[[], Release], expected: dp.PrivacySpend) -> tuple[bytes, int]:
+        if self.ledger is None:
+            return make().payload, 0
+        payload, entry = self.ledger.release(self.context, kind, make, budget=self.budget, expected_spend=expected)
+        return payload, entry.seq
+
+    @property
+    def budget(self) -> tuple[float, float]:
+        return self.policy.dp.budget_epsilon, self.policy.dp.budget_delta
+
+    def exact_counts(self, result: Any, donors: np.ndarray | None) -> LabelCounts:
+        """The lab's exact counts, each donor's cells capped at the policy's bound when the unit is a donor."""
+        policy = self.policy.dp
+        if not policy.enabled or policy.unit == "cell":
+            return result.label_counts()
+        if donors is None:
+            msg = f"the privacy policy's unit is a donor, but the query has no obs column {policy.donor_key!r}"
+            raise ConfigError(msg, hint="set dp.donor_key in LAB_DIR/policy.toml to the obs column naming donors")
+        return result.label_counts(dp.bound_donor_contributions(donors, policy.max_cells_per_donor))
+
+    def map_reply(self, adapter: Adapter, counts: LabelCounts) -> MapRelease:
+        """Release the adapter and (plain composition only) the label statistics, in one ledger entry."""
+        policy = self.policy
+        plain = policy.release.composition == "plain"
+        count_spend = dp.count_measurement(policy.dp)[2] if plain and policy.dp.enabled else dp.NO_NOISE
+        adapter_spend = dp.adapter_spend(policy.adapters) if policy.adapters.release else dp.NO_NOISE
+        expected = _combined(count_spend, adapter_spend)
+
+        def make() -> Release:
+            out: dict[str, Any] = {"adapter": None, "label_statistics": None}
+            spends = {}
+            if policy.adapters.release:
+                released, spends["adapter"] = noised_adapter(adapter, policy)
+                out["adapter"] = base64.b64encode(released.to_bytes()).decode()
+            if plain:
+                stats, spends["label-statistics"] = _released_statistics(counts, policy)
+                out["label_statistics"] = stats.to_dict()
+            detail = {
+                "policy": policy.model_dump(),
+                "parts": {name: spend.to_dict() for name, spend in spends.items()},
+                "composition": policy.release.composition,
+            }
+            return Release(json.dumps(out, sort_keys=True).encode(), _combined(*spends.values()), detail)
+
+        payload, seq = self._release(MAP_REPLY, make, expected)
+        data = json.loads(payload)
+        adapter_out = Adapter.from_bytes(base64.b64decode(data["adapter"])) if data["adapter"] else None
+        stats = LabelStatistics.from_dict(data["label_statistics"]) if data["label_statistics"] else None
+        return MapRelease(adapter_out, stats, seq)
+
+    def secure_sum_counts(self, counts: LabelCounts, categories: list[str]) -> tuple[np.ndarray, int]:
+        """The (noised) count vector this lab adds to a secure sum, in the coordinator's type order."""
+        policy = self.policy
+        if policy.release.composition != "secure-sum":
+            msg = f"the lab's policy releases composition as {policy.release.composition!r}, not in a secure sum"
+            raise PrivacyError(msg)
+        unknown = [t for t, n in zip(counts.categories, counts.n_cells, strict=True) if n and t not in categories]
+        if unknown:
+            msg = f"the coordinator's type list lacks types this lab predicted ({len(unknown)})"
+            raise PrivacyError(msg, hint="the secure sum must cover every type; nothing was sent")
+        index = {t: i for i, t in enumerate(counts.categories)}
+        ordered = LabelCounts(
+            tuple(categories),
+            np.array([counts.n_cells[index[t]] if t in index else 0 for t in categories], dtype=np.int64),
+            np.array([counts.n_low_confidence[index[t]] if t in index else 0 for t in categories], dtype=np.int64),
+            None,
+        )
+        expected = dp.count_measurement(policy.dp)[2] if policy.dp.enabled else dp.NO_NOISE
+
+        def make() -> Release:
+            noisy, spend = dp.release_counts(ordered.as_vector(), policy.dp)
+            payload = {"categories": list(categories), "vector": [int(v) for v in noisy]}
+            detail = {"policy": policy.model_dump(), "parts": {"secure-sum-counts": spend.to_dict()}}
+            return Release(json.dumps(payload, sort_keys=True).encode(), spend, detail)
+
+        payload, seq = self._release(SECURE_SUM_COUNTS, make, expected)
+        return np.asarray(json.loads(payload)["vector"], dtype=np.int64), seq
+
+
+def write_exact_counts(out_dir: Path, round_id: str, counts: LabelCounts) -> None:
+    """Keep the exact counts in the lab's out-dir for the round's secure-sum stage (they never leave)."""
+    data = {
+        "round_id": round_id,
+        "categories": list(counts.categories),
+        "n_cells": [int(v) for v in counts.n_cells],
+        "n_low_confidence": [int(v) for v in counts.n_low_confidence],
+    }
+    atomic_write_bytes(Path(out_dir) / COUNTS_FILE_NAME, json.dumps(data, indent=2).encode())
+
+
+def read_exact_counts(out_dir: Path, round_id: str) -> LabelCounts:
+    """The counts :func:`write_exact_counts` kept for ``round_id``."""
+    path = Path(out_dir) / COUNTS_FILE_NAME
+    if not path.is_file():
+        msg = f"no label counts for round {round_id}: this lab did not map in it"
+        raise PrivacyError(msg, hint="a secure sum follows a mapping round; nothing was sent")
+    data = json.loads(path.read_text())
+    if data["round_id"] != round_id:
+        msg = f"the kept label counts are for round {data['round_id']}, not {round_id}"
+        raise PrivacyError(msg, hint="a secure sum follows a mapping round; nothing was sent")
+    return LabelCounts(
+        tuple(data["categories"]),
+        np.asarray(data["n_cells"], dtype=np.int64),
+        np.asarray(data["n_low_confidence"], dtype=np.int64),
+        None,
+    )
+
+
+def _released_statistics(counts: LabelCounts, policy: PrivacyPolicy) -> tuple[LabelStatistics, dp.PrivacySpend]:
+    k = policy.release.min_count
+    if not policy.dp.enabled:
+        return suppress(counts, min_count=k), dp.NO_NOISE
+    noisy, spend = dp.release_counts(counts.as_vector(), policy.dp)
+    # under DP only the noised counts leave: mean confidence would need a budget of its own
+    noised = LabelCounts.from_vector(counts.categories, noisy)
+    return suppress(noised, min_count=k, privacy=spend.to_dict(), secondary=False), spend
+
+
+def noised_adapter(adapter: Adapter, policy: PrivacyPolicy) -> tuple[Adapter, dp.PrivacySpend]:
+    if policy.adapters.clip_norm <= 0:
+        return adapter, dp.NO_NOISE
+    arrays, meta = adapter.to_arrays()
+    names = sorted(arrays)
+    flat = np.concatenate([arrays[n].ravel() for n in names])
+    released, spend = dp.release_adapter(flat, policy.adapters)
+    out, offset = {}, 0
+    for name in names:
+        size = arrays[name].size
+        out[name] = released[offset : offset + size].reshape(arrays[name].shape).astype(arrays[name].dtype)
+        offset += size
+    return Adapter.from_arrays(out, meta), spend
+
+
+def _combined(*spends: dp.PrivacySpend) -> dp.PrivacySpend:
+    """Basic composition of several spends into one ledger line."""
+    used = [s for s in spends if s.mechanism != "none"]
+    if not used:
+        return dp.NO_NOISE
+    return dp.PrivacySpend(
+        mechanism="+".join(s.mechanism for s in used),
+        epsilon=sum(s.epsilon for s in used),
+        delta=sum(s.delta for s in used),
+        unit="+".join(dict.fromkeys(s.unit for s in used if s.unit != "none")) or "none",
+        scale=max(s.scale for s in used),
+        sensitivity=max(s.sensitivity for s in used),
+    )

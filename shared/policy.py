@@ -1,0 +1,193 @@
+"""A lab's privacy policy: what may leave the lab, and under which guarantee.
+
+The policy lives in ``LAB_DIR/policy.toml``; every key is optional and the defaults are the safe
+choice. The client enforces it on every release (see :mod:`fedarches.client.release`); an unknown
+key or a bad value is refused, never ignored, so a typo cannot weaken the policy silently.
+
+.. code-block:: toml
+
+    [release]
+    min_count = 11              # k: no released count below it (primary + secondary suppression)
+    composition = "secure-sum"  # "plain" (per-lab, suppressed) | "secure-sum" (only inside SecAgg+) | "none"
+    secure_sum_min_labs = 3     # take part in a secure sum only with at least this many labs
+
+    [dp]                        # differential privacy on label statistics
+    enabled = true
+    mechanism = "laplace"       # "laplace" (pure ε, δ = 0) | "gaussian" (needs δ > 0)
+    epsilon = 1.0               # per release
+    delta = 0.0                 # per release
+    unit = "cell"               # "cell" | "donor" (then donor_key and max_cells_per_donor)
+    donor_key = ""
+    max_cells_per_donor = 0
+    budget_epsilon = 10.0       # total over every release this lab makes
+    budget_delta = 1e-5
+
+    [adapters]
+    release = true              # the consortium needs them to build the merged atlas
+    clip_norm = 0.0             # > 0: clip the adapter to this L2 norm ...
+    noise_multiplier = 0.0      # ... and add Gaussian noise of sd noise_multiplier * clip_norm
+    delta = 1e-5                # δ at which the adapter's ε is reported
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedarches.shared.errors import ConfigError
+
+POLICY_FILE_NAME = "policy.toml"
+
+
+def default_policy_toml() -> str:
+    """The documented default policy (the TOML block of this module's docstring), for ``policy init``."""
+    block = (__doc__ or "").split(".. code-block:: toml", 1)[1]
+    lines = [line[4:] if line.startswith("    ") else line for line in block.strip("\n").splitlines()]
+    header = "# fedarches lab privacy policy: every key is optional; a missing key keeps its default.\n"
+    return header + "\n".join(lines).strip() + "\n"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReleasePolicy(_Section):
+    """Which label statistics leave, and how small a count may be."""
+
+    min_count: int = Field(11, ge=1, description="k: counts below it are never released")
+    composition: Literal["plain", "secure-sum", "none"] = Field(
+        "secure-sum", description="per-lab composition in the clear, only inside a secure sum, or not at all"
+    )
+    secure_sum_min_labs: int = Field(3, ge=2, description="refuse a secure sum with fewer labs")
+
+
+class DPPolicy(_Section):
+    """Differential privacy on label statistics (OpenDP mechanisms)."""
+
+    enabled: bool = True
+    mechanism: Literal["laplace", "gaussian"] = "laplace"
+    epsilon: float = Field(1.0, gt=0, description="ε per release")
+    delta: float = Field(0.0, ge=0, lt=1, description="δ per release (gaussian only)")
+    unit: Literal["cell", "donor"] = "cell"
+    donor_key: str = ""
+    max_cells_per_donor: int = Field(0, ge=0, description="contribution bound when the unit is a donor")
+    budget_epsilon: float = Field(10.0, gt=0, description="total ε over every release")
+    budget_delta: float = Field(1e-5, ge=0, lt=1, description="total δ over every release")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DPPolicy:
+        if self.mechanism == "gaussian" and self.delta <= 0:
+            msg = "dp.mechanism = 'gaussian' needs dp.delta > 0 (for example 1e-6)"
+            raise ValueError(msg)
+        if self.mechanism == "laplace" and self.delta != 0:
+            msg = "dp.mechanism = 'laplace' is pure ε-DP: set dp.delta = 0 or use mechanism = 'gaussian'"
+            raise ValueError(msg)
+        if self.unit == "donor" and (not self.donor_key or self.max_cells_per_donor < 1):
+            msg = "dp.unit = 'donor' needs dp.donor_key (an obs column) and dp.max_cells_per_donor >= 1"
+            raise ValueError(msg)
+        if self.enabled and (self.epsilon > self.budget_epsilon or self.delta > self.budget_delta):
+            msg = f"one release (ε={self.epsilon}, δ={self.delta}) exceeds the whole budget"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def contribution_bound(self) -> int:
+        """Cells one privacy unit may contribute: 1 for a cell, ``max_cells_per_donor`` for a donor."""
+        return 1 if self.unit == "cell" else self.max_cells_per_donor
+
+
+class AdapterPolicy(_Section):
+    """Whether adapters leave, and optional clipping plus Gaussian noise on them."""
+
+    release: bool = True
+    clip_norm: float = Field(0.0, ge=0, description="L2 clipping bound; 0 turns clipping and noise off")
+    noise_multiplier: float = Field(0.0, ge=0, description="noise sd as a multiple of clip_norm")
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ at which the adapter's ε is reported")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AdapterPolicy:
+        if self.noise_multiplier > 0 and self.clip_norm <= 0:
+            msg = "adapters.noise_multiplier needs adapters.clip_norm > 0 (noise is calibrated to the clip)"
+            raise ValueError(msg)
+        return self
+
+
+class PrivacyPolicy(_Section):
+    """A lab's whole policy; ``PrivacyPolicy()`` is the safe default."""
+
+    release: ReleasePolicy = ReleasePolicy()
+    dp: DPPolicy = DPPolicy()
+    adapters: AdapterPolicy = AdapterPolicy()
+
+    @classmethod
+    def from_toml(cls, text: str, *, source: str = "policy") -> PrivacyPolicy:
+        """Parse a policy; a syntax error, unknown key or bad value raises :class:`ConfigError`."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            msg = f"{source} is not valid TOML ({err})"
+            raise ConfigError(msg, hint="fix the file, or delete it to use the defaults") from err
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "policy") -> PrivacyPolicy:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()
+            )
+            msg = f"{source} is refused: {problems}"
+            raise ConfigError(
+                msg, hint="`fedarches-client policy show --defaults` prints every key with its default"
+            ) from err
+
+    @classmethod
+    def load(cls, lab_dir: Path | str) -> PrivacyPolicy:
+        """The lab's effective policy: ``LAB_DIR/policy.toml`` over the defaults (defaults if absent)."""
+        path = Path(lab_dir) / POLICY_FILE_NAME
+        if not path.is_file():
+            return cls()
+        return cls.from_toml(path.read_text(), source=str(path))
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def overrides(self) -> dict[str, Any]:
+        """The keys whose value differs from the default, as ``section.key: value``."""
+        default = PrivacyPolicy().model_dump()
+        return {
+            f"{section}.{key}": value
+            for section, values in self.model_dump().items()
+            for key, value in values.items()
+            if default[section][key] != value
+        }
+
+    def summary(self) -> dict[str, str]:
+        """One line per guarantee, in words, for logs, the demo and ``policy show``."""
+        r, d, a = self.release, self.dp, self.adapters
+        composition = {
+            "plain": f"per-lab counts, every count < k={r.min_count} suppressed (primary and secondary)",
+            "secure-sum": f"only inside a SecAgg+ sum over at least {r.secure_sum_min_labs} labs",
+            "none": "never released",
+        }[r.composition]
+        if d.enabled:
+            unit = (
+                "one cell" if d.unit == "cell" else f"one donor ({d.donor_key}, at most {d.max_cells_per_donor} cells)"
+            )
+            dp = (
+                f"{d.mechanism} noise, ε={d.epsilon:g} δ={d.delta:g} per release, unit {unit}; "
+                f"budget ε={d.budget_epsilon:g} δ={d.budget_delta:g}"
+            )
+        else:
+            dp = "off"
+        if not a.release:
+            adapters = "never released"
+        elif a.clip_norm > 0:
+            adapters = f"clipped to L2 norm {a.clip_norm:g}, Gaussian noise sd {a.noise_multiplier * a.clip_norm:g}"
+        else:
+            adapters = "released as trained (no noise)"
+        return {"composition": composition, "differential privacy": dp, "adapters": adapters}

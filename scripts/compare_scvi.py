@@ -37,6 +37,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from fedarches.client.mapping import MappingOptions, map_query
 from fedarches.server.reference import ReferenceOptions, build_reference
+from fedarches.shared._cli import text_table
 from fedarches.shared._training import quiet_training
 from fedarches.shared.bundle import ReferenceBundle, write_bundle
 from fedarches.shared.crypto import generate_signing_keys, load_private_key
@@ -112,17 +113,6 @@ def map_fedarches(lab_adata: ad.AnnData, bundle: ReferenceBundle, lab: str) -> t
     return query, result, time.perf_counter() - start
 
 
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    cells = [header] + [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-        for r in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def all_types(data: ad.AnnData, workdir: Path) -> str:
     reference = data[data.obs["batch"].isin(REFERENCE_BATCHES)].copy()
     tick = time.perf_counter()
@@ -166,7 +156,7 @@ def all_types(data: ad.AnnData, workdir: Path) -> str:
     return (
         f"== scenario 'all types': reference {'+'.join(REFERENCE_BATCHES)} ({reference.n_obs} cells, "
         f"{len(bundle.var_names)} genes, labels {', '.join(bundle.label_categories)}), built in {build_s:.1f} s\n"
-        + table(header, rows)
+        + text_table(header, rows)
         + "\n(acc/F1 vs demuxlet truth; agree = share of cells where fedarches and plain scvi-tools predict the same"
         " label; max|dz| = max abs latent difference; epochs f/s = epochs trained by fedarches / plain scvi-tools)"
     )
@@ -207,9 +197,9 @@ def held_out_type(data: ad.AnnData, workdir: Path) -> str:
         f"== scenario 'held-out type': reference without {HELD_OUT} ({reference.n_obs} cells, labels "
         f"{', '.join(bundle.label_categories)}); {HELD_OUT_LAB} ({batch}, {lab_adata.n_obs} cells) mapped with "
         f"fedarches in {fed_s:.1f} s, {result.n_epochs} epochs\n"
-        + table(["measure", "count", "H838", "other cells"], summary)
+        + text_table(["measure", "count", "H838", "other cells"], summary)
         + f"\n\nwhat the {int(novel.sum())} {HELD_OUT} cells were predicted as:\n"
-        + table(["predicted", "cells", "mean conf", "low-conf"], call_rows)
+        + text_table(["predicted", "cells", "mean conf", "low-conf"], call_rows)
     )
 
 

@@ -68,6 +68,7 @@ def main(out: Path) -> None:
     step("all processes stopped" if not leftover else f"process groups still running: {leftover}")
     summarize(out, report, time.monotonic() - start)
     show_privacy(out, report)
+    print(f"\ndemo finished in {time.monotonic() - start:.0f} s")
     if leftover:
         sys.exit(1)
 
@@ -98,7 +99,6 @@ def summarize(out: Path, report: dict, total_s: float) -> None:
     print(f"  updated atlas: {report['atlas']['path']}  (batches: {', '.join(report['atlas']['batches'])})")
     print(f"  consortium report: {round_dir / 'report.html'}  and report.json, composition.png")
     print(f"  logs: {out / 'logs'}/")
-    print(f"demo finished in {total_s:.0f} s")
 
 
 def show_privacy(out: Path, report: dict) -> None:

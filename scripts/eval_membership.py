@@ -75,6 +75,7 @@ from fedarches.client.release import noised_adapter
 from fedarches.server.coordinator import DEFAULT_ROUND
 from fedarches.server.reference import ReferenceOptions, build_reference
 from fedarches.shared import __version__
+from fedarches.shared._cli import text_table
 from fedarches.shared._io import atomic_path, atomic_write_bytes
 from fedarches.shared._training import quiet_training
 from fedarches.shared.adapters import Adapter, TensorSlice, apply_adapters
@@ -310,17 +311,6 @@ def settings(clip: float, multipliers: list[float]) -> list[dict[str, Any]]:
     return rows
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    cells = [header, *rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-        for r in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def plot(results: list[dict[str, Any]], zero: dict[str, float], meta: dict[str, Any], path: Path) -> None:
     import matplotlib as mpl
 
@@ -467,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
     print()
-    print(table(header, rows))
+    print(text_table(header, rows))
     default = results[0]["attack"]
     worst = max(default[k]["auc_mean"] for k in ("lira", "lira_fixed", "loss"))
     verdict = "met" if worst <= AUC_GOAL else "NOT met"

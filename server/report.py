@@ -147,12 +147,12 @@ def plot_composition(data: dict[str, Any], path: Path) -> None:
     composition: dict[str, dict[str, Any]] = dict(data["composition"])
     consortium = data.get("consortium")
     if consortium and consortium["cells"] is not None:
-        composition[f"consortium\n(SecAgg+, {len(consortium['labs'])} labs)"] = consortium["cells"]
+        composition[f"consortium (SecAgg+, {len(consortium['labs'])} labs)"] = consortium["cells"]
     types = list(data["bundle"]["label_categories"])
     extra = sorted({t for row in composition.values() for t in row} - set(types))
     types += extra
     labs = list(composition)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(labs) + 3), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.8 * len(labs) + 3), 4.8))
     cmap = plt.get_cmap("tab20")
     bottoms = [0] * len(labs)
     for i, cell_type in enumerate(types):
@@ -163,11 +163,12 @@ def plot_composition(data: dict[str, Any], path: Path) -> None:
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
     for x, row in enumerate(composition.values()):
         hidden = [t for t, v in row.items() if v == SUPPRESSED]
-        note = f"{len(hidden)} types suppressed" if hidden else "none suppressed"
+        note = f"{len(hidden)} type{'s' if len(hidden) > 1 else ''} suppressed" if hidden else "none suppressed"
         ax.annotate(note, (x, 0), xytext=(0, -28), textcoords="offset points", ha="center", fontsize=8, color="#555")
     ax.set_ylabel("cells (released counts only)")
     ax.set_title(
-        f"Predicted composition, round {data['round_id']} (counts < k={data['settings']['min_count']} suppressed)"
+        f"Predicted composition, round {data['round_id']}\n(counts < k={data['settings']['min_count']} suppressed)",
+        fontsize=10,
     )
     if labs:
         ax.legend(title="predicted type", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)

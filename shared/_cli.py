@@ -8,7 +8,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -77,3 +77,15 @@ def _report(message: str, hint: str, code: int, *, json_output: bool) -> None:
         return
     console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
     console.print(f"[yellow]hint:[/yellow] {hint}", highlight=False, soft_wrap=True)
+
+
+def text_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A plain-text table for scripts' output: floats to 3 decimals, first column left-aligned."""
+    cells = [header] + [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ from fedarches.client.ledger import Ledger, ReleaseContext
 from fedarches.client.release import Releaser, read_exact_counts, write_exact_counts
 from fedarches.shared import protocol
 from fedarches.shared.adapters import Adapter, TensorSlice
-from fedarches.shared.errors import BudgetExceededError, PrivacyError
+from fedarches.shared.errors import BudgetExceededError, ConfigError, PrivacyError
 from fedarches.shared.labels import LabelCounts
 from fedarches.shared.policy import PrivacyPolicy
 
@@ -66,13 +66,14 @@ def test_every_mode_passes_egress_and_is_recorded(tmp_path: Path, adapter: Adapt
         stats = released.label_statistics
         assert stats is not None
         by_type = {t.cell_type: t for t in stats.types}
-        assert by_type["NK"].n_cells is None  # 5 < k, and never stored
-        assert '"n_cells": 5' not in content.config_records[protocol.LABEL_STATS]["json"]
+        released_counts = [v for t in stats.types for v in (t.n_cells, t.n_low_confidence) if v is not None]
+        assert all(v >= policy.release.min_count for v in released_counts)  # noised or not, none below k
         if policy.dp.enabled:
             assert stats.privacy is not None and all(t.mean_confidence is None for t in stats.types)
             assert entry.epsilon == pytest.approx(policy.dp.epsilon)
         else:
-            assert by_type["T"].n_cells == 120 and entry.epsilon == 0
+            assert by_type["T"].n_cells == 120 and by_type["NK"].n_cells is None and entry.epsilon == 0
+            assert '"n_cells": 5' not in content.config_records[protocol.LABEL_STATS]["json"]
     if policy.adapters.noise_multiplier > 0:
         assert released.adapter is not None
         sent = np.concatenate([t.values.ravel() for t in released.adapter.tensors.values()])
@@ -109,3 +110,26 @@ def test_exact_counts_are_kept_per_round(tmp_path: Path, counts: LabelCounts) ->
     np.testing.assert_array_equal(back.as_vector(), counts.as_vector())
     with pytest.raises(PrivacyError, match="not r2"):
         read_exact_counts(tmp_path, "r2")
+
+
+def test_donor_unit_caps_each_donors_cells(tmp_path: Path) -> None:
+    from fedarches.client.mapping import MappingResult
+
+    labels = np.array(["T"] * 60 + ["B"] * 30, dtype=object)
+    result = MappingResult(
+        adapter=None,  # type: ignore[arg-type]
+        label_statistics=None,  # type: ignore[arg-type]
+        latent_key="X_scANVI",
+        gene_overlap={},
+        n_epochs=1,
+        cell_labels=labels,
+        cell_confidence=np.ones(90),
+        cell_low_confidence=np.zeros(90, bool),
+        label_categories=("T", "B"),
+    )
+    donors = np.array(["d1"] * 60 + ["d2"] * 20 + ["d3"] * 10)
+    rel = releaser(tmp_path, '[dp]\nunit = "donor"\ndonor_key = "donor"\nmax_cells_per_donor = 15\n')
+    counts = rel.exact_counts(result, donors)
+    assert counts.n_cells.tolist() == [15, 25]  # d1 capped at 15 (all T); d2 15 + d3 10 (all B)
+    with pytest.raises(ConfigError, match="no obs column 'donor'"):
+        rel.exact_counts(result, None)

@@ -288,6 +288,30 @@ def test_lab_killed_mid_round_is_reported_and_the_superlink_keeps_serving(first_
     assert {int(fed.coord.lab(n)["node-id"]) for n in ("lab_a", "lab_b")} <= online
 
 
+def test_egress_audit_holds_for_every_message_under_every_policy(first_round, federation) -> None:
+    """After all rounds (secure sum without and with DP, plain with Gaussian DP and noised adapters,
+    corrupt adapters, a lab dying mid-protocol, a lab killed mid-round): every message any lab sent
+    was audited, allow-listed for its type, and carried only float tensors of no per-cell or
+    per-gene shape; SecAgg+ messages carried no arrays at all."""
+    fed, _ = federation
+    seen_types: set[str] = set()
+    for name, lab in fed.labs.items():
+        n_obs = ad.read_h5ad(lab.data, backed="r").n_obs
+        for entry in map(json.loads, (lab.export_dir / "egress" / "audit.jsonl").open()):
+            seen_types.add(entry["message_type"])
+            assert entry["verdict"] in ("sent", "error"), (name, entry["verdict"])
+            if entry["verdict"] == "error":
+                assert entry["error"]["reason"].startswith("lab "), entry["error"]  # sanitized, no exception text
+                continue
+            rules = protocol.ALLOWED_REPLIES[entry["message_type"]]
+            assert set(entry["records"]) <= set(rules), (name, entry["records"].keys())
+            for record in entry["records"].values():
+                for array in record.get("arrays", {}).values():
+                    assert entry["message_type"] == protocol.MAP, (name, record)
+                    assert array["dtype"].startswith("float") and n_obs not in array["shape"], (name, array)
+    assert seen_types == {protocol.MAP, protocol.SECURE_SUM}
+
+
 def test_unregistered_key_is_refused(federation, tmp_path) -> None:
     fed, _ = federation
     lab_dir = tmp_path / "intruder"

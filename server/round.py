@@ -32,6 +32,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedarches.server.coordinator import CoordinatorDir
+from fedarches.server.messaging import POLL_S, exchange
 from fedarches.server.secure_sum import SecureSumResult, secure_sum
 from fedarches.shared import protocol
 from fedarches.shared._io import atomic_write_bytes
@@ -42,8 +43,6 @@ from fedarches.shared.labels import LabelStatistics
 from fedarches.shared.quality import UNKNOWN_LABEL
 
 log = logging.getLogger("fedarches.server")
-
-POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -325,7 +324,7 @@ def _send_train(
             size,
         )
     by_node = {lab.node_id: lab for lab in labs}
-    replies = _exchange(
+    replies = exchange(
         grid, messages, max(0.0, deadline - time.monotonic()), on_reply=lambda n, r: _log_arrival(by_node[n], r, start)
     )
     return {lab.name: replies[lab.node_id] for lab in labs if lab.node_id in replies}
@@ -346,31 +345,6 @@ def _log_arrival(lab: LabOutcome, reply: Message, start: float) -> None:
         log.warning("<- %s: error after %.1f s (%s)", lab.name, lab.reply_s, reply.error.reason)
     else:
         log.info("<- %s: reply after %.1f s (%d bytes)", lab.name, lab.reply_s, message_bytes(reply))
-
-
-def _exchange(grid: Grid, messages: list[Message], timeout: float, on_reply: Any = None) -> dict[int, Message]:
-    """Push ``messages``; pull replies until each has one or ``timeout`` passes. Keyed by destination node."""
-    if not messages:
-        return {}
-    dst_by_id = {}
-    ids = list(grid.push_messages(messages))
-    for message_id, message in zip(ids, messages, strict=True):
-        dst_by_id[message_id] = message.metadata.dst_node_id
-    replies: dict[int, Message] = {}
-    pending = set(ids)
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for reply in grid.pull_messages(list(pending)):
-            node = dst_by_id.get(reply.metadata.reply_to_message_id)
-            if node is None:
-                continue
-            pending.discard(reply.metadata.reply_to_message_id)
-            replies[node] = reply
-            if on_reply is not None:
-                on_reply(node, reply)
-        if pending:
-            time.sleep(POLL_S)
-    return replies
 
 
 def _validate(

@@ -34,6 +34,8 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
+from fedarches.server.messaging import PollingGrid
+
 log = logging.getLogger("fedarches.server")
 
 # Counts up to 2**24 per entry and lab (noise included); at most 2**32 / 2**25 - 1 = 127 labs.
@@ -120,7 +122,7 @@ def secure_sum(
         modulus_range=MODULUS_RANGE,
         timeout=timeout,
     )
-    workflow(grid, legacy)
+    workflow(PollingGrid(grid), legacy)  # type: ignore[arg-type]
     if strategy.mean is None:
         return SecureSumResult(None, failures=strategy.failures, message="SecAgg+ halted: too few labs answered")
     total = np.rint(strategy.mean * len(strategy.contributors)).astype(np.int64)

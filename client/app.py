@@ -91,13 +91,11 @@ def map_lab(msg: Message, context: Context) -> Message:
         bundle = lab.open_bundle(bundle_id)
         log.info("using held bundle %s", bundle_id)
     receive_s = time.perf_counter() - tick
+    releaser = Releaser.for_lab(lab, run_id=context.run_id, round_id=str(round_cfg["round-id"]))  # policy checked first
 
     result, adata = _map_and_write(settings, lab, bundle, round_cfg)
     timings = {**{k: float(v) for k, v in result.timings.items()}, "receive_bundle_s": receive_s}
-    releaser = Releaser.for_lab(lab, run_id=context.run_id, round_id=str(round_cfg["round-id"]))
-    donor_key = releaser.policy.dp.donor_key
-    donors = adata.obs[donor_key].to_numpy() if donor_key and donor_key in adata.obs else None
-    counts = releaser.exact_counts(result, donors)
+    counts = releaser.exact_counts(result, adata.obs)
     composition = releaser.policy.release.composition
     if composition == "secure-sum":
         write_exact_counts(settings.out_dir, str(round_cfg["round-id"]), counts)

@@ -263,9 +263,7 @@ def preview(
             adata, opened, batch_key=batch_key, layer=layer, lab_name=lab.name, options=options, min_count=min_count
         )
         releaser = Releaser.for_lab(lab, run_id="preview", round_id="preview", preview=True)
-        donor_key = releaser.policy.dp.donor_key
-        donors = adata.obs[donor_key].to_numpy() if donor_key and donor_key in adata.obs else None
-        released = releaser.map_reply(result.adapter, releaser.exact_counts(result, donors))
+        released = releaser.map_reply(result.adapter, releaser.exact_counts(result, adata.obs))
         composition = releaser.policy.release.composition
         timings = {k: float(v) for k, v in result.timings.items()}
         content = map_reply_content(released, lab.name, int(result.n_epochs), composition, timings)

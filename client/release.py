@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from fedarches.client.lab import LabDir
 from fedarches.client.ledger import Ledger, Release, ReleaseContext
@@ -73,11 +74,12 @@ class Releaser:
     def budget(self) -> tuple[float, float]:
         return self.policy.dp.budget_epsilon, self.policy.dp.budget_delta
 
-    def exact_counts(self, result: Any, donors: np.ndarray | None) -> LabelCounts:
-        """The lab's exact counts, each donor's cells capped at the policy's bound when the unit is a donor."""
+    def exact_counts(self, result: Any, obs: pd.DataFrame | None) -> LabelCounts:
+        """The lab's exact counts, each donor's cells (``obs[dp.donor_key]``) capped when the unit is a donor."""
         policy = self.policy.dp
         if not policy.enabled or policy.unit == "cell":
             return result.label_counts()
+        donors = obs[policy.donor_key].to_numpy() if obs is not None and policy.donor_key in obs else None
         if donors is None:
             msg = f"the privacy policy's unit is a donor, but the query has no obs column {policy.donor_key!r}"
             raise ConfigError(msg, hint="set dp.donor_key in LAB_DIR/policy.toml to the obs column naming donors")

@@ -195,14 +195,18 @@ def run_round(grid: Grid, settings: RoundSettings, context: Context) -> RoundRes
         tick = time.perf_counter()
         result.consortium_categories = [*bundle.label_categories, UNKNOWN_LABEL]
         log.info("secure sum (SecAgg+) of label counts over %s", ", ".join(lab.name for lab in summing))
-        result.consortium_counts = secure_sum(
-            grid,
-            context,
-            [lab.node_id for lab in summing],
-            round_id=settings.round_id,
-            categories=result.consortium_categories,
-            timeout=settings.secure_sum_timeout,
-        )
+        try:
+            result.consortium_counts = secure_sum(
+                grid,
+                context,
+                [lab.node_id for lab in summing],
+                round_id=settings.round_id,
+                categories=result.consortium_categories,
+                timeout=settings.secure_sum_timeout,
+            )
+        except Exception as err:  # the adapters are still merged; the report says why there is no sum
+            log.exception("secure sum failed")
+            result.consortium_counts = SecureSumResult(None, message=f"SecAgg+ failed: {type(err).__name__}")
         for lab in summing:
             lab.in_secure_sum = lab.node_id in result.consortium_counts.contributors
         _write_secure_sum(settings.round_dir, result, summing)

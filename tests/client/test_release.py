@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fedarches.client.app import map_reply_content
@@ -127,7 +128,7 @@ def test_donor_unit_caps_each_donors_cells(tmp_path: Path) -> None:
         cell_low_confidence=np.zeros(90, bool),
         label_categories=("T", "B"),
     )
-    donors = np.array(["d1"] * 60 + ["d2"] * 20 + ["d3"] * 10)
+    donors = pd.DataFrame({"donor": ["d1"] * 60 + ["d2"] * 20 + ["d3"] * 10})
     rel = releaser(tmp_path, '[dp]\nunit = "donor"\ndonor_key = "donor"\nmax_cells_per_donor = 15\n')
     counts = rel.exact_counts(result, donors)
     assert counts.n_cells.tolist() == [15, 25]  # d1 capped at 15 (all T); d2 15 + d3 10 (all B)

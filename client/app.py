@@ -36,6 +36,7 @@ from fedarches.client.release import MapRelease, Releaser, read_exact_counts, wr
 from fedarches.shared import __version__, protocol
 from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.errors import ConfigError
+from fedarches.shared.labels import LabelCounts
 
 log = logging.getLogger("fedarches.client")
 if not logging.getLogger("fedarches").handlers:  # a fresh ClientApp process: log to the SuperNode's console
@@ -95,11 +96,10 @@ def map_lab(msg: Message, context: Context) -> Message:
 
     result, adata = _map_and_write(settings, lab, bundle, round_cfg)
     timings = {**{k: float(v) for k, v in result.timings.items()}, "receive_bundle_s": receive_s}
-    counts = releaser.exact_counts(result, adata.obs)
+    released, counts, content = release_reply(releaser, result, adata.obs, lab.name, timings)
     composition = releaser.policy.release.composition
     if composition == "secure-sum":
         write_exact_counts(settings.out_dir, str(round_cfg["round-id"]), counts)
-    released = releaser.map_reply(result.adapter, counts)
     log.info(
         "mapped %d cells in %.1f s (%d epochs); releasing %s (ledger entry %d; composition: %s)",
         adata.n_obs,
@@ -117,8 +117,17 @@ def map_lab(msg: Message, context: Context) -> Message:
         released.entry_seq,
         composition,
     )
-    content = map_reply_content(released, lab.name, int(result.n_epochs), composition, timings)
     return Message(content, reply_to=msg)
+
+
+def release_reply(
+    releaser: Releaser, result: Any, obs: Any, lab_name: str, timings: dict[str, float]
+) -> tuple[MapRelease, LabelCounts, RecordDict]:
+    """Release a mapping result under the lab's policy: what was released, the exact counts, the reply."""
+    counts = releaser.exact_counts(result, obs)
+    released = releaser.map_reply(result.adapter, counts)
+    composition = releaser.policy.release.composition
+    return released, counts, map_reply_content(released, lab_name, int(result.n_epochs), composition, timings)
 
 
 def map_reply_content(

@@ -194,7 +194,6 @@ def join(
         from fedarches.client.lab import LabDir
         from fedarches.client.query import read_query, validate_query
         from fedarches.client.supernode import JoinSettings, run_supernode
-        from fedarches.shared.errors import ConfigError
         from fedarches.shared.policy import PrivacyPolicy
 
         lab = LabDir.open(lab_dir)
@@ -202,9 +201,7 @@ def join(
         policy = PrivacyPolicy.load(lab.root)
         adata = read_query(data)
         validate_query(adata, batch_key=batch_key, layer=layer, batch_prefix=lab.name)
-        if policy.dp.enabled and policy.dp.unit == "donor" and policy.dp.donor_key not in adata.obs:
-            msg = f"the privacy policy's donor_key {policy.dp.donor_key!r} is not an obs column of {data}"
-            raise ConfigError(msg, hint="set dp.donor_key in LAB_DIR/policy.toml to the column naming donors")
+        policy.dp.donors(adata.obs, source=str(data))  # a donor-unit policy needs its column: refuse now, not mid-round
         address = superlink or lab.superlink
         settings = JoinSettings(
             lab=lab,
@@ -246,7 +243,7 @@ def preview(
     """Map DATA locally and print exactly what a round would send. Contacts nobody, writes nothing."""
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
-        from fedarches.client.app import map_reply_content
+        from fedarches.client.app import release_reply
         from fedarches.client.lab import LabDir
         from fedarches.client.mapping import MappingOptions, map_query
         from fedarches.client.mods import EGRESS_LIMIT_BYTES
@@ -263,10 +260,9 @@ def preview(
             adata, opened, batch_key=batch_key, layer=layer, lab_name=lab.name, options=options, min_count=min_count
         )
         releaser = Releaser.for_lab(lab, run_id="preview", round_id="preview", preview=True)
-        released = releaser.map_reply(result.adapter, releaser.exact_counts(result, adata.obs))
-        composition = releaser.policy.release.composition
         timings = {k: float(v) for k, v in result.timings.items()}
-        content = map_reply_content(released, lab.name, int(result.n_epochs), composition, timings)
+        _, _, content = release_reply(releaser, result, adata.obs, lab.name, timings)
+        composition = releaser.policy.release.composition
         protocol.check_egress(protocol.MAP, content, max_array_bytes=EGRESS_LIMIT_BYTES)
         print_policy(releaser.policy, lab.root)
         print_egress(protocol.describe_content(content), n_cells=adata.n_obs)
@@ -433,6 +429,10 @@ def print_egress(description: dict, *, n_cells: int) -> None:
         elif record == "fedarches.label-stats":
             stats = json.loads(info["values"]["json"])
             values.add_row(record, "min_count (k)", str(stats["min_count"]))
+            if stats.get("privacy"):
+                spend = stats["privacy"]
+                noise = f"{spend['mechanism']} noise, ε={spend['epsilon']:.3g} δ={spend['delta']:.2g}"
+                values.add_row(record, "privacy", f"{noise}, unit {spend['unit']}")
             for t in stats["types"]:
                 detail = ", ".join(f"{k}={v}" for k, v in t.items() if k != "cell_type")
                 values.add_row(record, t["cell_type"], detail)

@@ -52,6 +52,7 @@ BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS releases_no_delete BEFORE DELETE ON releases
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 """
+_SPENT = "SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM releases"
 _COLUMNS = (
     "seq",
     "release_id",
@@ -163,9 +164,7 @@ class Ledger:
     def spent(self) -> tuple[float, float]:
         """Total (ε, δ) spent so far (basic composition: the sum over releases)."""
         with self._connect() as db:
-            eps, delta = db.execute(
-                "SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM releases"
-            ).fetchone()
+            eps, delta = db.execute(_SPENT).fetchone()
         return float(eps), float(delta)
 
     def release(
@@ -192,9 +191,7 @@ class Ledger:
                 db.execute("ROLLBACK")
                 entry = LedgerEntry(*row)
                 return entry.payload, entry
-            eps, delta = db.execute(
-                "SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM releases"
-            ).fetchone()
+            eps, delta = db.execute(_SPENT).fetchone()
             if eps + expected_spend.epsilon > budget[0] + 1e-9 or delta + expected_spend.delta > budget[1] + 1e-15:
                 db.execute("ROLLBACK")
                 msg = (

@@ -79,9 +79,7 @@ def secure_sum_guard_mod(msg: Message, context: Context, call_next: Callable[[Me
     configs = msg.content.config_records.get(protocol.SECAGG_RECORD)
     if configs is not None and configs.get("stage") == "setup":
         release = PrivacyPolicy.load(Path(str(context.node_config.get("lab-dir", ".")))).release
-        if release.composition != "secure-sum":
-            msg_text = f"the lab's policy releases composition as {release.composition!r}, not in a secure sum"
-            raise PrivacyError(msg_text)
+        release.require_secure_sum()
         n_labs = int(configs.get("sample_num", 0))  # type: ignore[arg-type]
         if n_labs < release.secure_sum_min_labs:
             msg_text = (

@@ -30,7 +30,7 @@ from fedarches.client.ledger import Ledger, Release, ReleaseContext
 from fedarches.shared import dp
 from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.adapters import Adapter
-from fedarches.shared.errors import ConfigError, PrivacyError
+from fedarches.shared.errors import PrivacyError
 from fedarches.shared.labels import LabelCounts, LabelStatistics, suppress
 from fedarches.shared.policy import PrivacyPolicy
 
@@ -76,14 +76,10 @@ class Releaser:
 
     def exact_counts(self, result: Any, obs: pd.DataFrame | None) -> LabelCounts:
         """The lab's exact counts, each donor's cells (``obs[dp.donor_key]``) capped when the unit is a donor."""
-        policy = self.policy.dp
-        if not policy.enabled or policy.unit == "cell":
-            return result.label_counts()
-        donors = obs[policy.donor_key].to_numpy() if obs is not None and policy.donor_key in obs else None
+        donors = self.policy.dp.donors(obs)
         if donors is None:
-            msg = f"the privacy policy's unit is a donor, but the query has no obs column {policy.donor_key!r}"
-            raise ConfigError(msg, hint="set dp.donor_key in LAB_DIR/policy.toml to the obs column naming donors")
-        return result.label_counts(dp.bound_donor_contributions(donors, policy.max_cells_per_donor))
+            return result.label_counts()
+        return result.label_counts(dp.bound_donor_contributions(donors, self.policy.dp.max_cells_per_donor))
 
     def map_reply(self, adapter: Adapter, counts: LabelCounts) -> MapRelease:
         """Release the adapter and (plain composition only) the label statistics, in one ledger entry."""
@@ -118,9 +114,7 @@ class Releaser:
     def secure_sum_counts(self, counts: LabelCounts, categories: list[str]) -> tuple[np.ndarray, int]:
         """The (noised) count vector this lab adds to a secure sum, in the coordinator's type order."""
         policy = self.policy
-        if policy.release.composition != "secure-sum":
-            msg = f"the lab's policy releases composition as {policy.release.composition!r}, not in a secure sum"
-            raise PrivacyError(msg)
+        policy.release.require_secure_sum()
         unknown = [t for t, n in zip(counts.categories, counts.n_cells, strict=True) if n and t not in categories]
         if unknown:
             msg = f"the coordinator's type list lacks types this lab predicted ({len(unknown)})"

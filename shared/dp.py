@@ -16,6 +16,7 @@ what a privacy review should not have to audit.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -50,10 +51,13 @@ def _opendp() -> Any:
     return dp
 
 
+@functools.lru_cache(maxsize=32)
 def count_measurement(policy: DPPolicy) -> tuple[Any, Any, PrivacySpend]:
     """The OpenDP measurement on integer count vectors calibrated to ``policy``'s (ε, δ).
 
-    Returns the measurement, its input distance (sensitivity) and the spend it maps to.
+    Returns the measurement, its input distance (sensitivity) and the spend it maps to. Cached per
+    (frozen) policy: the calibration is a binary search, and a release checks the spend before it
+    draws the noise.
     """
     dp = _opendp()
     domain = dp.vector_domain(dp.atom_domain(T=int))

@@ -35,9 +35,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fedarches.shared.errors import ConfigError
+from fedarches.shared.errors import ConfigError, PrivacyError
 
 POLICY_FILE_NAME = "policy.toml"
 
@@ -62,6 +63,12 @@ class ReleasePolicy(_Section):
         "secure-sum", description="per-lab composition in the clear, only inside a secure sum, or not at all"
     )
     secure_sum_min_labs: int = Field(3, ge=2, description="refuse a secure sum with fewer labs")
+
+    def require_secure_sum(self) -> None:
+        """Raise :class:`PrivacyError` unless composition may be released in a secure sum."""
+        if self.composition != "secure-sum":
+            msg = f"the lab's policy releases composition as {self.composition!r}, not in a secure sum"
+            raise PrivacyError(msg)
 
 
 class DPPolicy(_Section):
@@ -92,6 +99,18 @@ class DPPolicy(_Section):
             msg = f"one release (ε={self.epsilon}, δ={self.delta}) exceeds the whole budget"
             raise ValueError(msg)
         return self
+
+    def donors(self, obs: Any, *, source: str = "the query") -> np.ndarray | None:
+        """Each cell's donor (``obs[donor_key]``) when DP counts donors; None when the unit is a cell or DP is off.
+
+        Raises :class:`ConfigError` when the policy counts donors and ``obs`` lacks the column.
+        """
+        if not self.enabled or self.unit == "cell":
+            return None
+        if obs is None or self.donor_key not in obs:
+            msg = f"the privacy policy's unit is a donor, but {source} has no obs column {self.donor_key!r}"
+            raise ConfigError(msg, hint="set dp.donor_key in LAB_DIR/policy.toml to the obs column naming donors")
+        return np.asarray(obs[self.donor_key].to_numpy())
 
     @property
     def contribution_bound(self) -> int:

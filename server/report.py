@@ -71,7 +71,7 @@ def consortium_summary(result: RoundResult) -> dict[str, Any] | None:
         "labs": [names.get(n, str(n)) for n in outcome.contributors],
         "asked": [lab.name for lab in result.labs if lab.composition == "secure-sum"],
         "message": outcome.message,
-        "noise": "each lab adds the differential-privacy noise its own policy sets before masking",
+        "noise": "Each lab adds the differential-privacy noise its own policy sets before masking",
         "cells": None,
         "low_confidence": None,
     }

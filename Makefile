@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test test-fast lint compare bench-federation bench-unknown privacy-eval clean
+.PHONY: venv demo test test-fast lint compare bench bench-unknown privacy-eval clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,10 @@ lint: $(STAMP)
 compare: $(STAMP)
 	$(PY) scripts/compare_scvi.py
 
-bench-federation: $(STAMP)
-	$(PY) scripts/bench_federation.py bench-output/federation
+# the benchmark suite on ../shared/data (about an hour on 2 cores); regenerates docs/benchmarks.md
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev,bench]'
+	$(PY) scripts/bench.py
 
 bench-unknown: $(STAMP)
 	$(PY) scripts/bench_unknown.py

@@ -178,7 +178,7 @@ def _map_and_write(settings: NodeSettings, lab: LabDir, bundle: Any, round_cfg: 
 
     adata = read_query(settings.data_path)
     options = MappingOptions(
-        max_epochs=int(round_cfg["max-epochs"]),
+        max_epochs=int(round_cfg["max-epochs"]) or None,  # 0: automatic
         seed=int(round_cfg["seed"]),
         threads=settings.threads,
         progress_bar=False,

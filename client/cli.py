@@ -40,10 +40,13 @@ def map_command(
     layer: CountsLayer = None,
     lab_name: Annotated[str, typer.Option(help="Name of this lab's batches in the model.")] = "query",
     max_epochs: Annotated[
-        int, typer.Option(min=1, help="Maximum surgery epochs (early stopping may end sooner).")
-    ] = 100,
+        int | None, typer.Option(min=1, help="Surgery epochs (default: about 100 gradient steps, at least 2).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=2, help="Minibatch size.")] = 128,
-    early_stopping: Annotated[bool, typer.Option(help="Stop when the validation ELBO stops improving.")] = True,
+    learning_rate: Annotated[
+        float, typer.Option(min=0.0, help="Surgery learning rate (scvi-tools' tutorial: 1e-3 for 100 epochs).")
+    ] = 1e-2,
+    early_stopping: Annotated[bool, typer.Option(help="Stop when the validation ELBO stops improving.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed (scvi.settings.seed).")] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads (default: torch's choice).")] = None,
     confidence_threshold: Annotated[
@@ -80,6 +83,7 @@ def map_command(
         options = MappingOptions(
             max_epochs=max_epochs,
             batch_size=batch_size,
+            learning_rate=learning_rate,
             early_stopping=early_stopping,
             seed=seed,
             threads=threads,
@@ -233,7 +237,7 @@ def preview(
     data: Annotated[Path, typer.Option("--data", help="The lab's query .h5ad.")],
     batch_key: BatchKey = None,
     layer: CountsLayer = None,
-    max_epochs: Annotated[int, typer.Option(min=1, help="Maximum surgery epochs.")] = 100,
+    max_epochs: Annotated[int | None, typer.Option(min=1, help="Surgery epochs (default: automatic).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads.")] = None,
     min_count: Annotated[int, typer.Option(min=1, help="Suppress label counts below this (k).")] = 11,

@@ -35,7 +35,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from fedarches.client.mapping import MappingOptions, map_query
+from fedarches.client.mapping import MappingOptions, auto_max_epochs, map_query
 from fedarches.server.reference import ReferenceOptions, build_reference
 from fedarches.shared._cli import text_table
 from fedarches.shared._training import quiet_training
@@ -48,7 +48,7 @@ LABS = {"lab_a": "dropseq_3cl", "lab_b": "celseq2_3cl", "lab_c": "celseq2_5cl_p3
 HELD_OUT = "H838"
 HELD_OUT_LAB = "lab_c"
 REFERENCE_OPTIONS = ReferenceOptions(n_top_genes=2000, max_epochs=200, scanvi_max_epochs=20, seed=0, progress_bar=False)
-MAPPING_OPTIONS = MappingOptions(max_epochs=100, seed=0, progress_bar=False)
+MAPPING_OPTIONS = MappingOptions(seed=0, progress_bar=False)
 THREADS = 2
 COMMAND = "make compare   (or: .venv/bin/python scripts/compare_scvi.py)"
 
@@ -86,12 +86,14 @@ def map_plain(lab_adata: ad.AnnData, bundle: ReferenceBundle, lab: str, workdir:
     with quiet_training():
         scvi.settings.seed = 0
         model = scvi.model.SCANVI.load_query_data(query, str(model_dir), freeze_batchnorm_decoder=True)
+        options = MAPPING_OPTIONS
+        max_epochs = options.max_epochs or auto_max_epochs(query.n_obs, options.batch_size, options.surgery_steps)
         model.train(
-            max_epochs=100,
-            batch_size=128,
-            plan_kwargs={"weight_decay": 0.0},
-            early_stopping=True,
-            early_stopping_patience=10,
+            max_epochs=max_epochs,
+            batch_size=options.batch_size,
+            plan_kwargs={"weight_decay": 0.0, "lr": options.learning_rate},
+            early_stopping=options.early_stopping,
+            early_stopping_patience=options.early_stopping_patience,
             check_val_every_n_epoch=1,
             enable_progress_bar=False,
         )

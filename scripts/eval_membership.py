@@ -12,9 +12,9 @@ efficient leave-one-model-out evaluation:
 2. N models (``--n-models``, default 16), each trained on its own seeded random half of the pool,
    so every cell is IN for about half of the models, independently across models. Model m is
    ``fedarches.client.mapping.map_query`` on its IN cells with the federation's default round
-   settings (``max_epochs`` = ``DEFAULT_ROUND['max-epochs']``, early stopping on, seed
+   settings (``max_epochs`` = ``DEFAULT_ROUND['max-epochs']``, 0 meaning automatic, seed
    ``--seed`` + m, 1 torch thread). Its adapter is what the lab would release. scvi-tools holds out
-   10 % of a model's IN cells for early stopping; they still count as IN (they are in the lab's
+   10 % of a model's IN cells for validation; they still count as IN (they are in the lab's
    data); the JSON also reports the AUC with those cells left out of the evaluation.
 3. Release settings, all applied to the same trained adapters (noise is post-processing, so only
    the noise is drawn again): ``as trained`` (the default policy: no clipping, no noise);
@@ -514,8 +514,8 @@ def main(argv: list[str] | None = None) -> None:
             "membership_design": "each model: its own seeded random half of the pool (n_cells // 2 cells)",
             "mapping": {
                 "max_epochs": args.max_epochs,
-                "early_stopping": True,
-                "early_stopping_patience": MappingOptions().early_stopping_patience,
+                "early_stopping": MappingOptions().early_stopping,
+                "learning_rate": MappingOptions().learning_rate,
                 "batch_size": MappingOptions().batch_size,
                 "train_size": "scvi-tools default 0.9 (10 % of IN cells for early stopping)",
                 "seeds": f"{args.seed} + model index",

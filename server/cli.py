@@ -235,7 +235,9 @@ def run_round_command(
     wait_for_labs: Annotated[
         float | None, typer.Option(min=0, help="Seconds to wait for registered labs to come online.")
     ] = None,
-    max_epochs: Annotated[int | None, typer.Option(min=1, help="Surgery epochs at each lab (at most).")] = None,
+    max_epochs: Annotated[
+        int | None, typer.Option(min=1, help="Surgery epochs at each lab (default: automatic).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every lab's surgery.")] = None,
     quiet: Quiet = False,
     debug: Debug = False,

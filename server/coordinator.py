@@ -42,7 +42,7 @@ DEFAULT_ROUND = {
     "min-labs": 1,
     "timeout": 3600.0,
     "wait-for-labs": 60.0,
-    "max-epochs": 100,
+    "max-epochs": 0,
     "seed": 0,
     "confidence-threshold": 0.5,
     "min-count": 11,

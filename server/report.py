@@ -36,7 +36,7 @@ def report_dict(result: RoundResult) -> dict[str, Any]:
         "settings": {
             "min_labs": settings.min_labs,
             "timeout": settings.timeout,
-            "max_epochs": settings.max_epochs,
+            "max_epochs": settings.max_epochs or "auto",
             "seed": settings.seed,
             "confidence_threshold": settings.confidence_threshold,
             "min_count": settings.min_count,

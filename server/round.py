@@ -56,7 +56,7 @@ class RoundSettings:
     min_labs: int = 1
     timeout: float = 3600.0
     wait_for_labs: float = 60.0
-    max_epochs: int = 100
+    max_epochs: int = 0  # 0: each lab's automatic setting (fedarches.client.mapping.auto_max_epochs)
     seed: int = 0
     confidence_threshold: float = 0.5
     min_count: int = 11

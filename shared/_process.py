@@ -11,6 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 def own_executable(name: str) -> str:
     """Path of an executable (Flower's or fedarches') in the environment running fedarches."""
     candidate = Path(sys.executable).parent / name

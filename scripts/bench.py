@@ -1,0 +1,369 @@
+"""`make bench`: fedarches against centralized scvi-tools surgery, de novo scANVI and a PCA baseline.
+
+Everything is measured in one run on ../shared/data/cellbench_lung_celllines.h5ad (the full data, not
+the demo subset), and ``docs/benchmarks.md`` plus its plots are regenerated from ``results.json``
+(``scripts/bench_doc.py``). What runs, in order:
+
+1. Accuracy (three depths of the same real cells: as sequenced, and binomially thinned to about 2,000 and
+   500 UMIs per cell). Reference = CEL-seq2 5-line plates p1 + p2 without H838 (the held-out type);
+   lab_a = dropseq_3cl, lab_b = celseq2_3cl, lab_c = celseq2_5cl_p3 (holds 64 H838 cells). Per depth:
+   (a) a federated round on loopback: `fedarches-server serve`, three `fedarches-client join`, one
+       `fedarches-server run-round` with every default (privacy policy included), 1 torch thread per lab;
+   (b) centralized scvi-tools surgery (its scArches tutorial settings), 2 threads, one process;
+   (c) de novo scVI + scANVI on reference and all queries, 2 threads; (d) PCA + kNN / logistic regression;
+   (e) the surgery settings sweep: fedarches' mapping under each candidate setting.
+2. Query size: 1k, 10k and 100k cells resampled from the three labs' 2,000-UMI cells (with replacement,
+   each copy thinned again by a factor drawn from U(0.5, 1)), mapped by one lab process with 2 threads;
+   scvi-tools' tutorial surgery beside it up to 10k.
+3. Number of labs: 2, 4 and 8 SuperNodes on loopback, each lab 250 resampled cells, one round each; then
+   8, 16 and 32 labs in Flower's simulation engine (``scripts/bench_simulation.py``, Ray actors on 2 CPUs).
+4. Integration metrics (scib-metrics, CPU jax) of each method's query latent, when it is installed.
+
+    .venv/bin/python scripts/bench.py [--out bench-output/bench] [--quick]      (make bench)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import anndata as ad
+import numpy as np
+import typer
+
+from fedarches.server.loopback import LoopbackFederation
+from fedarches.shared._process import own_executable
+from fedarches.shared.bundle import ReferenceBundle
+from fedarches.shared.evaluation import metrics_per_lab, resample_cells, thin_to_depth
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "cellbench_lung_celllines.h5ad"
+METHODS_SCRIPT = Path(__file__).with_name("bench_methods.py")
+REFERENCE_BATCHES = ("celseq2_5cl_p1", "celseq2_5cl_p2")
+LABS = {"lab_a": "dropseq_3cl", "lab_b": "celseq2_3cl", "lab_c": "celseq2_5cl_p3"}
+HELD_OUT = "H838"
+DEPTHS: dict[str, float | None] = {"as sequenced": None, "2,000 UMI": 2000.0, "500 UMI": 500.0}
+SCALING_DEPTH = "2,000 UMI"
+QUERY_SIZES = (1_000, 10_000, 100_000)
+SCVI_SIZES = (1_000, 10_000)  # the tutorial's 100 epochs at 100k cells would take hours on 2 cores
+LAB_COUNTS = (2, 4, 8)
+SIMULATED_LAB_COUNTS = (8, 16, 32)
+CELLS_PER_SCALED_LAB = 250
+THREADS = 2
+SEED = 0
+# Candidate surgery settings (MappingOptions fields) for the speed sweep; "default" is MappingOptions().
+SWEEP = {
+    "default: ~100 steps, lr 1e-2": {},
+    "tutorial: 100 epochs, lr 1e-3": {"max_epochs": 100, "learning_rate": 1e-3},
+    "previous default: early stopping, lr 1e-3": {"max_epochs": 100, "learning_rate": 1e-3, "early_stopping": True},
+    "~40 steps, lr 1e-2": {"surgery_steps": 40},
+    "~100 steps, lr 1e-3": {"learning_rate": 1e-3},
+    "~100 steps, batch 512, lr 1e-2": {"batch_size": 512},
+}
+BASELINE_SETTING = "tutorial: 100 epochs, lr 1e-3"
+
+app = typer.Typer(add_completion=False)
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# --- data -----------------------------------------------------------------------------------------
+def write_split(data: ad.AnnData, depth: float | None, out: Path) -> dict[str, Path]:
+    """Reference (without the held-out type) and one .h5ad per lab, thinned to ``depth`` UMIs per cell."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = data.copy()
+    if depth is not None:
+        data.X = thin_to_depth(data.X, depth, np.random.default_rng(SEED))
+    in_reference = data.obs["batch"].isin(REFERENCE_BATCHES) & (data.obs["cell_type"] != HELD_OUT)
+    paths = {"reference": out / "reference.h5ad"}
+    data[in_reference].copy().write_h5ad(paths["reference"])
+    for lab, batch in LABS.items():
+        paths[lab] = out / f"{lab}.h5ad"
+        data[data.obs["batch"] == batch].copy().write_h5ad(paths[lab])
+    return paths
+
+
+def median_umis(path: Path) -> float:
+    x = ad.read_h5ad(path).X
+    return float(np.median(np.asarray(x.sum(axis=1)).ravel()))
+
+
+# --- running things -------------------------------------------------------------------------------
+def run_method(method: str, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """One method in a fresh process; returns its result with ``wall_s`` (spawn to exit)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = {"threads": THREADS, "seed": SEED, "workdir": str(workdir / "tmp"), **spec}
+    spec_path, result_path = workdir / "spec.json", workdir / "result.json"
+    spec_path.write_text(json.dumps(spec, indent=1, default=str))
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONWARNINGS": "ignore"}
+    tick = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(METHODS_SCRIPT), method, str(spec_path), str(result_path)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    wall = time.monotonic() - tick
+    (workdir / "log.txt").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        msg = f"{method} failed ({done.returncode}); see {workdir / 'log.txt'}:\n{done.stderr[-3000:]}"
+        raise RuntimeError(msg)
+    result = json.loads(result_path.read_text())
+    result["wall_s"] = wall
+    shutil.rmtree(workdir / "tmp", ignore_errors=True)
+    return result
+
+
+def build_bundle(reference: Path, signing_key: Path, out: Path) -> float:
+    tick = time.monotonic()
+    subprocess.run(
+        [own_executable("fedarches-server"), "build-reference", str(reference), "--batch-key", "batch",
+         "--labels-key", "cell_type", "--signing-key", str(signing_key), "--out", str(out), "--quiet"],
+        check=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
+    )  # fmt: skip
+    return time.monotonic() - tick
+
+
+def lab_outcome(fed: LoopbackFederation, lab: str, report_lab: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """A lab's own view of its round: its cells' calls from annotated.h5ad, and what went over the wire."""
+    adata = ad.read_h5ad(fed.labs[lab].out_dir / "annotated.h5ad")
+    uns = adata.uns["fedarches"]
+    obs = adata.obs
+    cells = (obs["cell_type"].astype(str).to_numpy(), obs["predicted_cell_type"].astype(str).to_numpy(),
+             obs["prediction_confidence"].to_numpy())  # fmt: skip
+    run = {
+        "status": report_lab["status"],
+        "bytes_to_lab": report_lab["bytes_to_lab"],
+        "bytes_from_lab": report_lab["bytes_from_lab"],
+        "reply_s": report_lab.get("reply_s"),
+        "n_epochs": int(uns["params"]["n_epochs_trained"]),
+        "adapter_bytes": int(uns["adapter_bytes"]),
+        "timings": dict(uns["timings"]),
+        "peak_rss_bytes": int(uns.get("peak_rss_bytes", 0)),
+    }
+    return cells, run, adata.obsm["X_scANVI"]
+
+
+def federated(reference: Path, workdir: Path, labs: dict[str, Path], latents_out: Path | None = None) -> dict[str, Any]:
+    """Build the bundle with a fresh coordinator's key, start everything, run one round, stop everything."""
+    with LoopbackFederation(workdir, threads=1) as fed:
+        bundle_dir = workdir / "reference-bundle"
+        build_s = build_bundle(reference, fed.coord.signing_key, bundle_dir)
+        startup = {"superlink_s": fed.start_coordinator()}
+        for lab, path in labs.items():
+            fed.add_lab(lab, path)
+        for lab in labs:
+            fed.join(lab, wait=False)
+        tick = time.monotonic()
+        fed.wait_online(list(labs))
+        startup["supernodes_online_s"] = time.monotonic() - tick
+        report = fed.run_round(bundle_dir, "--min-labs", str(len(labs)))
+        outcomes = {entry["name"]: lab_outcome(fed, entry["name"], entry) for entry in report["labs"]}
+    bundle = ReferenceBundle.open(bundle_dir, fed.coord.signing_public_key)
+    if latents_out is not None:
+        np.savez(latents_out, **{lab: o[2] for lab, o in outcomes.items()})
+    return {
+        "bundle_dir": str(bundle_dir),
+        "trust": str(fed.coord.signing_public_key),
+        "bundle_bytes": bundle.size_bytes,
+        "reference_build_s": build_s,
+        "startup": startup,
+        "round_wall_s": report["_cli"]["wall_s"],
+        "phases_s": report["phases_s"],
+        "status": report["status"],
+        **metrics_per_lab({lab: o[0] for lab, o in outcomes.items()}, bundle.label_categories),
+        "runs": {lab: o[1] for lab, o in outcomes.items()},
+    }
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+def accuracy_section(data: ad.AnnData, out: Path, depths: dict[str, float | None], sweep: dict[str, dict]) -> dict:
+    results: dict[str, Any] = {}
+    for name, depth in depths.items():
+        vdir = out / "accuracy" / name.replace(",", "").replace(" ", "-")
+        paths = write_split(data, depth, vdir / "data")
+        labs = {lab: paths[lab] for lab in LABS}
+        entry: dict[str, Any] = {
+            "depth": depth,
+            "median_umis": {k: median_umis(p) for k, p in paths.items()},
+            "n_cells": {k: int(ad.read_h5ad(p, backed="r").n_obs) for k, p in paths.items()},
+            "raw_h5ad_bytes": {k: p.stat().st_size for k, p in paths.items()},
+        }
+        log(f"[{name}] federated round (3 labs on loopback)")
+        entry["federated"] = federated(paths["reference"], vdir / "federation", labs, vdir / "federated-latents.npz")
+        common = {"bundle": entry["federated"]["bundle_dir"], "trust": entry["federated"]["trust"],
+                  "labs": {k: str(v) for k, v in labs.items()}, "reference": str(paths["reference"])}  # fmt: skip
+        log(f"[{name}] centralized scvi-tools surgery")
+        entry["scvi_surgery"] = run_method("scvi_surgery", common, vdir / "scvi_surgery")
+        log(f"[{name}] de novo scANVI")
+        entry["de_novo"] = run_method("de_novo", common, vdir / "de_novo")
+        log(f"[{name}] PCA baseline")
+        entry["baseline"] = run_method("baseline", common, vdir / "baseline")
+        entry["sweep"] = {}
+        for setting, options in sweep.items():
+            log(f"[{name}] surgery setting {setting!r}")
+            workdir = vdir / f"sweep-{len(entry['sweep'])}"
+            entry["sweep"][setting] = run_method("fedarches", {**common, "options": options}, workdir)
+        results[name] = entry
+    return results
+
+
+def query_size_section(depth_entry_dir: Path, bundle: str, trust: str, out: Path, sizes: tuple[int, ...]) -> dict:
+    pool = ad.concat([ad.read_h5ad(depth_entry_dir / f"{lab}.h5ad") for lab in LABS], index_unique="-")
+    results: dict[str, Any] = {}
+    for n in sizes:
+        path = out / "query-size" / f"query-{n}.h5ad"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        resample_cells(pool, n, np.random.default_rng(n)).write_h5ad(path)
+        spec = {"bundle": bundle, "trust": trust, "labs": {f"q{n}": str(path)}}
+        log(f"[query size {n:,}] fedarches default mapping")
+        entry = {"query_h5ad_bytes": path.stat().st_size}
+        entry["fedarches"] = run_method("fedarches", spec, out / "query-size" / f"fed-{n}")
+        if n in SCVI_SIZES:
+            log(f"[query size {n:,}] scvi-tools tutorial surgery")
+            entry["scvi_surgery"] = run_method("scvi_surgery", spec, out / "query-size" / f"scvi-{n}")
+        results[str(n)] = entry
+        path.unlink()
+    return results
+
+
+def lab_count_section(split_dir: Path, out: Path, counts: tuple[int, ...]) -> dict:
+    pool = ad.concat([ad.read_h5ad(split_dir / f"{lab}.h5ad") for lab in LABS], index_unique="-")
+    results: dict[str, Any] = {}
+    for n_labs in counts:
+        wdir = out / "lab-count" / f"labs-{n_labs}"
+        labs = {}
+        for i in range(n_labs):
+            labs[f"lab{i:02d}"] = wdir / "data" / f"lab{i:02d}.h5ad"
+            labs[f"lab{i:02d}"].parent.mkdir(parents=True, exist_ok=True)
+            resample_cells(pool, CELLS_PER_SCALED_LAB, np.random.default_rng(1000 + i)).write_h5ad(labs[f"lab{i:02d}"])
+        log(f"[{n_labs} labs] federated round")
+        entry = federated(split_dir / "reference.h5ad", wdir / "federation", labs)
+        results[str(n_labs)] = entry
+    return results
+
+
+def simulation_section(split_dir: Path, bundle: str, trust: str, out: Path, counts: tuple[int, ...]) -> dict:
+    """Rounds of 8 to 32 labs in Flower's simulation engine (scripts/bench_simulation.py), Ray actors on 2 CPUs."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return {"skipped": "Flower's simulation engine needs flwr[simulation] (pip install '.[bench]')"}
+    from fedarches.shared.crypto import generate_signing_keys
+
+    pool = ad.concat([ad.read_h5ad(split_dir / f"{lab}.h5ad") for lab in LABS], index_unique="-")
+    wdir = out / "simulation"
+    signing_key, _ = generate_signing_keys(wdir / "keys")
+    labs = []
+    for i in range(max(counts)):
+        labs.append(wdir / "data" / f"lab{i:03d}.h5ad")
+        labs[-1].parent.mkdir(parents=True, exist_ok=True)
+        resample_cells(pool, CELLS_PER_SCALED_LAB, np.random.default_rng(1000 + i)).write_h5ad(labs[-1])
+    results: dict[str, Any] = {}
+    for n_labs in counts:
+        log(f"[{n_labs} labs] Flower simulation engine")
+        run_dir = wdir / f"labs-{n_labs}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        spec = {"labs": [str(p) for p in labs[:n_labs]], "bundle": bundle, "trust": trust, "cpus": THREADS,
+                "signing_key": str(signing_key), "workdir": str(run_dir)}  # fmt: skip
+        (run_dir / "spec.json").write_text(json.dumps(spec, indent=1))
+        tick = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("bench_simulation.py")), str(run_dir / "spec.json"),
+             str(run_dir / "result.json")],
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "0"},
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        (run_dir / "log.txt").write_text(done.stdout + done.stderr)
+        if done.returncode != 0 or not (run_dir / "result.json").is_file():
+            results[str(n_labs)] = {"failed": f"exit {done.returncode}; see {run_dir / 'log.txt'}"}
+            continue
+        results[str(n_labs)] = {**json.loads((run_dir / "result.json").read_text()), "wall_s": time.monotonic() - tick}
+    return results
+
+
+def integration_section(results: dict[str, Any], out: Path) -> dict[str, Any]:
+    """scib-metrics over each method's query latent (labs as batches, true types as labels)."""
+    try:
+        import scib_metrics  # noqa: F401
+    except ImportError:
+        return {"skipped": "scib-metrics is not installed (pip install '.[bench]')"}
+    spec = {"variants": {}}
+    for name in results:
+        vdir = out / "accuracy" / name.replace(",", "").replace(" ", "-")
+        spec["variants"][name] = {
+            "labs": {lab: str(vdir / "data" / f"{lab}.h5ad") for lab in LABS},
+            "latents": {
+                "fedarches (federated)": str(vdir / "federated-latents.npz"),
+                "scvi-tools surgery": str(vdir / "scvi_surgery" / "result-latents.npz"),
+                "de novo scANVI": str(vdir / "de_novo" / "result-latents.npz"),
+                "PCA baseline": str(vdir / "baseline" / "result-latents.npz"),
+            },
+        }
+    log("integration metrics (scib-metrics)")
+    return run_method("integration", spec, out / "integration")
+
+
+@app.command()
+def main(
+    out: Annotated[Path, typer.Option(help="Working directory for the run.")] = ROOT / "bench-output" / "bench",
+    quick: Annotated[bool, typer.Option(help="Smoke run: one depth, two settings, 1k cells, 2 labs.")] = False,
+    doc: Annotated[bool, typer.Option(help="Regenerate docs/benchmarks.md from this run.")] = True,
+) -> None:
+    if not DATA.is_file():
+        raise typer.BadParameter(f"{DATA} not found: the benchmark reads the full data beside the project")
+    out = out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    started = time.monotonic()
+    data = ad.read_h5ad(DATA)
+    depths = dict(list(DEPTHS.items())[:1]) if quick else DEPTHS
+    sweep = dict(list(SWEEP.items())[:2]) if quick else SWEEP
+    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": quick,
+                               "cpus": os.cpu_count(), "threads": THREADS}  # fmt: skip
+    results_path = out / "results.json"
+
+    def save() -> None:  # after every section, so a failure late in the run keeps what was measured
+        results["total_s"] = time.monotonic() - started
+        results_path.write_text(json.dumps(results, indent=1))
+
+    results["accuracy"] = accuracy_section(data, out, depths, sweep)
+    save()
+    scaling_name = SCALING_DEPTH if SCALING_DEPTH in depths else next(iter(depths))
+    scaling_entry = results["accuracy"][scaling_name]
+    split_dir = out / "accuracy" / scaling_name.replace(",", "").replace(" ", "-") / "data"
+    results["query_size"] = query_size_section(
+        split_dir, scaling_entry["federated"]["bundle_dir"], scaling_entry["federated"]["trust"], out,
+        QUERY_SIZES[:1] if quick else QUERY_SIZES,
+    )  # fmt: skip
+    save()
+    results["lab_count"] = lab_count_section(split_dir, out, LAB_COUNTS[:1] if quick else LAB_COUNTS)
+    save()
+    results["simulation"] = simulation_section(
+        split_dir, scaling_entry["federated"]["bundle_dir"], scaling_entry["federated"]["trust"], out,
+        SIMULATED_LAB_COUNTS[:1] if quick else SIMULATED_LAB_COUNTS,
+    )  # fmt: skip
+    save()
+    try:
+        results["integration"] = integration_section(results["accuracy"], out)
+    except RuntimeError as err:  # optional metrics: report the failure in the doc rather than lose the run
+        results["integration"] = {"skipped": f"scib-metrics failed: {str(err).splitlines()[0]}"}
+    save()
+    log(f"results: {results_path} ({results['total_s'] / 60:.1f} min)")
+    from bench_doc import print_tables, write_doc
+
+    print_tables(results)
+    if doc:
+        write_doc(results, ROOT / "docs")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    app()

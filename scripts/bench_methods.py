@@ -1,0 +1,267 @@
+"""The methods `make bench` compares, each run in a fresh process so its wall time and peak RSS are its own.
+
+    python scripts/bench_methods.py METHOD SPEC.json RESULT.json
+
+SPEC names the bundle, the labs' .h5ad files and what to run; RESULT gets the per-lab metrics
+(:func:`fedarches.shared.evaluation.label_transfer_metrics`), timings, the process's peak RSS and
+``process_s`` (from interpreter start to the result, imports included). Latents go to ``latents.npz``
+beside RESULT for the integration metrics. Methods:
+
+* ``scvi_surgery``: the centralized anchor. Plain scvi-tools, as in its scArches tutorial:
+  ``SCANVI.load_query_data`` on the bundle's model, ``train(max_epochs=100, plan_kwargs={"weight_decay": 0.0},
+  check_val_every_n_epoch=10)``, ``predict(soft=True)``; one lab after another in one process.
+* ``fedarches``: :func:`fedarches.client.mapping.map_query` with the spec's options (the speed sweep
+  and the query-size scaling use it).
+* ``de_novo``: scVI then scANVI trained on reference + every query together (queries unlabeled), the ceiling.
+* ``baseline``: log-normalized counts, PCA (50) fitted on the reference, kNN (k=15) and logistic regression.
+"""
+
+from __future__ import annotations
+
+import time
+
+PROCESS_START = time.perf_counter()
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import anndata as ad  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+
+from fedarches.shared._process import peak_rss_bytes  # noqa: E402
+from fedarches.shared.evaluation import metrics_per_lab  # noqa: E402
+
+TUTORIAL_EPOCHS = 100
+
+
+Cells = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # lab -> (truth, predicted, confidence)
+
+
+def cells_of(adata: ad.AnnData, predicted: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, ...]:
+    return adata.obs["cell_type"].astype(str).to_numpy(), np.asarray(predicted, dtype=str), np.asarray(confidence)
+
+
+def open_bundle(spec: dict[str, Any]) -> Any:
+    from fedarches.shared.bundle import ReferenceBundle
+
+    return ReferenceBundle.open(Path(spec["bundle"]), Path(spec["trust"]))
+
+
+def scvi_surgery(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
+    import scvi
+    import torch
+
+    from fedarches.shared._training import quiet_training
+
+    torch.set_num_threads(spec["threads"])
+    bundle = open_bundle(spec)
+    genes = pd.Index(bundle.var_names)
+    setup = bundle.setup_args
+    runs: dict[str, Any] = {}
+    cells: Cells = {}
+    tick = time.perf_counter()
+    for lab, path in spec["labs"].items():
+        start = time.perf_counter()
+        adata = ad.read_h5ad(path)
+        query = ad.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32), obs=pd.DataFrame(index=adata.obs_names))
+        query.var_names = adata.var_names
+        query.obs[setup["batch_key"]] = lab
+        query.obs[setup["labels_key"]] = setup.get("unlabeled_category") or "Unknown"
+        model_dir = bundle.write_model_dir(Path(spec["workdir"]) / f"model-{lab}")
+        with quiet_training():
+            scvi.settings.seed = spec.get("seed", 0)
+            query = query[:, query.var_names.isin(genes)].copy()
+            scvi.model.SCANVI.prepare_query_anndata(query, str(model_dir))  # zero-fills missing genes, reorders
+            model = scvi.model.SCANVI.load_query_data(query, str(model_dir))
+            model.train(
+                max_epochs=spec.get("max_epochs", TUTORIAL_EPOCHS),
+                plan_kwargs={"weight_decay": 0.0},
+                check_val_every_n_epoch=10,
+                enable_progress_bar=False,
+            )
+            soft = model.predict(soft=True)[bundle.label_categories]
+            latents[lab] = model.get_latent_representation().astype(np.float32)
+        probabilities = soft.to_numpy()
+        predicted = np.asarray(bundle.label_categories)[probabilities.argmax(axis=1)]
+        cells[lab] = cells_of(adata, predicted, probabilities.max(axis=1))
+        runs[lab] = {"wall_s": time.perf_counter() - start, "n_epochs": len(model.history["elbo_train"])}
+    return {**metrics_per_lab(cells, bundle.label_categories), "runs": runs, "mapping_s": time.perf_counter() - tick}
+
+
+def fedarches(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
+    import torch
+
+    from fedarches.client.mapping import MappingOptions, map_query
+
+    torch.set_num_threads(spec["threads"])
+    bundle = open_bundle(spec)
+    options = MappingOptions(**spec.get("options", {}), threads=spec["threads"], progress_bar=False)
+    runs: dict[str, Any] = {}
+    cells: Cells = {}
+    tick = time.perf_counter()
+    for lab, path in spec["labs"].items():
+        start = time.perf_counter()
+        adata = ad.read_h5ad(path)
+        read_s = time.perf_counter() - start
+        result = map_query(adata, bundle, lab_name=lab, options=options)
+        obs = adata.obs
+        latents[lab] = adata.obsm[result.latent_key]
+        cells[lab] = cells_of(adata, obs["predicted_cell_type"], obs["prediction_confidence"])
+        runs[lab] = {
+            "wall_s": time.perf_counter() - start,
+            "read_s": read_s,
+            "timings": result.timings,
+            "n_epochs": result.n_epochs,
+            "adapter_bytes": result.adapter.nbytes,
+        }
+    return {**metrics_per_lab(cells, bundle.label_categories), "runs": runs, "mapping_s": time.perf_counter() - tick}
+
+
+def de_novo(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
+    import scvi
+    import torch
+
+    from fedarches.shared._training import quiet_training
+
+    torch.set_num_threads(spec["threads"])
+    bundle = open_bundle(spec)
+    tick = time.perf_counter()
+    reference = ad.read_h5ad(spec["reference"])
+    queries = {lab: ad.read_h5ad(path) for lab, path in spec["labs"].items()}
+    combined = ad.concat([reference, *queries.values()], join="inner", label="part", keys=["reference", *queries])
+    combined = combined[:, combined.var_names.isin(bundle.var_names)].copy()
+    combined.obs["batch_all"] = np.where(
+        combined.obs["part"] == "reference", combined.obs["batch"].astype(str), combined.obs["part"].astype(str)
+    )
+    combined.obs["label_train"] = np.where(
+        combined.obs["part"] == "reference", combined.obs["cell_type"].astype(str), "Unknown"
+    )
+    with quiet_training():
+        scvi.settings.seed = spec.get("seed", 0)
+        scvi.model.SCVI.setup_anndata(combined, batch_key="batch_all", labels_key="label_train")
+        vae = scvi.model.SCVI(combined, n_latent=10, n_layers=2)
+        vae.train(max_epochs=spec.get("max_epochs"), enable_progress_bar=False)
+        scanvi = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
+        scanvi.train(max_epochs=20, n_samples_per_label=100, enable_progress_bar=False)
+        soft = scanvi.predict(soft=True)
+        latent = scanvi.get_latent_representation().astype(np.float32)
+    types = sorted(reference.obs["cell_type"].astype(str).unique())
+    probabilities = soft[types].to_numpy()
+    cells: Cells = {}
+    for lab, query in queries.items():
+        rows = (combined.obs["part"] == lab).to_numpy()
+        latents[lab] = latent[rows]
+        p = probabilities[rows]
+        cells[lab] = cells_of(query, np.asarray(types)[p.argmax(axis=1)], p.max(axis=1))
+    return {
+        **metrics_per_lab(cells, types),
+        "mapping_s": time.perf_counter() - tick,
+        "n_cells_trained": int(combined.n_obs),
+    }
+
+
+def baseline(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
+    import scanpy as sc
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    bundle = open_bundle(spec)
+    tick = time.perf_counter()
+
+    def log_normalized(adata: ad.AnnData) -> np.ndarray:
+        adata = adata.copy()
+        sc.pp.normalize_total(adata, target_sum=1e4)
+        sc.pp.log1p(adata)
+        x = adata[:, bundle.var_names].X  # the reference model's genes; every split has all of them
+        return np.asarray(x.toarray() if sp.issparse(x) else x)
+
+    reference = ad.read_h5ad(spec["reference"])
+    pca = PCA(n_components=50, random_state=0).fit(log_normalized(reference))
+    train = pca.transform(log_normalized(reference))
+    labels = reference.obs["cell_type"].astype(str).to_numpy()
+    types = sorted(set(labels))
+    classifiers = {
+        "knn": KNeighborsClassifier(n_neighbors=15).fit(train, labels),
+        "logreg": LogisticRegression(max_iter=2000).fit(train, labels),
+    }
+    fit_s = time.perf_counter() - tick
+    cells: dict[str, Cells] = {name: {} for name in classifiers}
+    for lab, path in spec["labs"].items():
+        query = ad.read_h5ad(path)
+        projected = pca.transform(log_normalized(query))
+        latents[lab] = projected.astype(np.float32)
+        for name, classifier in classifiers.items():
+            p = classifier.predict_proba(projected)
+            cells[name][lab] = cells_of(query, np.asarray(classifier.classes_)[p.argmax(axis=1)], p.max(axis=1))
+    return {
+        "classifiers": {name: metrics_per_lab(c, types) for name, c in cells.items()},
+        "mapping_s": time.perf_counter() - tick,
+        "fit_s": fit_s,
+    }
+
+
+def integration(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
+    """scib-metrics on the query cells of each variant: labs are the batches, true types the labels."""
+    from importlib.metadata import version
+
+    from scib_metrics.benchmark import Benchmarker
+
+    tick = time.perf_counter()
+    out: dict[str, Any] = {}
+    for variant, entry in spec["variants"].items():
+        obs = pd.concat(
+            [ad.read_h5ad(path, backed="r").obs[["cell_type"]].assign(lab=lab) for lab, path in entry["labs"].items()]
+        )
+        arrays = {method: np.load(path) for method, path in entry["latents"].items()}
+        unintegrated = np.concatenate([arrays["PCA baseline"][lab] for lab in entry["labs"]]).astype(np.float32)
+        adata = ad.AnnData(X=unintegrated, obs=obs.astype(str).reset_index(drop=True))
+        adata.obs_names = adata.obs_names.astype(str)
+        adata.obsm["unintegrated PCA"] = unintegrated
+        keys = list(arrays)
+        for method, latent in arrays.items():
+            adata.obsm[method] = np.concatenate([latent[lab] for lab in entry["labs"]]).astype(np.float32)
+        bench = Benchmarker(adata, batch_key="lab", label_key="cell_type", embedding_obsm_keys=keys,
+                            pre_integrated_embedding_obsm_key="unintegrated PCA", n_jobs=1, progress_bar=False)  # fmt: skip
+        bench.benchmark()
+        table = bench.get_results(min_max_scale=False)
+        out[variant] = {
+            m: {k: _plain(v) for k, v in row.items()} for m, row in table.drop(index="Metric Type").iterrows()
+        }
+    return {"variants": out, "version": version("scib-metrics"), "mapping_s": time.perf_counter() - tick}
+
+
+def _plain(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+METHODS = {
+    "integration": integration,
+    "scvi_surgery": scvi_surgery,
+    "fedarches": fedarches,
+    "de_novo": de_novo,
+    "baseline": baseline,
+}
+
+
+def main(method: str, spec_path: Path, result_path: Path) -> None:
+    spec = json.loads(spec_path.read_text())
+    Path(spec["workdir"]).mkdir(parents=True, exist_ok=True)
+    latents: dict[str, np.ndarray] = {}
+    result = METHODS[method](spec, latents)
+    result["process_s"] = time.perf_counter() - PROCESS_START
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    if latents:
+        np.savez(result_path.with_name(result_path.stem + "-latents.npz"), **latents)
+    result_path.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))

@@ -1,0 +1,120 @@
+"""Many labs in Flower's simulation engine (Ray): how a round's cost grows past what loopback SuperNodes show.
+
+Each simulated lab does a real lab's work: it opens the verified bundle, runs fedarches' ``map_query`` on its
+own cells (one torch thread) and replies with its adapter; the ServerApp then merges every adapter into a
+signed atlas with ``fedarches.server.merge.merge_adapters``, as a round does. What the simulation leaves
+out: TLS, SuperLink and SuperNode processes, the privacy layer (policy, ledger, secure sum). Its ClientApps
+run in Ray actors that stay alive from one lab to the next, so scvi-tools is imported once per actor
+rather than once per message.
+
+    python scripts/bench_simulation.py SPEC.json RESULT.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+client_app = ClientApp()
+server_app = ServerApp()
+RESULT: dict[str, Any] = {}
+SPEC: dict[str, Any] = {}
+
+
+@client_app.train()
+def map_lab(msg: Message, context: Context) -> Message:
+    """One lab: map its cells onto the bundle, reply with the adapter and what it measured."""
+    import anndata as ad
+    import numpy as np
+
+    from fedarches.client.mapping import MappingOptions, map_query
+    from fedarches.shared.bundle import ReferenceBundle
+    from fedarches.shared.evaluation import label_transfer_metrics
+
+    start = time.perf_counter()
+    config = msg.content.config_records["config"]
+    lab = int(context.node_config["partition-id"])
+    path = json.loads(str(config["labs"]))[lab]
+    bundle = ReferenceBundle.open(Path(str(config["bundle"])), Path(str(config["trust"])))
+    adata = ad.read_h5ad(path)
+    result = map_query(adata, bundle, lab_name=f"lab{lab:03d}", options=MappingOptions(threads=1, progress_bar=False))
+    arrays, meta = result.adapter.to_arrays()
+    metrics = label_transfer_metrics(
+        adata.obs["cell_type"].astype(str).to_numpy(),
+        adata.obs["predicted_cell_type"].astype(str).to_numpy(),
+        adata.obs["prediction_confidence"].to_numpy(),
+        bundle.label_categories,
+    )
+    facts = {"lab": lab, "accuracy": metrics["accuracy"], "n_cells": int(adata.n_obs),
+             "map_s": result.timings["total_s"], "handler_s": time.perf_counter() - start}  # fmt: skip
+    content = RecordDict(
+        {
+            "adapter": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+            "meta": ConfigRecord({"meta": json.dumps(meta), "facts": json.dumps(facts)}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@server_app.main()
+def coordinate(grid: Grid, context: Context) -> None:
+    """Send every lab a train message, wait for all replies, merge the adapters."""
+    from fedarches.server.merge import merge_adapters
+    from fedarches.shared.adapters import Adapter
+    from fedarches.shared.bundle import ReferenceBundle
+
+    n_labs = len(SPEC["labs"])
+    while len(grid.get_node_ids()) < n_labs:
+        time.sleep(0.2)
+    config = ConfigRecord({"labs": json.dumps(SPEC["labs"]), "bundle": SPEC["bundle"], "trust": SPEC["trust"]})
+    messages = [
+        Message(RecordDict({"config": config}), dst_node_id=node, message_type="train") for node in grid.get_node_ids()
+    ]
+    tick = time.perf_counter()
+    replies = list(grid.send_and_receive(messages))
+    RESULT["train_s"] = time.perf_counter() - tick
+    adapters, facts = [], []
+    for reply in replies:
+        if reply.has_error():
+            RESULT.setdefault("errors", []).append(str(reply.error.reason)[:300])
+            continue
+        meta = json.loads(str(reply.content.config_records["meta"]["meta"]))
+        arrays = {k: v.numpy() for k, v in reply.content.array_records["adapter"].items()}
+        fact = json.loads(str(reply.content.config_records["meta"]["facts"]))
+        facts.append(fact)
+        adapters.append((f"lab{fact['lab']:03d}", Adapter.from_arrays(arrays, meta)))
+    tick = time.perf_counter()
+    bundle = ReferenceBundle.open(Path(SPEC["bundle"]), Path(SPEC["trust"]))
+    atlas = merge_adapters(bundle, adapters, Path(SPEC["workdir"]) / "atlas", Path(SPEC["signing_key"]))
+    RESULT["merge_s"] = time.perf_counter() - tick
+    RESULT["labs"] = sorted(facts, key=lambda f: f["lab"])
+    RESULT["atlas_batches"] = len(atlas.batch_categories)
+
+
+def main(spec_path: Path, result_path: Path) -> None:
+    from flwr.simulation import run_simulation
+
+    from fedarches.shared._process import peak_rss_bytes
+
+    SPEC.update(json.loads(spec_path.read_text()))
+    tick = time.perf_counter()
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=len(SPEC["labs"]),
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": SPEC["cpus"]}},
+    )
+    RESULT["simulation_s"] = time.perf_counter() - tick
+    RESULT["peak_rss_bytes_driver"] = peak_rss_bytes()
+    result_path.write_text(json.dumps(RESULT, indent=1))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

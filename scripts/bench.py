@@ -183,9 +183,13 @@ def federated(reference: Path, workdir: Path, labs: dict[str, Path], latents_out
 
 
 # --- the benchmark --------------------------------------------------------------------------------
-def accuracy_section(data: ad.AnnData, out: Path, depths: dict[str, float | None], sweep: dict[str, dict]) -> dict:
-    results: dict[str, Any] = {}
+def accuracy_section(
+    data: ad.AnnData, out: Path, depths: dict[str, float | None], sweep: dict[str, dict], results: dict, save: Any
+) -> dict:
+    """Fill ``results`` depth by depth (skipping depths it already holds), calling ``save`` after each."""
     for name, depth in depths.items():
+        if name in results:
+            continue
         vdir = out / "accuracy" / name.replace(",", "").replace(" ", "-")
         paths = write_split(data, depth, vdir / "data")
         labs = {lab: paths[lab] for lab in LABS}
@@ -211,6 +215,7 @@ def accuracy_section(data: ad.AnnData, out: Path, depths: dict[str, float | None
             workdir = vdir / f"sweep-{len(entry['sweep'])}"
             entry["sweep"][setting] = run_method("fedarches", {**common, "options": options}, workdir)
         results[name] = entry
+        save()
     return results
 
 
@@ -220,7 +225,7 @@ def query_size_section(depth_entry_dir: Path, bundle: str, trust: str, out: Path
     for n in sizes:
         path = out / "query-size" / f"query-{n}.h5ad"
         path.parent.mkdir(parents=True, exist_ok=True)
-        resample_cells(pool, n, np.random.default_rng(n)).write_h5ad(path)
+        resample_cells(pool, n, np.random.default_rng(n)).write_h5ad(path)  # not kept in this process
         spec = {"bundle": bundle, "trust": trust, "labs": {f"q{n}": str(path)}}
         log(f"[query size {n:,}] fedarches default mapping")
         entry = {"query_h5ad_bytes": path.stat().st_size}
@@ -315,47 +320,54 @@ def main(
     out: Annotated[Path, typer.Option(help="Working directory for the run.")] = ROOT / "bench-output" / "bench",
     quick: Annotated[bool, typer.Option(help="Smoke run: one depth, two settings, 1k cells, 2 labs.")] = False,
     doc: Annotated[bool, typer.Option(help="Regenerate docs/benchmarks.md from this run.")] = True,
+    resume: Annotated[bool, typer.Option(help="Keep what OUT/results.json already holds; run the rest.")] = False,
 ) -> None:
     if not DATA.is_file():
         raise typer.BadParameter(f"{DATA} not found: the benchmark reads the full data beside the project")
     out = out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    results_path = out / "results.json"
     started = time.monotonic()
+    if resume and results_path.is_file():
+        results = json.loads(results_path.read_text())
+        started -= results.get("total_s", 0.0)
+        log(f"resuming {results_path}: {', '.join(results)}")
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        results = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": quick,
+                   "cpus": os.cpu_count(), "threads": THREADS}  # fmt: skip
     data = ad.read_h5ad(DATA)
     depths = dict(list(DEPTHS.items())[:1]) if quick else DEPTHS
     sweep = dict(list(SWEEP.items())[:2]) if quick else SWEEP
-    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": quick,
-                               "cpus": os.cpu_count(), "threads": THREADS}  # fmt: skip
-    results_path = out / "results.json"
 
-    def save() -> None:  # after every section, so a failure late in the run keeps what was measured
+    def save() -> None:  # after every step, so a failure late in the run keeps what was measured
         results["total_s"] = time.monotonic() - started
         results_path.write_text(json.dumps(results, indent=1))
 
-    results["accuracy"] = accuracy_section(data, out, depths, sweep)
-    save()
+    accuracy_section(data, out, depths, sweep, results.setdefault("accuracy", {}), save)
     scaling_name = SCALING_DEPTH if SCALING_DEPTH in depths else next(iter(depths))
     scaling_entry = results["accuracy"][scaling_name]
     split_dir = out / "accuracy" / scaling_name.replace(",", "").replace(" ", "-") / "data"
-    results["query_size"] = query_size_section(
-        split_dir, scaling_entry["federated"]["bundle_dir"], scaling_entry["federated"]["trust"], out,
-        QUERY_SIZES[:1] if quick else QUERY_SIZES,
-    )  # fmt: skip
-    save()
-    results["lab_count"] = lab_count_section(split_dir, out, LAB_COUNTS[:1] if quick else LAB_COUNTS)
-    save()
-    results["simulation"] = simulation_section(
-        split_dir, scaling_entry["federated"]["bundle_dir"], scaling_entry["federated"]["trust"], out,
-        SIMULATED_LAB_COUNTS[:1] if quick else SIMULATED_LAB_COUNTS,
-    )  # fmt: skip
-    save()
-    try:
-        results["integration"] = integration_section(results["accuracy"], out)
-    except RuntimeError as err:  # optional metrics: report the failure in the doc rather than lose the run
-        results["integration"] = {"skipped": f"scib-metrics failed: {str(err).splitlines()[0]}"}
-    save()
+    bundle_dir, trust = scaling_entry["federated"]["bundle_dir"], scaling_entry["federated"]["trust"]
+    if "query_size" not in results:
+        results["query_size"] = query_size_section(
+            split_dir, bundle_dir, trust, out, QUERY_SIZES[:1] if quick else QUERY_SIZES
+        )
+        save()
+    if "lab_count" not in results:
+        results["lab_count"] = lab_count_section(split_dir, out, LAB_COUNTS[:1] if quick else LAB_COUNTS)
+        save()
+    if "simulation" not in results:
+        counts = SIMULATED_LAB_COUNTS[:1] if quick else SIMULATED_LAB_COUNTS
+        results["simulation"] = simulation_section(split_dir, bundle_dir, trust, out, counts)
+        save()
+    if "variants" not in results.get("integration", {}):
+        try:
+            results["integration"] = integration_section(results["accuracy"], out)
+        except RuntimeError as err:  # optional metrics: report the failure in the doc rather than lose the run
+            results["integration"] = {"skipped": f"scib-metrics failed: {str(err).splitlines()[0]}"}
+        save()
     log(f"results: {results_path} ({results['total_s'] / 60:.1f} min)")
     from bench_doc import print_tables, write_doc
 

@@ -22,6 +22,7 @@ TARGETS = {
     "rss_100k": 4 * 1024**3,
     "adapter": 16 * 1024,
 }
+TIE = 0.10
 METHODS = (
     "fedarches (federated)",
     "scvi-tools surgery (central)",
@@ -59,7 +60,13 @@ def _cost(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def sweep_rows(results: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, Any]], str | None]:
-    """Per setting and depth: accuracy, its gap to the tutorial setting, summed mapping time; and the pick."""
+    """Per setting and depth: accuracy, its gap to the tutorial setting, summed training time; and the pick.
+
+    The pick: among settings within 0.5 points of the tutorial setting at every depth, those whose training
+    time (summed over labs and depths) is within :data:`TIE` of the fastest count as equally fast (equal
+    epochs give equal work; on a shared 2-core VM the same work varies by about that much), and the most
+    accurate of them (mean over depths) wins.
+    """
     from bench import BASELINE_SETTING
 
     depths = list(results["accuracy"])
@@ -70,7 +77,7 @@ def sweep_rows(results: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, 
         for setting, run in sweep.items():
             row = table.setdefault(setting, {"depths": {}, "time_s": 0.0})
             acc = run["overall"]["accuracy"]
-            map_s = sum(r["timings"]["total_s"] for r in run["runs"].values())
+            map_s = sum(r["timings"]["train_s"] for r in run["runs"].values())
             row["depths"][depth] = {
                 "accuracy": acc,
                 "gap": None if anchor is None else 100 * (acc - anchor),
@@ -83,7 +90,11 @@ def sweep_rows(results: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, 
         for s, row in table.items()
         if all(d["gap"] is not None and d["gap"] >= -TARGETS["accuracy_points"] for d in row["depths"].values())
     ]
-    pick = min(eligible, key=lambda s: table[s]["time_s"]) if eligible else None
+    if not eligible:
+        return depths, table, None
+    fastest = min(table[s]["time_s"] for s in eligible)
+    tied = [s for s in eligible if table[s]["time_s"] <= (1 + TIE) * fastest]
+    pick = max(tied, key=lambda s: sum(d["accuracy"] for d in table[s]["depths"].values()))
     return depths, table, pick
 
 
@@ -112,7 +123,7 @@ def verdict(ok: bool) -> str:
 
 def targets(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
     """Rows of the targets table and the sentences explaining each miss."""
-    rows, notes = [], []
+    rows, notes, slow = [], [], []
     for depth, entry in results["accuracy"].items():
         fed, cen = entry["federated"], entry["scvi_surgery"]
         ratio = fed["round_wall_s"] / cen["wall_s"]
@@ -128,16 +139,10 @@ def targets(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
         if ratio > TARGETS["ratio"]:
             train = max(r["timings"]["train_s"] for r in fed["runs"].values())
             mapping = max(r["timings"]["total_s"] for r in fed["runs"].values())
-            notes.append(
-                f"*{depth}*: the round took {fed['round_wall_s']:.1f} s against {cen['wall_s']:.1f} s central "
-                f"(x{ratio:.2f}, {ratio / TARGETS['ratio'] - 1:.0%} over the target). Phases: "
-                + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in phases.items())
-                + f". Surgery training took at most {train:.1f} s per lab and `map_query` at most {mapping:.1f} s "
-                "(importing scvi-tools included); the rest is Flower's cost: a fresh ClientApp process per message "
-                "(the mapping one imports scvi-tools, ~7 s alone, longer with three labs importing at once), the "
-                "SuperNode's 3 s polling for messages, `flwr run` starting the ServerApp, and the secure sum's four "
-                "message exchanges (the privacy default). Three labs share 2 cores with one thread each; the central "
-                "run has both and imports scvi-tools once."
+            slow.append(
+                f"{depth}: x{ratio:.2f} ({ratio / TARGETS['ratio'] - 1:.0%} over); phases "
+                + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in phases.items() if v >= 0.5)
+                + f"; surgery training at most {train:.1f} s per lab, `map_query` at most {mapping:.1f} s"
             )
         gap = 100 * (fed["overall"]["accuracy"] - cen["overall"]["accuracy"])
         rows.append(
@@ -150,6 +155,17 @@ def targets(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
         )
         if gap < -TARGETS["accuracy_points"]:
             notes.append(f"*{depth}*: federated accuracy is {-gap:.2f} points below central scvi-tools surgery.")
+    if slow:
+        notes.append(
+            "Federated / central wall time, missed at every depth: " + "; ".join(slow) + ". The labs' surgery is a "
+            "small part of the round (importing scvi-tools included in `map_query`). The rest is Flower's cost: each "
+            "message starts a fresh ClientApp process (the mapping one imports scvi-tools, about 7 s alone, longer "
+            "with three labs importing at once on 2 cores), the SuperNode polls for messages every 3 s "
+            "(`flwr.supernode.start_client_internal`, not configurable), `flwr run` starts the ServerApp, and the "
+            "secure sum (the privacy default) adds four message exchanges, each a new ClientApp process per lab. "
+            "The three labs share 2 cores with one thread each; the central run has both and imports scvi-tools "
+            "once. The central run also moves every lab's raw cells, which the round never does."
+        )
     sizes = results["query_size"]
     for n, limit in (("10000", TARGETS["10k_s"]), ("100000", TARGETS["100k_s"])):
         if n in sizes:
@@ -184,6 +200,49 @@ def targets(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
         ]
     )
     return rows, notes
+
+
+def observations(results: dict[str, Any]) -> list[str]:
+    """What the accuracy tables say, in sentences built from the numbers."""
+    from bench import BASELINE_SETTING
+
+    depths = list(results["accuracy"])
+    views = {d: method_views(results["accuracy"][d]) for d in depths}
+
+    def series(method: str, key: str = "accuracy") -> str:
+        return " / ".join(f"{views[d][method]['overall'][key]:.3f}" for d in depths)
+
+    fed, cen, novo, knn, logreg = METHODS
+    out = [
+        f"Accuracy at {' / '.join(depths)}: fedarches {series(fed)}, scvi-tools surgery {series(cen)}, de novo "
+        f"scANVI {series(novo)}, kNN {series(knn)}, logistic regression {series(logreg)}.",
+    ]
+    tutorial = [
+        results["accuracy"][d]["sweep"].get(BASELINE_SETTING, {}).get("overall", {}).get("accuracy") for d in depths
+    ]
+    if None not in tutorial:
+        out.append(
+            "fedarches' default trains at a 10x higher learning rate than the scvi-tools tutorial (the sweep below); "
+            "fedarches' own mapping with the tutorial's setting scores "
+            + " / ".join(f"{a:.3f}" for a in tutorial)
+            + f" against plain scvi-tools' {series(cen)}: the gain is the setting, not a different model."
+        )
+    if all(views[d][novo]["overall"]["accuracy"] < views[d][cen]["overall"]["accuracy"] for d in depths):
+        out.append(
+            "De novo scANVI on everything was not a ceiling here: it is below surgery at every depth, most at low "
+            "depth. It mixes the labs far more (scib batch correction below) at the cost of separating the lines. "
+            "A likely reason: 237 labeled reference cells against 702 unlabeled query cells, with scvi-tools' "
+            "default epochs and 20 scANVI epochs; it was not tuned."
+        )
+    lr_better = [d for d in depths if views[d][logreg]["overall"]["accuracy"] >= views[d][fed]["overall"]["accuracy"]]
+    if lr_better:
+        out.append(
+            f"Logistic regression on the reference's PCA is as accurate or more at {', '.join(lr_better)} "
+            f"(H838 AUROC {series(logreg, 'unseen_auroc')} against fedarches' {series(fed, 'unseen_auroc')}): five "
+            "cell lines separate in 50 principal components even at 500 UMIs. What it lacks is a shared latent "
+            "space, an updated atlas and any way to run without moving the cells; as a benchmark this data is easy."
+        )
+    return out
 
 
 def accuracy_tables(results: dict[str, Any]) -> str:
@@ -245,7 +304,7 @@ def accuracy_tables(results: dict[str, Any]) -> str:
 
 def sweep_table(results: dict[str, Any]) -> tuple[str, str | None]:
     depths, table, pick = sweep_rows(results)
-    header = ["setting", *(f"{d}: accuracy (gap)" for d in depths), "mapping s (3 labs, all depths)", "epochs"]
+    header = ["setting", *(f"{d}: accuracy (gap)" for d in depths), "training s (3 labs, all depths)", "epochs"]
     rows = []
     for setting, row in table.items():
         cells = [f"{row['depths'][d]['accuracy']:.4f} ({fmt(row['depths'][d]['gap'], 2)})" for d in depths]
@@ -386,9 +445,10 @@ def plot(results: dict[str, Any], docs: Path) -> list[str]:
         ax.set_ylim(0.5, 1.005)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(METHODS), fontsize=8)
     fig.suptitle("CellBench lung cell lines: 3 labs, H838 held out of the reference")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(docs / "benchmarks_accuracy.png", dpi=110)
     plt.close(fig)
 
@@ -435,6 +495,11 @@ def plot(results: dict[str, Any], docs: Path) -> list[str]:
 
 
 # --- the document ---------------------------------------------------------------------------------
+def reruns(results: dict[str, Any]) -> str:
+    done = results.get("reruns", [])
+    return "".join(f" Its {r['section']} section was re-run with `--resume`: {r['why']}." for r in done)
+
+
 def render(results: dict[str, Any], images: list[str]) -> str:
     target_rows, notes = targets(results)
     sweep, pick = sweep_table(results)
@@ -445,9 +510,9 @@ def render(results: dict[str, Any], images: list[str]) -> str:
     return f"""# Benchmarks
 
 Generated by `make bench` (`scripts/bench.py`, then `scripts/bench_doc.py`) from `bench-output/bench/results.json`;
-do not edit by hand. Run {results["started"]}, {results["total_s"] / 60:.1f} min on {results["cpus"]} CPU cores
-{"(quick smoke run: partial)" if results["quick"] else ""}. Unseen-type detection and calibration have their own
-benchmark: [benchmarks_unknown.md](benchmarks_unknown.md) (`make bench-unknown`).
+do not edit by hand. Run {results["started"]}, {results["total_s"] / 60:.1f} min in all on {results["cpus"]} CPU
+cores{" (quick smoke run: partial)" if results["quick"] else ""}.{reruns(results)} Unseen-type detection and calibration have
+their own benchmark: [benchmarks_unknown.md](benchmarks_unknown.md) (`make bench-unknown`).
 
 **Data.** CellBench lung cell lines, `../shared/data/cellbench_lung_celllines.h5ad` (1,021 real cells, demuxlet
 genotype labels). Reference: {" + ".join(REFERENCE_BATCHES)} without {HELD_OUT}; labs:
@@ -480,6 +545,8 @@ Start-up (not in the round time): SuperLink {fed["startup"]["superlink_s"]:.1f} 
 ![accuracy](benchmarks_accuracy.png)
 
 ## Accuracy, calibration, cost
+
+{chr(10).join("- " + o for o in observations(results))}
 
 {accuracy_tables(results)}
 

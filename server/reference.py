@@ -82,6 +82,34 @@ def build_reference(
         )
 
 
+HVG_ATTEMPTS = ((0.3, True), (0.6, True), (1.0, True), (0.3, False))  # (loess span, per batch)
+
+
+def _select_variable_genes(train: AnnData, n_top_genes: int, batch_key: str) -> None:
+    """scanpy's ``seurat_v3`` HVG selection per batch (the scvi-tools tutorials' choice).
+
+    Its loess fit (scikit-misc) fails on sparse, shallow batches (``ValueError: reciprocal condition
+    number`` or ``near singularities``, e.g. a small batch thinned to 500 UMIs per cell). Then a wider
+    ``span`` is tried, as scanpy advises, and last one fit over all cells instead of one per batch.
+    """
+    import scanpy as sc
+
+    for i, (span, per_batch) in enumerate(HVG_ATTEMPTS):
+        try:
+            sc.pp.highly_variable_genes(
+                train, flavor="seurat_v3", n_top_genes=n_top_genes, subset=False, span=span,
+                batch_key=batch_key if per_batch else None,
+            )  # fmt: skip
+        except ValueError as err:  # skmisc's loess reports numerical failures as ValueError(bytes)
+            if i == len(HVG_ATTEMPTS) - 1:
+                raise
+            nxt = HVG_ATTEMPTS[i + 1]
+            log.warning("seurat_v3 HVG loess failed (span %.1f): %s; retrying with span %.1f%s", span, err, nxt[0],
+                        "" if nxt[1] else " over all cells")  # fmt: skip
+        else:
+            return
+
+
 def _train_reference(
     adata: AnnData,
     counts: Any,
@@ -93,7 +121,6 @@ def _train_reference(
 ) -> BundleContents:
 
     import anndata as ad
-    import scanpy as sc
     import scvi
 
     scvi.settings.seed = options.seed
@@ -110,9 +137,7 @@ def _train_reference(
     )
     symbols = _gene_symbols(adata, gene_symbols_key)
     if options.n_top_genes and train.n_vars > options.n_top_genes:
-        sc.pp.highly_variable_genes(
-            train, flavor="seurat_v3", n_top_genes=options.n_top_genes, batch_key=batch_key, subset=False
-        )
+        _select_variable_genes(train, options.n_top_genes, batch_key)
         keep = train.var["highly_variable"].to_numpy()
         train = train[:, keep].copy()
         symbols = symbols[keep] if symbols is not None else None

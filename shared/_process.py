@@ -12,7 +12,16 @@ from pathlib import Path
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process so far.
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``: the high-water mark of this program's own
+    memory. ``getrusage``'s ``ru_maxrss`` is not: it survives ``fork`` and ``exec``, so a child started by a
+    large parent reports at least the parent's size. Elsewhere ``ru_maxrss`` is the best there is.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     import resource
 
     peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

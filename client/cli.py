@@ -40,12 +40,12 @@ def map_command(
     layer: CountsLayer = None,
     lab_name: Annotated[str, typer.Option(help="Name of this lab's batches in the model.")] = "query",
     max_epochs: Annotated[
-        int | None, typer.Option(min=1, help="Surgery epochs (default: about 100 gradient steps, at least 2).")
+        int | None, typer.Option(min=1, help="Surgery epochs (default: 100, capped near 1,500 steps for big queries).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=2, help="Minibatch size.")] = 128,
     learning_rate: Annotated[
-        float, typer.Option(min=0.0, help="Surgery learning rate (scvi-tools' tutorial: 1e-3 for 100 epochs).")
-    ] = 1e-2,
+        float, typer.Option(min=1e-6, help="Surgery learning rate (scvi-tools' tutorial: 1e-3).")
+    ] = 1e-3,
     early_stopping: Annotated[bool, typer.Option(help="Stop when the validation ELBO stops improving.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed (scvi.settings.seed).")] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads (default: torch's choice).")] = None,

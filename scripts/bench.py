@@ -59,12 +59,13 @@ THREADS = 2
 SEED = 0
 # Candidate surgery settings (MappingOptions fields) for the speed sweep; "default" is MappingOptions().
 SWEEP = {
-    "default: ~100 steps, lr 1e-2": {},
+    "default: tutorial, capped at ~1,500 steps": {},
     "tutorial: 100 epochs, lr 1e-3": {"max_epochs": 100, "learning_rate": 1e-3},
-    "previous default: early stopping, lr 1e-3": {"max_epochs": 100, "learning_rate": 1e-3, "early_stopping": True},
-    "~40 steps, lr 1e-2": {"surgery_steps": 40},
-    "~100 steps, lr 1e-3": {"learning_rate": 1e-3},
-    "~100 steps, batch 512, lr 1e-2": {"batch_size": 512},
+    "early stopping, lr 1e-3": {"max_epochs": 100, "learning_rate": 1e-3, "early_stopping": True},
+    "~100 steps, lr 1e-2": {"surgery_steps": 100, "learning_rate": 1e-2},
+    "~40 steps, lr 1e-2": {"surgery_steps": 40, "learning_rate": 1e-2},
+    "~100 steps, lr 1e-3": {"surgery_steps": 100},
+    "~100 steps, batch 512, lr 1e-2": {"surgery_steps": 100, "batch_size": 512, "learning_rate": 1e-2},
 }
 BASELINE_SETTING = "tutorial: 100 epochs, lr 1e-3"
 

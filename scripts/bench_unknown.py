@@ -55,7 +55,7 @@ def run_one(data: ad.AnnData, held_out: str, work: Path) -> dict:
     reference = data[data.obs["batch"].isin(REFERENCE_BATCHES) & (data.obs["cell_type"] != held_out)].copy()
     query = data[data.obs["batch"] == QUERY_BATCH].copy()
     bundle = make_bundle(reference, work)
-    map_query(query, bundle, lab_name="lab_c", options=MappingOptions(max_epochs=100, seed=0, progress_bar=False))
+    map_query(query, bundle, lab_name="lab_c", options=MappingOptions(seed=0, progress_bar=False))
     obs = query.obs
     unseen = (obs["cell_type"] == held_out).to_numpy()
     known = ~unseen
@@ -93,7 +93,7 @@ def known_only(data: ad.AnnData, work: Path) -> list[dict]:
     rows = []
     for batch, technology in OTHER_LABS.items():
         query = data[data.obs["batch"] == batch].copy()
-        map_query(query, bundle, lab_name="lab", options=MappingOptions(max_epochs=100, seed=0, progress_bar=False))
+        map_query(query, bundle, lab_name="lab", options=MappingOptions(seed=0, progress_bar=False))
         rows.append({"batch": batch, "technology": technology, "n_cells": query.n_obs,
                      "unknown": float(query.obs["is_unknown"].mean()),
                      "low_raw": float((query.obs["prediction_confidence_raw"] < 0.5).mean())})  # fmt: skip

@@ -94,7 +94,7 @@ def map_plain(lab_adata: ad.AnnData, bundle: ReferenceBundle, lab: str, workdir:
             plan_kwargs={"weight_decay": 0.0, "lr": options.learning_rate},
             early_stopping=options.early_stopping,
             early_stopping_patience=options.early_stopping_patience,
-            check_val_every_n_epoch=1,
+            check_val_every_n_epoch=1 if options.early_stopping else 10,
             enable_progress_bar=False,
         )
         latent = model.get_latent_representation().astype(np.float32)

@@ -83,8 +83,8 @@ def test_metrics_per_lab_pool_the_cells() -> None:
     assert result["overall"]["accuracy"] == 0.75 and result["overall"]["n_cells"] == 4
 
 
-def test_auto_epochs_aim_at_a_fixed_number_of_steps() -> None:
-    assert auto_max_epochs(250) == 50  # 2 steps per epoch
-    assert auto_max_epochs(1_000) == 13  # 8 steps per epoch
-    assert auto_max_epochs(10_000) == 2 and auto_max_epochs(1_000_000) == 2  # at least 2 epochs
+def test_auto_epochs_are_the_tutorials_100_capped_by_a_step_budget() -> None:
+    assert auto_max_epochs(250) == 100 and auto_max_epochs(1_000) == 100  # the tutorial's epochs
+    assert auto_max_epochs(10_000) == 15  # 71 steps per epoch, about 1,000 steps
+    assert auto_max_epochs(100_000) == 2 and auto_max_epochs(10_000_000) == 2  # at least 2 epochs
     assert auto_max_epochs(250, steps=40) == 20

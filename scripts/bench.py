@@ -40,7 +40,7 @@ import typer
 from fedarches.server.loopback import LoopbackFederation
 from fedarches.shared._process import own_executable
 from fedarches.shared.bundle import ReferenceBundle
-from fedarches.shared.evaluation import metrics_per_lab, resample_cells, thin_to_depth
+from fedarches.shared.evaluation import annotated_calls, metrics_per_lab, resample_cells, thin_to_depth
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cellbench_lung_celllines.h5ad"
@@ -92,9 +92,10 @@ def write_split(data: ad.AnnData, depth: float | None, out: Path) -> dict[str, P
     return paths
 
 
-def median_umis(path: Path) -> float:
+def depth_and_size(path: Path) -> tuple[float, int]:
+    """Median UMIs per cell and number of cells of one split file (read once)."""
     x = ad.read_h5ad(path).X
-    return float(np.median(np.asarray(x.sum(axis=1)).ravel()))
+    return float(np.median(np.asarray(x.sum(axis=1)).ravel())), int(x.shape[0])
 
 
 # --- running things -------------------------------------------------------------------------------
@@ -135,9 +136,7 @@ def lab_outcome(fed: LoopbackFederation, lab: str, report_lab: dict[str, Any]) -
     """A lab's own view of its round: its cells' calls from annotated.h5ad, and what went over the wire."""
     adata = ad.read_h5ad(fed.labs[lab].out_dir / "annotated.h5ad")
     uns = adata.uns["fedarches"]
-    obs = adata.obs
-    cells = (obs["cell_type"].astype(str).to_numpy(), obs["predicted_cell_type"].astype(str).to_numpy(),
-             obs["prediction_confidence"].to_numpy())  # fmt: skip
+    cells = annotated_calls(adata)
     run = {
         "status": report_lab["status"],
         "bytes_to_lab": report_lab["bytes_to_lab"],
@@ -194,10 +193,11 @@ def accuracy_section(
         vdir = out / "accuracy" / name.replace(",", "").replace(" ", "-")
         paths = write_split(data, depth, vdir / "data")
         labs = {lab: paths[lab] for lab in LABS}
+        facts = {k: depth_and_size(p) for k, p in paths.items()}
         entry: dict[str, Any] = {
             "depth": depth,
-            "median_umis": {k: median_umis(p) for k, p in paths.items()},
-            "n_cells": {k: int(ad.read_h5ad(p, backed="r").n_obs) for k, p in paths.items()},
+            "median_umis": {k: umis for k, (umis, _) in facts.items()},
+            "n_cells": {k: n for k, (_, n) in facts.items()},
             "raw_h5ad_bytes": {k: p.stat().st_size for k, p in paths.items()},
         }
         log(f"[{name}] federated round (3 labs on loopback)")

@@ -24,6 +24,7 @@ PROCESS_START = time.perf_counter()
 
 import json  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -33,7 +34,7 @@ import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from fedarches.shared._process import peak_rss_bytes  # noqa: E402
-from fedarches.shared.evaluation import metrics_per_lab  # noqa: E402
+from fedarches.shared.evaluation import annotated_calls, metrics_per_lab  # noqa: E402
 
 TUTORIAL_EPOCHS = 100
 
@@ -43,6 +44,13 @@ Cells = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # lab -> (truth, p
 
 def cells_of(adata: ad.AnnData, predicted: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, ...]:
     return adata.obs["cell_type"].astype(str).to_numpy(), np.asarray(predicted, dtype=str), np.asarray(confidence)
+
+
+def each_lab(spec: dict[str, Any]) -> Iterator[tuple[str, ad.AnnData, float]]:
+    """Each lab's name, its cells (read from its .h5ad) and the time its turn started."""
+    for lab, path in spec["labs"].items():
+        start = time.perf_counter()
+        yield lab, ad.read_h5ad(path), start
 
 
 def open_bundle(spec: dict[str, Any]) -> Any:
@@ -64,9 +72,7 @@ def scvi_surgery(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[s
     runs: dict[str, Any] = {}
     cells: Cells = {}
     tick = time.perf_counter()
-    for lab, path in spec["labs"].items():
-        start = time.perf_counter()
-        adata = ad.read_h5ad(path)
+    for lab, adata, start in each_lab(spec):
         query = ad.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32), obs=pd.DataFrame(index=adata.obs_names))
         query.var_names = adata.var_names
         query.obs[setup["batch_key"]] = lab
@@ -103,14 +109,11 @@ def fedarches(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str,
     runs: dict[str, Any] = {}
     cells: Cells = {}
     tick = time.perf_counter()
-    for lab, path in spec["labs"].items():
-        start = time.perf_counter()
-        adata = ad.read_h5ad(path)
+    for lab, adata, start in each_lab(spec):
         read_s = time.perf_counter() - start
         result = map_query(adata, bundle, lab_name=lab, options=options)
-        obs = adata.obs
         latents[lab] = adata.obsm[result.latent_key]
-        cells[lab] = cells_of(adata, obs["predicted_cell_type"], obs["prediction_confidence"])
+        cells[lab] = annotated_calls(adata)
         runs[lab] = {
             "wall_s": time.perf_counter() - start,
             "read_s": read_s,

@@ -36,7 +36,7 @@ def map_lab(msg: Message, context: Context) -> Message:
 
     from fedarches.client.mapping import MappingOptions, map_query
     from fedarches.shared.bundle import ReferenceBundle
-    from fedarches.shared.evaluation import label_transfer_metrics
+    from fedarches.shared.evaluation import annotated_calls, label_transfer_metrics
 
     start = time.perf_counter()
     config = msg.content.config_records["config"]
@@ -46,12 +46,7 @@ def map_lab(msg: Message, context: Context) -> Message:
     adata = ad.read_h5ad(path)
     result = map_query(adata, bundle, lab_name=f"lab{lab:03d}", options=MappingOptions(threads=1, progress_bar=False))
     arrays, meta = result.adapter.to_arrays()
-    metrics = label_transfer_metrics(
-        adata.obs["cell_type"].astype(str).to_numpy(),
-        adata.obs["predicted_cell_type"].astype(str).to_numpy(),
-        adata.obs["prediction_confidence"].to_numpy(),
-        bundle.label_categories,
-    )
+    metrics = label_transfer_metrics(*annotated_calls(adata), bundle.label_categories)
     facts = {"lab": lab, "accuracy": metrics["accuracy"], "n_cells": int(adata.n_obs),
              "map_s": result.timings["total_s"], "handler_s": time.perf_counter() - start}  # fmt: skip
     content = RecordDict(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
+from fedarches.shared._constants import ADATA_KEYS
 from fedarches.shared.quality import expected_calibration_error
 
 if TYPE_CHECKING:
@@ -93,6 +94,16 @@ def label_transfer_metrics(
         "ece": expected_calibration_error(confidence[known], correct[known]) if known.any() else float("nan"),
         "unseen_auroc": float(roc_auc_score(~known, 1.0 - confidence)) if has_both else None,
     }
+
+
+def annotated_calls(adata: AnnData, truth_key: str = "cell_type") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(truth, predicted, confidence)`` of an AnnData that :func:`~fedarches.client.mapping.map_query` annotated."""
+    obs = adata.obs
+    return (
+        obs[truth_key].astype(str).to_numpy(),
+        obs[ADATA_KEYS.PREDICTION].astype(str).to_numpy(),
+        obs[ADATA_KEYS.CONFIDENCE].to_numpy(),
+    )
 
 
 def metrics_per_lab(

@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
+# FEDARCHES_PARENT_PID (make's pid) and exec: if make dies, even by SIGKILL, the demo stops every process it started
+DEMO_OUT ?= demo-output
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(PY) scripts/demo.py demo-output
+	FEDARCHES_PARENT_PID=$$PPID exec $(PY) scripts/demo.py $(DEMO_OUT) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

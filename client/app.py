@@ -34,7 +34,6 @@ from fedarches.client.lab import LabDir
 from fedarches.client.mods import egress_audit_mod, lab_mods_mod, secure_sum_guard_mod
 from fedarches.client.release import MapRelease, Releaser, read_exact_counts, write_exact_counts
 from fedarches.shared import __version__, protocol
-from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.errors import ConfigError
 from fedarches.shared.labels import LabelCounts
 
@@ -82,8 +81,8 @@ def map_lab(msg: Message, context: Context) -> Message:
     """Map the lab's query onto the round's bundle; reply with the adapter and label statistics."""
     settings = NodeSettings.from_context(context)
     lab = LabDir.open(settings.lab_dir)
-    round_cfg = dict(msg.content.config_records[protocol.ROUND])
-    bundle_id = str(round_cfg["bundle-id"])
+    round_cfg = protocol.RoundConfig.from_record(msg.content.config_records.get(protocol.ROUND))
+    bundle_id = round_cfg.bundle_id
     tick = time.perf_counter()
     if protocol.BUNDLE in msg.content.array_records:
         bundle = lab.store_bundle(bundle_id, protocol.record_to_files(msg.content.array_records[protocol.BUNDLE]))
@@ -92,14 +91,14 @@ def map_lab(msg: Message, context: Context) -> Message:
         bundle = lab.open_bundle(bundle_id)
         log.info("using held bundle %s", bundle_id)
     receive_s = time.perf_counter() - tick
-    releaser = Releaser.for_lab(lab, run_id=context.run_id, round_id=str(round_cfg["round-id"]))  # policy checked first
+    releaser = Releaser.for_lab(lab, run_id=context.run_id, round_id=round_cfg.round_id)  # policy checked first
 
     result, adata = _map_and_write(settings, lab, bundle, round_cfg)
     timings = {**{k: float(v) for k, v in result.timings.items()}, "receive_bundle_s": receive_s}
     released, counts, content = release_reply(releaser, result, adata.obs, lab.name, timings)
     composition = releaser.policy.release.composition
     if composition == "secure-sum":
-        write_exact_counts(settings.out_dir, str(round_cfg["round-id"]), counts)
+        write_exact_counts(settings.out_dir, round_cfg.round_id, counts)
     log.info(
         "mapped %d cells in %.1f s (%d epochs); releasing %s (ledger entry %d; composition: %s)",
         adata.n_obs,
@@ -133,7 +132,7 @@ def release_reply(
 def map_reply_content(
     released: MapRelease, lab_name: str, n_epochs: int, composition: str, timings: dict[str, float]
 ) -> RecordDict:
-    """Everything a lab sends after mapping: what its policy released, its name and timings."""
+    """Everything a lab sends after mapping: what its policy released, its name, timings and ledger head."""
     content = RecordDict(
         {
             protocol.LAB: ConfigRecord(
@@ -142,6 +141,8 @@ def map_reply_content(
                     "fedarches-version": __version__,
                     "n-epochs": n_epochs,
                     "composition": composition,
+                    "ledger-seq": released.ledger_seq,  # the lab's newest ledger entry: an anchor kept outside the lab
+                    "ledger-head": released.ledger_head,
                 }
             ),
             protocol.TIMINGS: MetricRecord(timings),
@@ -161,8 +162,7 @@ def secure_sum(msg: Message, context: Context) -> Message:
     settings = NodeSettings.from_context(context)
     lab = LabDir.open(settings.lab_dir)
     fit_ins = recorddict_compat.recorddict_to_fitins(msg.content, keep_input=True)
-    round_id = str(fit_ins.config["round-id"])
-    categories = json.loads(str(fit_ins.config["categories"]))
+    round_id, categories = protocol.secure_sum_settings(fit_ins.config)
     releaser = Releaser.for_lab(lab, run_id=context.run_id, round_id=round_id)
     vector, seq = releaser.secure_sum_counts(read_exact_counts(settings.out_dir, round_id), categories)
     log.info("secure sum for round %s: masked count vector of %d values (ledger entry %d)", round_id, vector.size, seq)
@@ -170,20 +170,23 @@ def secure_sum(msg: Message, context: Context) -> Message:
     return Message(recorddict_compat.fitres_to_recorddict(fit_res, keep_input=False), reply_to=msg)
 
 
-def _map_and_write(settings: NodeSettings, lab: LabDir, bundle: Any, round_cfg: dict[str, Any]) -> tuple[Any, Any]:
+def _map_and_write(
+    settings: NodeSettings, lab: LabDir, bundle: Any, round_cfg: protocol.RoundConfig
+) -> tuple[Any, Any]:
     """Run :func:`~fedarches.client.mapping.map_query` and write the lab's local outputs."""
     from fedarches.client.mapping import MappingOptions, map_query
-    from fedarches.client.outputs import MappingOutputs, write_mapping_outputs
+    from fedarches.client.outputs import ROUND_FILE_NAME, MappingOutputs, write_mapping_outputs
     from fedarches.client.query import read_query
 
     adata = read_query(settings.data_path)
     options = MappingOptions(
-        max_epochs=int(round_cfg["max-epochs"]) or None,  # 0: automatic
-        seed=int(round_cfg["seed"]),
+        max_epochs=round_cfg.max_epochs or None,  # 0: automatic
+        seed=round_cfg.seed,
         threads=settings.threads,
         progress_bar=False,
+        max_adapter_bytes=round_cfg.max_adapter_bytes,  # refused before training, not after
     )
-    threshold = float(round_cfg["confidence-threshold"])
+    threshold = round_cfg.confidence_threshold
     result = map_query(
         adata,
         bundle,
@@ -192,15 +195,15 @@ def _map_and_write(settings: NodeSettings, lab: LabDir, bundle: Any, round_cfg: 
         lab_name=lab.name,
         options=options,
         confidence_threshold=threshold,
-        min_count=int(round_cfg["min-count"]),
+        min_count=round_cfg.min_count,
     )
+    round_info = {"round_id": round_cfg.round_id, "bundle_id": bundle.bundle_id, "lab": lab.name}
     write_mapping_outputs(
-        adata, result, bundle, MappingOutputs.in_directory(settings.out_dir), confidence_threshold=threshold
-    )
-    atomic_write_bytes(
-        settings.out_dir / "round.json",
-        json.dumps(
-            {"round_id": round_cfg["round-id"], "bundle_id": bundle.bundle_id, "lab": lab.name}, indent=2
-        ).encode(),
+        adata,
+        result,
+        bundle,
+        MappingOutputs.in_directory(settings.out_dir),
+        confidence_threshold=threshold,
+        extra={settings.out_dir / ROUND_FILE_NAME: json.dumps(round_info, indent=2).encode()},
     )
     return result, adata

@@ -70,6 +70,13 @@ def map_command(
         from fedarches.client.query import read_query
         from fedarches.shared.bundle import ReferenceBundle
 
+        outputs = MappingOutputs(
+            annotated=out,
+            plots_dir=plots_dir or out.parent / f"{out.stem}_plots",
+            adapter=adapter_out,
+            label_statistics=stats_out,
+        )
+        outputs.check([query, reference, trust])  # before anything is read, let alone trained
         bundle = ReferenceBundle.open(reference, trust)
         log.info(
             "bundle %s verified (%s, %d genes, %d cell types)",
@@ -99,12 +106,6 @@ def map_command(
             confidence_threshold=confidence_threshold,
             min_count=min_count,
             min_gene_fraction=min_gene_fraction,
-        )
-        outputs = MappingOutputs(
-            annotated=out,
-            plots_dir=plots_dir or out.parent / f"{out.stem}_plots",
-            adapter=adapter_out,
-            label_statistics=stats_out,
         )
         plots = write_mapping_outputs(adata, result, bundle, outputs, confidence_threshold=confidence_threshold)
         overlap = result.gene_overlap
@@ -196,16 +197,24 @@ def join(
     setup_logging(debug=debug)
     with handle_errors(debug=debug):
         from fedarches.client.lab import LabDir
+        from fedarches.client.mapping import check_adapter_fits
+        from fedarches.client.mods import EGRESS_LIMIT_BYTES, check_extra_mods
+        from fedarches.client.outputs import MappingOutputs
         from fedarches.client.query import read_query, validate_query
         from fedarches.client.supernode import JoinSettings, run_supernode
         from fedarches.shared.policy import PrivacyPolicy
 
         lab = LabDir.open(lab_dir)
         lab.require_node_key()
+        MappingOutputs.in_directory(out).check([data], directory_option="--out")
+        check_extra_mods(extra_mods)
         policy = PrivacyPolicy.load(lab.root)
         adata = read_query(data)
-        validate_query(adata, batch_key=batch_key, layer=layer, batch_prefix=lab.name)
+        batches, _, _ = validate_query(adata, batch_key=batch_key, layer=layer, batch_prefix=lab.name)
         policy.dp.donors(adata.obs, source=str(data))  # a donor-unit policy needs its column: refuse now, not mid-round
+        held = lab.newest_bundle()
+        if held is not None:  # the round checks again, against its own bundle and limit, before training
+            check_adapter_fits(held, batches, EGRESS_LIMIT_BYTES)
         address = superlink or lab.superlink
         settings = JoinSettings(
             lab=lab,
@@ -226,7 +235,15 @@ def join(
         for what, how in policy.summary().items():
             console.print(f"  {what}: {how}")
         del adata
-        code = run_supernode(settings)
+        from functools import partial
+
+        from fedarches.shared._process import StopSignals, parent_from_env
+
+        # SIGTERM, SIGINT, SIGHUP: stop the SuperNode, its SuperExec and any ClientApp; exit 128 + signal
+        line = partial(console.print, highlight=False, markup=False)
+        stop = StopSignals(f"fedarches-client join ({lab.name})", parent_pid=parent_from_env(), adopt=True, echo=line)
+        with stop:
+            code = run_supernode(settings)
         raise typer.Exit(code)
 
 
@@ -259,7 +276,13 @@ def preview(
         lab = LabDir.open(lab_dir)
         opened = ReferenceBundle.open(bundle, lab.trusted_key)
         adata = read_query(data)
-        options = MappingOptions(max_epochs=max_epochs, seed=seed, threads=threads, progress_bar=not quiet)
+        options = MappingOptions(
+            max_epochs=max_epochs,
+            seed=seed,
+            threads=threads,
+            progress_bar=not quiet,
+            max_adapter_bytes=EGRESS_LIMIT_BYTES,
+        )
         result = map_query(
             adata, opened, batch_key=batch_key, layer=layer, lab_name=lab.name, options=options, min_count=min_count
         )
@@ -352,23 +375,45 @@ def print_policy(policy: object, lab_root: Path | None) -> None:
 def ledger(
     lab_dir: LabDirOption,
     as_json: Annotated[bool, typer.Option("--json", help="Every entry as JSON, payload included.")] = False,
-    verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain; exit 31 if it is broken.")] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check the hash chain (and every --report); exit 34 if it was altered.")
+    ] = False,
+    report: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--report",
+            help="A coordinator's report.json (or a ledger receipt) whose anchor the ledger must still hold; "
+            "implies --verify; repeatable.",
+        ),
+    ] = None,
+    receipt: Annotated[
+        Path | None,
+        typer.Option("--receipt", help="Write a receipt of the newest entry (JSON) here, to keep outside the lab."),
+    ] = None,
     debug: Debug = False,
 ) -> None:
     """Show every release this lab made: what, when, to whom, and the privacy budget it spent."""
     with handle_errors(debug=debug):
-        from fedarches.client.ledger import LEDGER_FILE_NAME, Ledger
-        from fedarches.shared.errors import ConfigError, PrivacyError
+        from fedarches.client import ledger as ledger_mod
+        from fedarches.shared.errors import ConfigError, LedgerAnchorError
         from fedarches.shared.policy import PrivacyPolicy
 
         root = Path(lab_dir)
-        if not (root / LEDGER_FILE_NAME).is_file():
-            if not root.is_dir():
-                msg = f"lab directory {root} does not exist"
-                raise ConfigError(msg, hint="use the directory `fedarches-server add-lab` exported")
-            console.print(f"no releases yet: {root / LEDGER_FILE_NAME} does not exist")
+        if not root.is_dir():
+            msg = f"lab directory {root} does not exist"
+            raise ConfigError(msg, hint="use the directory `fedarches-server add-lab` exported")
+        lab = ledger_mod.lab_name_of(root)
+        anchors = [ledger_mod.read_anchor(path, lab=lab) for path in report or []]
+        if verify or anchors:
+            book = ledger_mod.verify_lab_ledger(root, anchors)
+        else:
+            book = ledger_mod.open_lab_ledger(root)
+        if book is None:
+            console.print(f"no releases yet: {root / ledger_mod.LEDGER_FILE_NAME} does not exist")
+            if receipt is not None:
+                msg = "this lab's ledger holds no entry yet: there is nothing to anchor"
+                raise LedgerAnchorError(msg, hint="a receipt can be written after the lab's first release")
             return
-        book = Ledger.for_lab(root)
         entries = book.entries()
         if as_json:
             typer.echo(json.dumps([e.to_dict(with_payload=True) for e in entries], indent=2))
@@ -380,12 +425,14 @@ def ledger(
                 f"spent ε={eps:.4g} δ={delta:.3g} of the budget ε={policy.dp.budget_epsilon:g} "
                 f"δ={policy.dp.budget_delta:g} ({len(entries)} releases)"
             )
-        if verify:
-            problems = book.verify()
-            if problems:
-                msg = "the ledger's hash chain is broken: " + "; ".join(problems)
-                raise PrivacyError(msg, hint="the ledger was edited outside fedarches; keep a copy for review")
+        if verify or anchors:
             console.print(f"hash chain intact over {len(entries)} entries")
+            for anchor in anchors:
+                console.print(f"entry {anchor.seq} matches the anchor in {anchor.source}")
+        if receipt is not None:
+            written = ledger_mod.write_receipt(receipt, book.receipt(lab))
+            seq, head = book.head()
+            console.print(f"receipt for entry {seq} ({head[:12]}...) written to {written}; keep it outside the lab")
 
 
 def print_ledger(entries: list) -> None:

@@ -14,14 +14,23 @@
 from __future__ import annotations
 
 import re
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedarches.shared import crypto, pki
-from fedarches.shared._io import atomic_directory
+from fedarches.shared._constants import MAX_BUNDLE_BYTES, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES
+from fedarches.shared._io import atomic_directory, read_toml
 from fedarches.shared.bundle import ReferenceBundle
-from fedarches.shared.errors import BundleIntegrityError, ConfigError, CryptoError
+from fedarches.shared.bundle_files import check_file_names
+from fedarches.shared.errors import (
+    BundleError,
+    BundleIntegrityError,
+    BundleSizeError,
+    ConfigError,
+    CryptoError,
+    FedarchesError,
+)
 
 LAB_CONFIG_NAME = "lab.toml"
 _BUNDLE_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -45,12 +54,12 @@ class LabDir:
             raise ConfigError(
                 msg, hint="use the directory the atlas maintainers exported with `fedarches-server add-lab`"
             )
-        settings = tomllib.loads(config.read_text())
+        settings = _read_lab_config(config)
         for name in ("ca.crt", crypto.PUBLIC_KEY_NAME):
             if not (root / name).is_file():
                 msg = f"{root} lacks {name}, which `fedarches-server add-lab` exports"
                 raise ConfigError(msg, hint="ask the atlas maintainers for the lab's export directory again")
-        return cls(root, str(settings["name"]), str(settings.get("superlink", "")))
+        return cls(root, settings["name"], settings.get("superlink", ""))
 
     @property
     def ca_cert(self) -> Path:
@@ -96,26 +105,71 @@ class LabDir:
             raise BundleIntegrityError(msg, hint=f"delete {self.bundles_dir / bundle_id}; the next round resends it")
         return bundle
 
-    def store_bundle(self, bundle_id: str, files: dict[str, bytes]) -> ReferenceBundle:
+    def newest_bundle(self) -> ReferenceBundle | None:
+        """The most recently received bundle that still verifies, or None when the lab holds none."""
+        if not self.bundles_dir.is_dir():
+            return None
+        held = sorted(
+            (p for p in self.bundles_dir.iterdir() if _BUNDLE_ID.match(p.name) and p.is_dir()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for path in held:
+            try:
+                return self.open_bundle(path.name)
+            except FedarchesError:
+                continue
+        return None
+
+    def store_bundle(self, bundle_id: str, files: Mapping[str, bytes]) -> ReferenceBundle:
         """Verify bundle files received from the coordinator and keep them under ``bundles/``.
 
-        The files are written to a temporary directory and verified there (signature, hashes, id)
-        before the directory is moved into place, so a bad bundle never lands.
+        The names must follow the bundle's rules (:func:`~fedarches.shared.bundle.check_file_names`)
+        and the files fit the bundle size limit before anything is written. They are then written to
+        a fresh temporary directory (each file created anew, never through an existing path) and
+        verified there (signature, schema, sizes, hashes, id) before the directory is moved into
+        place, so a bad bundle never lands. Raises only :class:`FedarchesError`.
         """
-        if not _BUNDLE_ID.match(bundle_id):
-            msg = f"{bundle_id!r} is not a bundle id"
+        if not isinstance(bundle_id, str) or not _BUNDLE_ID.match(bundle_id):
+            msg = f"{str(bundle_id)[:40]!r} is not a bundle id"
             raise BundleIntegrityError(msg)
+        if not isinstance(files, Mapping) or not all(isinstance(data, bytes) for data in files.values()):
+            msg = f"bundle {bundle_id} arrived as {type(files).__name__}, not file names and bytes"
+            raise BundleIntegrityError(msg)
+        names = check_file_names(files, allow_manifest=True)
+        limit = MAX_BUNDLE_BYTES + MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES
+        total = sum(len(data) for data in files.values())
+        if total > limit:
+            msg = f"bundle {bundle_id} holds {total} bytes, over the limit of {limit}; nothing was stored"
+            raise BundleSizeError(msg)
         target = self.bundles_dir / bundle_id
-        with atomic_directory(target, overwrite=True) as tmp:
-            for name, data in files.items():
-                path = tmp / name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-            staged = ReferenceBundle.open(tmp, self.trusted_key)
-            if staged.bundle_id != bundle_id:
-                msg = f"received bundle has id {staged.bundle_id}, announced as {bundle_id}"
-                raise BundleIntegrityError(msg)
+        try:
+            with atomic_directory(target, overwrite=True) as tmp:
+                for name in names:
+                    path = tmp / name
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path, "xb") as fh:
+                        fh.write(files[name])
+                staged = ReferenceBundle.open(tmp, self.trusted_key)
+                if staged.bundle_id != bundle_id:
+                    msg = f"received bundle has id {staged.bundle_id}, announced as {bundle_id}"
+                    raise BundleIntegrityError(msg)
+        except OSError as err:
+            msg = f"cannot store bundle {bundle_id} under {self.bundles_dir}: {err.strerror or err}"
+            raise BundleError(msg, hint=f"check the free space and permissions of {self.bundles_dir}") from None
         return self.open_bundle(bundle_id)
+
+
+def _read_lab_config(path: Path) -> dict[str, str]:
+    """``lab.toml``: a UTF-8 TOML table with a string ``name`` and, optionally, a string ``superlink``."""
+    hint = "restore lab.toml from the directory the atlas maintainers exported with `fedarches-server add-lab`"
+    settings = read_toml(path, hint=hint)
+    for key, required in (("name", True), ("superlink", False)):
+        value = settings.get(key)
+        if (value is None and required) or (value is not None and not (isinstance(value, str) and value)):
+            msg = f"{path}: {key!r} must be a non-empty string, found {value!r}"
+            raise ConfigError(msg, hint=hint)
+    return settings
 
 
 def keygen(lab_dir: Path, *, overwrite: bool = False) -> Path:

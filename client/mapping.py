@@ -24,9 +24,10 @@ from fedarches.shared._process import peak_rss_bytes
 from fedarches.shared._training import quiet_training
 from fedarches.shared.adapters import Adapter, apply_adapters, check_reference_unchanged, extract_adapter
 from fedarches.shared.embedding import knn_label_probabilities, place_on_reference
-from fedarches.shared.errors import AdapterError, FedarchesError
+from fedarches.shared.errors import AdapterError, AdapterSizeError, FedarchesError
 from fedarches.shared.labels import DEFAULT_MIN_COUNT, LabelCounts, LabelStatistics, suppress
 from fedarches.shared.quality import UNKNOWN_LABEL
+from fedarches.shared.surgery import adapter_bytes_per_batch, load_query_model
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -82,6 +83,7 @@ class MappingOptions:
     seed: int = 0
     threads: int | None = None
     progress_bar: bool = True
+    max_adapter_bytes: int | None = None  # refuse, before training, a query whose adapter would be larger
 
 
 @dataclass
@@ -190,6 +192,8 @@ def map_query(
         scvi.settings.seed = options.seed
         tick = time.perf_counter()
         model = _load_query_model(prepared, bundle, Path(tmp))
+        reference_state = bundle.reference_state()
+        _check_adapter_size(reference_state, _state(model), bundle, model, options.max_adapter_bytes)
         timings["surgery_setup_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
         max_epochs = options.max_epochs or auto_max_epochs(adata.n_obs, options.batch_size, options.surgery_steps)
@@ -206,7 +210,6 @@ def map_query(
         n_epochs = len(model.history["elbo_train"]) if "elbo_train" in model.history else max_epochs
 
         tick = time.perf_counter()
-        reference_state = bundle.reference_state()
         query_state = _state(model)
         changed = check_reference_unchanged(reference_state, query_state)
         if changed:
@@ -225,6 +228,9 @@ def map_query(
     raw_confidence = probabilities.max(axis=1).astype(np.float32)
     latent_key = "X_scANVI" if bundle.model_class == "SCANVI" else "X_scVI"
     quality = _mapping_quality(bundle, latent, probabilities)
+    empty = prepared.empty_cells if prepared.empty_cells is not None else np.zeros(adata.n_obs, dtype=bool)
+    if ADATA_KEYS.UNKNOWN in quality:  # a cell with no counts carries no information: it is not a known type
+        quality[ADATA_KEYS.UNKNOWN] = quality[ADATA_KEYS.UNKNOWN] | empty
     confidence = quality.get(ADATA_KEYS.CONFIDENCE, raw_confidence)
     low = confidence < confidence_threshold
 
@@ -263,6 +269,7 @@ def map_query(
         },
         "counts_source": prepared.counts_source,
         "gene_overlap": prepared.gene_overlap.to_dict(),
+        "n_empty_cells": int(empty.sum()),
         "model_batches": list(new_batches),
         "adapter_bytes": adapter.nbytes,
         "reference_weights_unchanged": True,
@@ -335,6 +342,18 @@ def embed_with_atlas(
         return model.get_latent_representation().astype(np.float32)
 
 
+def check_adapter_fits(bundle: ReferenceBundle, batches: np.ndarray, max_adapter_bytes: int) -> int:
+    """Refuse a query whose adapter against ``bundle`` would exceed ``max_adapter_bytes``; return its size.
+
+    Adapters grow by the same bytes with every batch; the bytes per batch come from scvi-tools' surgery
+    set-up on a probe of empty cells (no training), so this costs seconds whatever the query's size:
+    ``join`` calls it before connecting.
+    """
+    n_batches = len(pd.unique(pd.Series(np.asarray(batches, dtype=object)).astype(str)))
+    per_batch = adapter_bytes_per_batch(bundle, bundle.reference_state())
+    return _refuse_large_adapter(n_batches, n_batches * per_batch, max_adapter_bytes)
+
+
 def _mapping_quality(bundle: ReferenceBundle, latent: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
     """Calibrated confidence, mapping distance and score, and the Unknown call, when the bundle allows."""
     summary = bundle.reference_summary
@@ -366,25 +385,32 @@ def _quality_uns(bundle: ReferenceBundle, quality: dict[str, np.ndarray]) -> dic
 
 def _load_query_model(prepared: PreparedQuery, bundle: ReferenceBundle, workdir: Path) -> Any:
     """``load_query_data`` on the prepared input, from verified bundle bytes."""
-    import anndata as ad
-    import scvi
+    return load_query_model(prepared.counts, prepared.batches, prepared.obs_names, bundle, workdir)
 
-    setup = bundle.setup_args
-    obs = pd.DataFrame(index=prepared.obs_names.astype(str))
-    obs[setup["batch_key"]] = pd.Categorical(prepared.batches)
-    if setup.get("labels_key"):
-        obs[setup["labels_key"]] = (
-            setup.get("unlabeled_category") or bundle.setup.get("unlabeled_category") or "Unknown"
+
+def _check_adapter_size(
+    reference_state: dict[str, np.ndarray],
+    query_state: dict[str, np.ndarray],
+    bundle: ReferenceBundle,
+    model: Any,
+    limit: int | None,
+) -> int:
+    """Refuse, before training, a query whose adapter would exceed ``limit`` bytes; return its size."""
+    batches = _new_batch_categories(model, bundle)
+    nbytes = extract_adapter(reference_state, query_state, bundle_id=bundle.bundle_id, batch_categories=batches).nbytes
+    return _refuse_large_adapter(len(batches), nbytes, limit)
+
+
+def _refuse_large_adapter(n_batches: int, nbytes: int, limit: int | None) -> int:
+    if limit is not None and nbytes > limit:
+        per_batch = nbytes // max(1, n_batches)
+        msg = (
+            f"the query has {n_batches} batches, so its adapter would hold {nbytes:,} bytes "
+            f"({per_batch:,} per batch), over the coordinator's limit of {limit:,} bytes "
+            f"(at most {limit // max(1, per_batch):,} batches)"
         )
-    for key in (setup.get("categorical_covariate_keys") or []) + (setup.get("continuous_covariate_keys") or []):
-        msg = f"the reference was set up with covariate {key!r}, which fedarches cannot supply for a query yet"
-        raise AdapterError(msg, hint="use a reference built without extra covariates")
-    query = ad.AnnData(X=prepared.counts, obs=obs, var=pd.DataFrame(index=bundle.var_names))
-    if setup.get("layer"):
-        query.layers[setup["layer"]] = prepared.counts
-    model_cls = getattr(scvi.model, bundle.model_class)
-    model_dir = bundle.write_model_dir(workdir / "reference")
-    return model_cls.load_query_data(query, str(model_dir), freeze_batchnorm_decoder=True)
+        raise AdapterSizeError(msg)
+    return nbytes
 
 
 def _new_batch_categories(model: Any, bundle: ReferenceBundle) -> list[str]:

@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 
 from fedarches.shared import protocol
 from fedarches.shared._io import atomic_write_bytes
-from fedarches.shared.errors import FedarchesError, PrivacyError
+from fedarches.shared.errors import ConfigError, FedarchesError, PrivacyError, ProtocolError
 
 log = logging.getLogger("fedarches.client")
 
@@ -80,7 +80,10 @@ def secure_sum_guard_mod(msg: Message, context: Context, call_next: Callable[[Me
     if configs is not None and configs.get("stage") == "setup":
         release = PrivacyPolicy.load(Path(str(context.node_config.get("lab-dir", ".")))).release
         release.require_secure_sum()
-        n_labs = int(configs.get("sample_num", 0))  # type: ignore[arg-type]
+        n_labs = configs.get("sample_num", 0)
+        if isinstance(n_labs, bool) or not isinstance(n_labs, int):
+            msg_text = f"the secure sum's setup announces {str(n_labs)[:40]!r} labs, not a number"
+            raise ProtocolError(msg_text)
         if n_labs < release.secure_sum_min_labs:
             msg_text = (
                 f"a secure sum over {n_labs} labs; the lab's policy requires at least {release.secure_sum_min_labs}"
@@ -107,10 +110,26 @@ def _wrap(handler: Callable[[Message, Context], Message], mod: Mod) -> Callable[
 
 def _import_mod(ref: str) -> Mod:
     module_name, _, attribute = ref.partition(":")
-    if not attribute:
+    hint = "pass --extra-mods as module:attribute, comma-separated, with the module on the SuperNode's PYTHONPATH"
+    if not module_name or not attribute:
         msg = f"extra-mods entry {ref!r} is not of the form module:attribute"
-        raise ValueError(msg)
-    return getattr(importlib.import_module(module_name), attribute)
+        raise ConfigError(msg, hint=hint)
+    try:
+        mod = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        msg = f"extra-mods entry {ref!r} cannot be loaded ({type(err).__name__}: {err})"
+        raise ConfigError(msg, hint=hint) from None
+    if not callable(mod):
+        msg = f"extra-mods entry {ref!r} is not a function"
+        raise ConfigError(msg, hint=hint)
+    return mod
+
+
+def check_extra_mods(spec: str) -> None:
+    """Import every mod ``spec`` names (``module:attribute``, comma-separated): ``join`` fails before connecting."""
+    for ref in (s.strip() for s in spec.split(",")):
+        if ref:
+            _import_mod(ref)
 
 
 def _sanitize_reason(reason: str | None) -> str:

@@ -18,7 +18,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fedarches.shared.counts import get_counts
-from fedarches.shared.errors import GeneOverlapError, QueryDataError, UserInputError
+from fedarches.shared.errors import GeneOverlapError, QueryDataError
+from fedarches.shared.paths import require_file
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -45,6 +46,10 @@ _ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*[GT]\d{6,})\.\d+$")
 
 class LowGeneOverlapWarning(UserWarning):
     """The query has fewer of the reference's genes than recommended."""
+
+
+class EmptyCellsWarning(UserWarning):
+    """Some query cells have no counts in the reference's genes."""
 
 
 @dataclass(frozen=True)
@@ -81,16 +86,14 @@ class PreparedQuery:
     obs_names: pd.Index
     gene_overlap: GeneOverlap
     counts_source: str
+    empty_cells: np.ndarray | None = None  # cells with no count in the reference's genes
 
 
 def read_query(path: Path | str) -> AnnData:
     """Read an ``.h5ad`` file, turning any read failure into one clear error."""
     import anndata as ad
 
-    path = Path(path)
-    if not path.is_file():
-        msg = f"query file {path} does not exist"
-        raise UserInputError(msg, hint="check the path to your .h5ad file")
+    path = require_file(path, what="query file", hint="pass the path to your .h5ad file")
     try:
         return ad.read_h5ad(path)
     except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for broken files
@@ -120,6 +123,11 @@ def validate_query(
         )
     batches = _batch_names(adata, batch_key, batch_prefix)
     counts, source = get_counts(adata, layer)
+    if counts.nnz == 0:
+        msg = f"{source} holds no counts at all: every one of the {adata.n_obs} cells is empty"
+        raise QueryDataError(
+            msg, hint="check that the counts were saved (another layer? --layer) and that cells were not emptied"
+        )
     return batches, counts, source
 
 
@@ -164,7 +172,22 @@ def prepare_query(
             LowGeneOverlapWarning,
             stacklevel=2,
         )
-    return PreparedQuery(_align(counts, positions, overlap.n_reference), batches, adata.obs_names, overlap, source)
+    aligned = _align(counts, positions, overlap.n_reference)
+    empty = np.asarray(aligned.sum(axis=1)).ravel() == 0
+    if empty.all():
+        msg = (
+            f"none of the {adata.n_obs} cells has a count in the reference's {overlap.n_present} genes "
+            "present in the query, so nothing can be mapped"
+        )
+        raise GeneOverlapError(msg)
+    if empty.any():
+        warnings.warn(
+            f"{int(empty.sum())} of {adata.n_obs} cells have no counts in the reference's genes; they carry no "
+            "information, so they are called Unknown (filter them first with sc.pp.filter_cells(adata, min_counts=1))",
+            EmptyCellsWarning,
+            stacklevel=2,
+        )
+    return PreparedQuery(aligned, batches, adata.obs_names, overlap, source, empty)
 
 
 def match_genes(adata: AnnData, reference_genes: pd.DataFrame) -> tuple[GeneOverlap, np.ndarray]:

@@ -11,6 +11,12 @@ Two kinds of release, each one ledger entry (see :mod:`fedarches.client.ledger`)
   the masked vector and learns only the sum over labs.
 
 Both are built from the ledger's stored payload, so a retried release re-sends the same values.
+
+A mapping reply also carries the ledger's newest entry after the release (``ledger-seq`` and
+``ledger-head``), which the coordinator keeps as an anchor outside the lab (see
+:mod:`fedarches.client.ledger`). A preview records nothing: it shows the ledger's current newest
+entry (seq 0 and :data:`~fedarches.client.ledger.GENESIS_HASH` before the first release), where a
+round would send the entry it records.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from fedarches.client.lab import LabDir
-from fedarches.client.ledger import Ledger, Release, ReleaseContext
+from fedarches.client.ledger import GENESIS_HASH, Ledger, Release, ReleaseContext, open_lab_ledger
 from fedarches.shared import dp
 from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.adapters import Adapter
@@ -45,7 +51,9 @@ class MapRelease:
 
     adapter: Adapter | None
     label_statistics: LabelStatistics | None
-    entry_seq: int
+    entry_seq: int  # the entry this release wrote (or, retried, had written); 0 in a preview
+    ledger_seq: int  # the ledger's newest entry after the release: the anchor the reply carries
+    ledger_head: str  # that entry's hash (64 hex digits)
 
 
 @dataclass(frozen=True)
@@ -53,19 +61,24 @@ class Releaser:
     """Makes a lab's releases for one round: policy applied, budget checked, ledger written."""
 
     policy: PrivacyPolicy
-    ledger: Ledger | None  # None: a preview, which releases nothing and records nothing
+    ledger: Ledger | None  # read only in a preview; None in a preview before the first release
     context: ReleaseContext
+    preview: bool = False  # a preview releases nothing and records nothing
 
     @classmethod
     def for_lab(cls, lab: LabDir, *, run_id: int | str, round_id: str, preview: bool = False) -> Releaser:
-        return cls(
-            PrivacyPolicy.load(lab.root),
-            None if preview else Ledger.for_lab(lab.root),
-            ReleaseContext(lab=lab.name, coordinator=lab.superlink, run_id=str(run_id), round_id=round_id),
-        )
+        """The lab's policy and ledger, both checked now (before any long work); a preview never creates a ledger."""
+        policy = PrivacyPolicy.load(lab.root)
+        ledger = open_lab_ledger(lab.root) if preview else Ledger.for_lab(lab.root)
+        context = ReleaseContext(lab=lab.name, coordinator=lab.superlink, run_id=str(run_id), round_id=round_id)
+        return cls(policy, ledger, context, preview=preview)
+
+    def head(self) -> tuple[int, str]:
+        """The ledger's newest entry, ``(seq, hash)``: what a mapping reply carries as its anchor."""
+        return (0, GENESIS_HASH) if self.ledger is None else self.ledger.head()
 
     def _release(self, kind: str, make: Callable[[], Release], expected: dp.PrivacySpend) -> tuple[bytes, int]:
-        if self.ledger is None:
+        if self.preview or self.ledger is None:
             return make().payload, 0
         payload, entry = self.ledger.release(self.context, kind, make, budget=self.budget, expected_spend=expected)
         return payload, entry.seq
@@ -109,7 +122,8 @@ class Releaser:
         data = json.loads(payload)
         adapter_out = Adapter.from_bytes(base64.b64decode(data["adapter"])) if data["adapter"] else None
         stats = LabelStatistics.from_dict(data["label_statistics"]) if data["label_statistics"] else None
-        return MapRelease(adapter_out, stats, seq)
+        head_seq, head = self.head()
+        return MapRelease(adapter_out, stats, seq, head_seq, head)
 
     def secure_sum_counts(self, counts: LabelCounts, categories: list[str]) -> tuple[np.ndarray, int]:
         """The (noised) count vector this lab adds to a secure sum, in the coordinator's type order."""

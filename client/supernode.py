@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +20,7 @@ import tomli_w
 
 from fedarches.client.lab import LabDir
 from fedarches.shared._io import atomic_write_bytes
-from fedarches.shared._process import (
-    SUPERNODE_PID_FILE,
-    free_port,
-    on_stop_signals,
-    own_executable,
-    signal_group,
-    with_own_bin_on_path,
-)
+from fedarches.shared._process import SUPERNODE_PID_FILE, free_port, own_executable, owning, with_own_bin_on_path
 from fedarches.shared.errors import FederationError
 
 _EXIT_CODE = re.compile(r"Exit Code: (\d+)")
@@ -92,10 +83,12 @@ def supernode_command(settings: JoinSettings, node_config_path: Path) -> list[st
 
 
 def run_supernode(settings: JoinSettings) -> int:
-    """Run the SuperNode in the foreground until it exits or we are stopped; return its exit code.
+    """Run the SuperNode in the foreground until it exits; return its exit code.
 
-    Its output is passed through to our stdout. The SuperNode runs in its own process group, which
-    is taken down as a whole at the end: flower-supernode 1.41 can exit and leave its SuperExec
+    Its output is passed through to our stdout. The SuperNode runs in its own process group (the
+    pid file names it). However this ends (the SuperNode exits, or a stop signal turned into an
+    exception by the caller), the SuperNode and every process it started (its SuperExec, a running
+    ClientApp) are stopped before it returns: flower-supernode 1.41 can exit and leave its SuperExec
     child retrying forever.
     """
     config_path = settings.lab.root / "node-config.toml"
@@ -118,17 +111,12 @@ def run_supernode(settings: JoinSettings) -> int:
     seen: list[int] = []
     relay = threading.Thread(target=_relay_output, args=(process, seen), daemon=True)
     relay.start()
-    stopping = on_stop_signals(lambda: signal_group(process.pid, signal.SIGTERM))
     try:
-        process.wait()
+        with owning(process):
+            process.wait()
     finally:
-        signal_group(process.pid, signal.SIGTERM)
-        time.sleep(0.5)
-        signal_group(process.pid, signal.SIGKILL)
         relay.join(timeout=5)
         pid_file.unlink(missing_ok=True)
-    if stopping["requested"]:
-        return 0
     for code in seen:
         if code in _EXIT_HELP:
             message, hint = _EXIT_HELP[code]

@@ -8,11 +8,19 @@ inside a SecAgg+ secure sum with differential-privacy noise, every release in th
 prints where the annotated files, the updated atlas and the report are, and how each lab's
 predictions compare with the ground truth shipped in its file (which never left the lab).
 
-    python scripts/demo.py [OUT_DIR]     (make demo: OUT_DIR = demo-output)
+SIGTERM, SIGINT or SIGHUP (a time limit, Ctrl-C, a closed terminal) stops every process the demo
+started, the SuperLink, SuperNodes, SuperExecs and running ClientApps included, prints one line and
+exits with 128 + the signal. So does the death of the process named by ``FEDARCHES_PARENT_PID``
+(``make demo`` names make) or, without it, of the demo's parent, even by SIGKILL.
+
+    python scripts/demo.py [OUT_DIR] [--reference-epochs N] [--max-epochs N]
+    (make demo: OUT_DIR = demo-output; `make demo DEMO_ARGS="--reference-epochs 5"` for a quick run)
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +31,7 @@ import anndata as ad
 from sklearn.metrics import accuracy_score, f1_score
 
 from fedarches.server.loopback import LoopbackFederation
-from fedarches.shared._process import own_executable
+from fedarches.shared._process import StopSignals, own_executable, parent_from_env
 from fedarches.shared.policy import PrivacyPolicy
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "demo"
@@ -34,12 +42,14 @@ def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def main(out: Path) -> None:
+def main(out: Path, reference_epochs: int | None = None, max_epochs: int | None = None) -> None:
     if out.exists():
         shutil.rmtree(out)
     start = time.monotonic()
     step(f"coordinator: `fedarches-server init --dir {out}/coordinator` (CA, SuperLink certificate, signing key)")
-    with LoopbackFederation(out, threads=1) as fed:
+    n = reference_epochs
+    epochs = [] if n is None else ["--max-epochs", str(n), "--scanvi-max-epochs", str(n)]
+    with LoopbackFederation(out, threads=1, label="demo") as fed:
         coord = fed.coord
         bundle = out / "reference-bundle"
         step("coordinator: build and sign the reference bundle (scVI -> scANVI on the demo reference)")
@@ -47,7 +57,7 @@ def main(out: Path) -> None:
             [
                 own_executable("fedarches-server"), "build-reference", str(DATA / "reference.h5ad"),
                 "--batch-key", "batch", "--labels-key", "cell_type", "--signing-key", str(coord.signing_key),
-                "--out", str(bundle), "--quiet",
+                "--out", str(bundle), "--quiet", *epochs,
             ],
             check=True,
         )  # fmt: skip
@@ -56,14 +66,19 @@ def main(out: Path) -> None:
         for lab in LABS:
             fed.add_lab(lab, DATA / f"{lab}.h5ad")
         step("labs: `fedarches-server add-lab` registered each lab's key; each lab runs `fedarches-client join`")
+        tick = time.monotonic()
+        for lab in LABS:  # the three labs start together, as they would on their own machines
+            fed.join(lab, wait=False)
+        fed.wait_online(list(LABS))
+        print(f"{len(LABS)} SuperNodes online after {time.monotonic() - tick:.1f} s (1 torch thread each)")
         for lab in LABS:
-            seconds = fed.join(lab)
-            print(f"{lab}: SuperNode online after {seconds:.1f} s (1 torch thread; data stays in {DATA / lab}.h5ad)")
+            print(f"{lab}: data stays in {DATA / lab}.h5ad")
         step("labs: privacy policy in force (no LAB_DIR/policy.toml, so the defaults; `fedarches-client policy show`)")
         for what, how in PrivacyPolicy.load(fed.labs[LABS[0]].export_dir).summary().items():
             print(f"  {what}: {how}")
         step("coordinator: `fedarches-server run-round` (Flower run; labs map locally, adapters come back)")
-        report = fed.run_round(bundle, "--min-labs", "3", echo=True)
+        surgery = [] if max_epochs is None else ["--max-epochs", str(max_epochs)]
+        report = fed.run_round(bundle, "--min-labs", "3", *surgery, echo=True)
     leftover = fed.running_groups()
     step("all processes stopped" if not leftover else f"process groups still running: {leftover}")
     summarize(out, report, time.monotonic() - start)
@@ -119,4 +134,11 @@ def show_privacy(out: Path, report: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "demo-output"))
+    parser = argparse.ArgumentParser(description="fedarches demo: a coordinator and three labs on loopback")
+    parser.add_argument("out", nargs="?", default="demo-output", type=Path, help="output directory (replaced)")
+    parser.add_argument("--reference-epochs", type=int, help="scVI and scANVI epochs of the reference (quick runs)")
+    parser.add_argument("--max-epochs", type=int, help="surgery epochs at each lab (default: automatic)")
+    args = parser.parse_args()
+    parent = parent_from_env() or (os.getppid() if os.getppid() > 1 else None)
+    with StopSignals("demo", parent_pid=parent, adopt=True):
+        main(args.out, args.reference_epochs, args.max_epochs)

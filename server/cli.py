@@ -74,6 +74,7 @@ def build_reference_command(
         from fedarches.shared.bundle import ReferenceBundle, write_bundle
         from fedarches.shared.crypto import load_private_key
 
+        _check_bundle_out(out, [reference, signing_key], overwrite=overwrite)  # before minutes of training
         key = load_private_key(signing_key)
         adata = read_query(reference)
         options = ReferenceOptions(
@@ -117,6 +118,7 @@ def import_reference_command(
         from fedarches.shared.bundle import ReferenceBundle, write_bundle
         from fedarches.shared.crypto import load_private_key
 
+        _check_bundle_out(out, [model_dir, signing_key, reference_data], overwrite=overwrite)
         key = load_private_key(signing_key)
         adata = read_query(reference_data) if reference_data is not None else None
         contents = import_reference(model_dir, reference_adata=adata, gene_symbols_key=gene_symbols_key)
@@ -124,6 +126,21 @@ def import_reference_command(
             log.warning("no reference data given: the bundle has no reference embedding, so labs get no X_ref_umap")
         write_bundle(out, contents, key, overwrite=overwrite)
         _report(ReferenceBundle.open(out, key.public_key()))
+
+
+def _check_bundle_out(out: Path, inputs: list[Path | None], *, overwrite: bool) -> None:
+    """Refuse a bundle ``--out`` that exists (unless ``--overwrite`` and it is a bundle), or would replace an input."""
+    from fedarches.shared._constants import BUNDLE_KEYS
+    from fedarches.shared.errors import OutputPathError
+    from fedarches.shared.paths import check_outputs
+
+    check_outputs(inputs, directories={"--out": out})
+    if out.exists() and not overwrite:
+        msg = f"--out {out} already exists"
+        raise OutputPathError(msg, hint="choose another --out directory, or pass --overwrite to replace a bundle")
+    if out.is_dir() and any(out.iterdir()) and not (out / BUNDLE_KEYS.MANIFEST).is_file():
+        msg = f"--out {out} is a directory with files in it, but not a bundle: --overwrite would delete them"
+        raise OutputPathError(msg, hint="choose a new --out directory; --overwrite only replaces an earlier bundle")
 
 
 def _report(bundle: object) -> None:
@@ -212,6 +229,7 @@ def serve(directory: CoordDir, quiet: Quiet = False, debug: Debug = False) -> No
     with handle_errors(debug=debug):
         from fedarches.server.coordinator import CoordinatorDir
         from fedarches.server.service import serve as run_service
+        from fedarches.shared._process import StopSignals, parent_from_env
 
         coord = CoordinatorDir.open(directory)
 
@@ -221,7 +239,9 @@ def serve(directory: CoordDir, quiet: Quiet = False, debug: Debug = False) -> No
                 f"log: {coord.logs_dir / 'superlink.log'}; Ctrl-C stops it"
             )
 
-        code = run_service(coord, on_ready=ready)
+        # SIGTERM, SIGINT, SIGHUP: stop the SuperLink, its SuperExec and any ServerApp; exit 128 + signal
+        with StopSignals("fedarches-server serve", parent_pid=parent_from_env(), adopt=True, echo=_line):
+            code = run_service(coord, on_ready=ready)
         console.print("SuperLink stopped")
         raise typer.Exit(code)
 
@@ -242,36 +262,48 @@ def run_round_command(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Run one mapping round through Flower (`flwr run`): labs map locally; adapters merge into a new atlas."""
+    """Run one mapping round through Flower (`flwr run`): labs map locally; adapters merge into a new atlas.
+
+    SIGTERM, SIGINT (Ctrl-C) or SIGHUP cancels the round at the SuperLink and exits with 128 + signal.
+    """
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
         from fedarches.server.coordinator import CoordinatorDir
-        from fedarches.server.service import follow_round, start_round
+        from fedarches.server.service import SubmittedRound, cancel_round, follow_round, start_round
+        from fedarches.shared._process import StopSignals, parent_from_env
         from fedarches.shared.errors import FederationError
 
         coord = CoordinatorDir.open(directory)
-        submitted = start_round(
-            coord,
-            bundle,
-            min_labs=min_labs,
-            timeout=timeout,
-            wait_for_labs=wait_for_labs,
-            max_epochs=max_epochs,
-            seed=seed,
+        submitted: SubmittedRound | None = None
+
+        def cancel() -> str:
+            return "no round had been submitted" if submitted is None else cancel_round(coord, submitted)
+
+        stop = StopSignals(
+            "fedarches-server run-round", on_stop=cancel, parent_pid=parent_from_env(), adopt=True, echo=_line
         )
-        console.print(f"round {submitted.round_id} submitted as Flower run {submitted.run_id}")
-        echo = None if quiet else (lambda line: console.print(f"  [dim]{line}[/dim]", highlight=False))
-        try:
+        with stop:
+            with stop.deferred():  # a signal while `flwr run` submits takes effect once the run id is known
+                submitted = start_round(
+                    coord,
+                    bundle,
+                    min_labs=min_labs,
+                    timeout=timeout,
+                    wait_for_labs=wait_for_labs,
+                    max_epochs=max_epochs,
+                    seed=seed,
+                )
+            console.print(f"round {submitted.round_id} submitted as Flower run {submitted.run_id}")
+            echo = None if quiet else (lambda line: console.print(f"  [dim]{line}[/dim]", highlight=False))
             report = follow_round(coord, submitted, echo=echo)
-        except KeyboardInterrupt:
-            console.print(
-                f"stopped following; the round goes on at the SuperLink (report in {submitted.round_dir}). "
-                f"To cancel it: FLWR_HOME={coord.flwr_home} flwr stop {submitted.run_id}"
-            )
-            raise typer.Exit(130) from None
         print_round_summary(report, submitted.round_dir)
         if report["status"] != "completed":
             raise FederationError(report["message"], hint=f"see {submitted.round_dir / 'report.html'}")
+
+
+def _line(text: str) -> None:
+    """One line on stderr, printed as is."""
+    console.print(text, highlight=False, markup=False)
 
 
 def print_round_summary(report: dict, round_dir: Path) -> None:
@@ -279,8 +311,8 @@ def print_round_summary(report: dict, round_dir: Path) -> None:
     from rich.table import Table
 
     table = Table(title=f"round {report['round_id']}: {report['status']}")
-    for column in ("lab", "status", "bytes to lab", "bytes from lab", "epochs", "reason"):
-        table.add_column(column, justify="right" if "bytes" in column or column == "epochs" else "left")
+    for column in ("lab", "status", "bytes to lab", "bytes from lab", "epochs", "ledger entry", "reason"):
+        table.add_column(column, justify="left" if column in ("lab", "status", "reason") else "right")
     for lab in report["labs"]:
         table.add_row(
             lab["name"],
@@ -288,6 +320,7 @@ def print_round_summary(report: dict, round_dir: Path) -> None:
             str(lab["bytes_to_lab"]),
             str(lab["bytes_from_lab"]),
             "" if lab["n_epochs"] is None else str(lab["n_epochs"]),
+            "" if lab.get("ledger_seq") is None else f"{lab['ledger_seq']} ({str(lab.get('ledger_head'))[:12]})",
             lab["reason"],
         )
     console.print(table)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import tomli_w
 
 from fedarches.shared import crypto, pki
-from fedarches.shared._io import atomic_write_bytes
+from fedarches.shared._io import atomic_write_bytes, read_toml
 from fedarches.shared.errors import ConfigError, UserInputError
 
 CONFIG_NAME = "coordinator.toml"
@@ -51,6 +50,9 @@ DEFAULT_ROUND = {
 }
 
 
+_LAB_HINT = "restore the lab's lab.toml, or register the lab again with `fedarches-server add-lab NAME --overwrite`"
+
+
 @dataclass(frozen=True)
 class CoordinatorDir:
     """Paths and settings of a coordinator directory created by :func:`init_coordinator`."""
@@ -64,6 +66,15 @@ class CoordinatorDir:
         if not coord.config_path.is_file():
             msg = f"{coord.root} is not a coordinator directory (no {CONFIG_NAME})"
             raise ConfigError(msg, hint=f"create it with `fedarches-server init --dir {root}`")
+        superlink = coord.config.get("superlink")
+        host, port, address = (
+            (superlink.get(k) for k in ("host", "port", "public-address"))
+            if isinstance(superlink, dict)
+            else (None, None, None)
+        )
+        if not (isinstance(host, str) and isinstance(address, str) and isinstance(port, int) and 0 < port < 65536):
+            msg = f"{coord.config_path} lacks a valid [superlink] table (host, port, public-address)"
+            raise ConfigError(msg, hint="restore it, or create the directory again with `fedarches-server init`")
         return coord
 
     @property
@@ -72,7 +83,7 @@ class CoordinatorDir:
 
     @property
     def config(self) -> dict[str, Any]:
-        return tomllib.loads(self.config_path.read_text())
+        return read_toml(self.config_path, hint=f"restore {CONFIG_NAME}, or run `fedarches-server init` again")
 
     @property
     def host(self) -> str:
@@ -149,7 +160,7 @@ class CoordinatorDir:
         """Registered labs by name, each with its ``lab.toml`` settings."""
         labs = {}
         for path in sorted(self.labs_dir.glob(f"*/{LAB_CONFIG_NAME}")):
-            labs[path.parent.name] = tomllib.loads(path.read_text())
+            labs[path.parent.name] = read_toml(path, hint=_LAB_HINT)
         return labs
 
     def lab(self, name: str) -> dict[str, Any]:
@@ -157,7 +168,7 @@ class CoordinatorDir:
         if not path.is_file():
             msg = f"no lab named {name!r} in {self.root}; labs are {sorted(self.labs())}"
             raise ConfigError(msg, hint=f"add it with `fedarches-server add-lab {name} --dir {self.root}`")
-        return tomllib.loads(path.read_text())
+        return read_toml(path, hint=_LAB_HINT)
 
     def update_lab(self, name: str, **values: Any) -> None:
         record = {**self.lab(name), **values}

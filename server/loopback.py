@@ -4,7 +4,14 @@ Used by the demo, the end-to-end tests and the benchmarks. Every process is star
 same command lines a maintainer and a lab would type (``fedarches-server serve``,
 ``fedarches-client join``, ``fedarches-server run-round``), with TLS and node authentication on.
 Each runs in its own process group, so :meth:`LoopbackFederation.kill_lab` takes a lab's SuperNode
-and its ClientApp down at once, and :meth:`LoopbackFederation.stop` leaves no process behind.
+and its ClientApp down at once, and :meth:`LoopbackFederation.stop` leaves no process behind: it
+stops each command's whole tree (SuperLink, SuperExec, ServerApp, SuperNodes, ClientApps), even the
+parts that left their parent's group or session (:func:`fedarches.shared._process.stop_processes`).
+
+Used as a context manager (``with LoopbackFederation(...) as fed``) in the main thread, it also
+answers SIGTERM, SIGINT and SIGHUP by stopping everything, printing one line and exiting with
+128 + the signal. Every command it starts gets ``FEDARCHES_PARENT_PID``: if this process dies
+without a chance to clean up (SIGKILL), each command notices and stops its own processes.
 """
 
 from __future__ import annotations
@@ -21,10 +28,25 @@ from typing import IO, Any
 
 from fedarches.server import superlink
 from fedarches.server.coordinator import CoordinatorDir, init_coordinator
-from fedarches.shared._process import SUPERNODE_PID_FILE, free_port, own_executable, signal_group
+from fedarches.shared._process import (
+    PARENT_PID_ENV,
+    SUPERNODE_PID_FILE,
+    ProcessInfo,
+    StopSignals,
+    command_name,
+    free_port,
+    leftover_group,
+    own_executable,
+    process_tree,
+    read_process,
+    signal_group,
+    stop_processes,
+)
 from fedarches.shared.errors import FederationError
 
 ONLINE_TIMEOUT_S = 60.0
+COMMAND_GRACE_S = 30.0  # a running `run-round` cancels its round (a `flwr stop`) before it exits
+STOP_GRACE_S = 25.0  # `serve` and `join` stop their own trees (SIGKILL after 10-20 s) before they exit
 
 
 @dataclass
@@ -48,10 +70,14 @@ class LoopbackFederation:
     workdir: Path
     threads: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    label: str = "loopback federation"  # names it in the line printed when a signal stops it
     coord: CoordinatorDir = field(init=False)
     labs: dict[str, LabProcess] = field(default_factory=dict, init=False)
     _serve: subprocess.Popen[Any] | None = field(default=None, init=False)
+    _commands: list[subprocess.Popen[Any]] = field(default_factory=list, init=False)  # add-lab, run-round, ...
     _logs: list[IO[str]] = field(default_factory=list, init=False)
+    _signals: StopSignals | None = field(default=None, init=False)
+    _spawned: dict[int, ProcessInfo | None] = field(default_factory=dict, init=False)  # pid: as started
     startup_s: dict[str, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -65,10 +91,19 @@ class LoopbackFederation:
             self.coord = init_coordinator(coord_dir, port=port)
 
     def __enter__(self) -> LoopbackFederation:
+        self._signals = StopSignals(self.label, roots=self._root_pids, grace_s=STOP_GRACE_S)
+        self._signals.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, *exc: Any) -> None:
+        signals, self._signals = self._signals, None
+        if signals is not None:
+            signals.hold()  # a signal now only makes the exit code 128 + signal: stopping goes on
+        try:
+            self.stop()
+        finally:
+            if signals is not None:
+                signals.__exit__(*exc)
 
     # --- coordinator -------------------------------------------------------------------------
     def start_coordinator(self) -> float:
@@ -153,6 +188,16 @@ class LoopbackFederation:
         }
         return report
 
+    def start_round(self, bundle: Path, *extra: str) -> subprocess.Popen[Any]:
+        """Start ``fedarches-server run-round`` in the background (output in ``logs/run-round.log``).
+
+        :meth:`stop` stops it first, so that it cancels its round while the SuperLink is up.
+        """
+        command = ["fedarches-server", "run-round", "--dir", str(self.coord.root), "--bundle", str(bundle), *extra]
+        process = self._spawn(command, "run-round")
+        self._commands.append(process)
+        return process
+
     # --- processes ---------------------------------------------------------------------------
     def kill_lab(self, name: str) -> None:
         """SIGKILL a lab: its ``join``, its SuperNode's process group and any running ClientApp."""
@@ -162,26 +207,40 @@ class LoopbackFederation:
             signal_group(lab.process.pid, signal.SIGKILL)
             lab.process.wait()
 
-    def stop(self) -> None:
-        """Stop every lab, then the coordinator; kill whatever does not stop within 20 s."""
-        processes = [lab.process for lab in self.labs.values() if lab.process is not None]
+    def stop(self) -> list[ProcessInfo]:
+        """Stop every process started here, and all they started; return those that were running.
+
+        Commands still running go first (``run-round`` cancels its round while the SuperLink is
+        up), then the labs and the coordinator together, each of which stops its own processes;
+        whatever outlives that gets SIGTERM, then SIGKILL.
+        """
+        stopped = stop_processes(_live(self._commands), grace_s=COMMAND_GRACE_S)
+        spawned = [lab.process for lab in self.labs.values() if lab.process is not None]
         if self._serve is not None:
-            processes.append(self._serve)
-        for process in processes:
-            if process.poll() is None:
-                signal_group(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for process in processes:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            signal_group(process.pid, signal.SIGKILL)  # children that outlived their parent
-        for lab in self.labs.values():
-            _signal_supernode(lab, signal.SIGKILL)
+            spawned.append(self._serve)
+        live = _live(spawned)  # the others are reaped: only their sessions may live on
+        groups = [g for p in spawned if p.pid not in live for g in leftover_group(self._spawned.get(p.pid))]
+        groups += [pid for lab in self.labs.values() if (pid := _supernode_group(lab)) is not None]
+        stopped += stop_processes(live, groups=groups, grace_s=STOP_GRACE_S)
+        for process in [*self._commands, *spawned]:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+        self._commands.clear()
         for fh in self._logs:
             fh.close()
         self._logs.clear()
+        return stopped
+
+    def processes(self) -> list[ProcessInfo]:
+        """Every live process started here, directly or not (by parent, process group or session)."""
+        spawned = [lab.process for lab in self.labs.values() if lab.process is not None]
+        roots = _live([*spawned, self._serve, *self._commands])
+        roots += [pid for lab in self.labs.values() if (pid := _supernode_group(lab)) is not None]
+        return process_tree(roots)
+
+    def _root_pids(self) -> list[int]:
+        spawned = [lab.process for lab in self.labs.values() if lab.process is not None]
+        return _live([*self._commands, *spawned, self._serve])
 
     def running_groups(self) -> list[int]:
         """Process groups started here that still have a live process (empty after :meth:`stop`)."""
@@ -203,26 +262,33 @@ class LoopbackFederation:
         return alive
 
     def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen[Any]:
+        """Start a long-running command in a session of its own, its output in ``logs/LOG_NAME.log``."""
         log_path = self.workdir / "logs" / f"{log_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(log_path, "a", encoding="utf-8")
         self._logs.append(fh)
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [own_executable(command[0]), *command[1:]],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=self._env(),
             start_new_session=True,
         )
+        self._spawned[process.pid] = read_process(process.pid)
+        return process
 
     def _cli(self, command: list[str], *, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [own_executable(command[0]), *command[1:]],
-            env=self._env(),
-            capture_output=capture,
-            text=True,
-            check=False,
+        """Run a command to its end. Unlike ``subprocess.run``, an exception here (a stop signal) does not
+        SIGKILL it: it stays among the running commands, and :meth:`stop` gives it SIGTERM (``run-round``
+        then cancels its round)."""
+        pipe = subprocess.PIPE if capture else None
+        process = subprocess.Popen(
+            [own_executable(command[0]), *command[1:]], env=self._env(), stdout=pipe, stderr=pipe, text=True
         )
+        self._commands.append(process)
+        stdout, stderr = process.communicate()
+        self._commands.remove(process)
+        done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         if check and done.returncode != 0:
             msg = f"`{' '.join(command)}` exited with {done.returncode}:\n{done.stdout}\n{done.stderr}"
             raise FederationError(msg)
@@ -230,10 +296,29 @@ class LoopbackFederation:
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "OMP_NUM_THREADS": str(self.threads), **self.env}
+        env[PARENT_PID_ENV] = str(os.getpid())  # each command stops its processes if this one dies
         return superlink.with_own_bin_on_path(env)
 
 
 def _signal_supernode(lab: LabProcess, sig: int) -> None:
     """Signal the SuperNode process group that ``join`` recorded in its pid file."""
+    pgid = _supernode_group(lab)
+    if pgid is not None:
+        signal_group(pgid, sig)
+
+
+def _supernode_group(lab: LabProcess) -> int | None:
+    """The process group in the lab's SuperNode pid file, if a process of it still runs a SuperNode."""
     with contextlib.suppress(OSError, ValueError):
-        signal_group(int((lab.export_dir / SUPERNODE_PID_FILE).read_text()), sig)
+        pgid = int((lab.export_dir / SUPERNODE_PID_FILE).read_text())
+        info = read_process(pgid)
+        if info is None:  # no /proc, or the leader is gone: the group may live on
+            return pgid
+        if info.pgid == pgid and command_name(pgid) == "flower-supernode":
+            return pgid
+    return None
+
+
+def _live(processes: list[subprocess.Popen[Any] | None]) -> list[int]:
+    """The pids of those not yet reaped (a reaped pid may belong to someone else by now)."""
+    return [p.pid for p in processes if p is not None and p.poll() is None]

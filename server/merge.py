@@ -21,6 +21,7 @@ from fedarches.shared import crypto
 from fedarches.shared.adapters import Adapter, apply_adapters
 from fedarches.shared.bundle import BundleContents, ReferenceBundle, write_bundle
 from fedarches.shared.errors import AdapterError
+from fedarches.shared.weights import load_model_dict
 
 
 def merge_adapters(
@@ -50,7 +51,7 @@ def merge_adapters(
         seen.update(adapter.batch_categories)
         new_batches.extend(adapter.batch_categories)
 
-    saved: dict[str, Any] = torch.load(io.BytesIO(bundle.model_bytes()), map_location="cpu", weights_only=False)
+    saved: dict[str, Any] = load_model_dict(bundle.model_bytes(), source=f"the model of bundle {bundle.bundle_id}")
     reference_state = bundle.reference_state()
     merged = apply_adapters(reference_state, [a for _, a in adapters])
     saved["model_state_dict"] = {

@@ -21,6 +21,7 @@ from fedarches.shared.bundle import BundleContents
 from fedarches.shared.counts import get_counts
 from fedarches.shared.errors import UserInputError
 from fedarches.shared.quality import DISTANCE_PERCENTILE, ReferenceSummary, fit_reference_summary
+from fedarches.shared.weights import load_model_dict, model_dict_bytes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -32,6 +33,10 @@ MIN_TEMPERATURE_CELLS = 20
 # Attributes of a saved scvi-tools model that describe the reference's own cells, not the model
 # (``labels_`` is SCANVI's per-cell label array; it is rebuilt from the query on load).
 PRIVATE_ATTRS = ("train_indices_", "validation_indices_", "test_indices_", "labels_")
+_UNSAFE_MODEL_HINT = (
+    "import only a directory written by scvi-tools' model.save() (SCANVI or SCVI); this model.pt was altered or "
+    "made otherwise, and fedarches never unpickles anything but tensors, arrays and plain values"
+)
 _SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "feature_name", "gene_name", "symbol")
 
 
@@ -182,14 +187,13 @@ def import_reference(
     labs get predictions and latents but no ``X_ref_umap``.
     """
     import scvi
-    import torch
 
     options = options or ReferenceOptions()
     model_file = Path(model_dir) / "model.pt"
     if not model_file.is_file():
         msg = f"{model_dir} has no model.pt: not a directory written by scvi-tools' model.save()"
         raise UserInputError(msg, hint="pass the directory you gave to model.save(...)")
-    saved = torch.load(model_file, map_location="cpu", weights_only=False)
+    saved = load_model_dict(model_file.read_bytes(), source=str(model_file), hint=_UNSAFE_MODEL_HINT)
     registry = saved["attr_dict"]["registry_"]
     class_name = registry.get("model_name")
     if class_name not in ("SCANVI", "SCVI"):
@@ -205,7 +209,9 @@ def import_reference(
         return _contents(saved, class_name, symbols=None, embedding=None)
     adata = adata[:, list(saved["var_names"])].copy()
     symbols = _gene_symbols(adata, gene_symbols_key)
-    model = model_cls.load(str(model_dir), adata=adata)
+    with tempfile.TemporaryDirectory() as safe_dir:  # scvi-tools unpickles model.pt unrestricted: give it a safe copy
+        (Path(safe_dir) / "model.pt").write_bytes(model_dict_bytes(saved))
+        model = model_cls.load(safe_dir, adata=adata)
     scvi.settings.seed = options.seed
     return _contents_from_model(model, adata, symbols=symbols, options=options)
 
@@ -215,9 +221,8 @@ def _contents_from_model(
 ) -> BundleContents:
     with tempfile.TemporaryDirectory() as tmp:
         model.save(tmp, overwrite=True, save_anndata=False)
-        import torch
 
-        saved = torch.load(Path(tmp) / "model.pt", map_location="cpu", weights_only=False)
+        saved = load_model_dict((Path(tmp) / "model.pt").read_bytes(), source="the model scvi-tools just saved")
     embedding = _reference_embedding(model, adata, options)
     contents = _contents(saved, type(model).__name__, symbols=symbols, embedding=embedding)
     if type(model).__name__ != "SCANVI":  # no classifier: labels come from kNN, no summary (raw scores only)

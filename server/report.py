@@ -4,6 +4,10 @@ Composition is shown exactly as the labs sent it: released counts only, and supp
 "suppressed" (their value never reached the coordinator, so they cannot be shown or summed).
 Labs whose policy releases composition only inside a secure sum appear in the consortium total
 (SecAgg+), which is itself suppressed below k before it is shown.
+
+Each lab's reply names its newest release-ledger entry (``ledger_seq``, ``ledger_head``); the
+report keeps them per lab as anchors outside the lab, which ``fedarches-client ledger --report``
+checks the lab's ledger against.
 """
 
 from __future__ import annotations
@@ -199,6 +203,7 @@ def render_html(data: dict[str, Any], plot_path: Path) -> str:
             f"<td class=n>{'' if adapter is None else _bytes(adapter['bytes'])}</td>"
             f"<td class=n>{'' if lab['n_epochs'] is None else lab['n_epochs']}</td>"
             f"<td class=n>{_seconds(lab['reply_s'])}</td>"
+            f"<td class=n>{_ledger_seq(lab)}</td>"
             "</tr>"
         )
     stats_blocks = []
@@ -244,9 +249,11 @@ reference bundle <code>{esc(data["bundle"]["bundle_id"])}</code> ({esc(data["bun
 started {esc(data["started"])}, finished {esc(data["finished"])}; {phases}</p>
 <h2>Labs</h2>
 <table><tr><th>lab</th><th>status</th><th>reason</th><th>composition</th><th>bundle sent</th><th>bytes to lab</th>
-<th>bytes from lab</th><th>adapter</th><th>epochs</th><th>reply after</th></tr>
+<th>bytes from lab</th><th>adapter</th><th>epochs</th><th>reply after</th><th>ledger entry</th></tr>
 {"".join(rows)}</table>
 <p>Dropped: {esc(", ".join(data["dropped"]) or "none")}. Rejected: {esc(", ".join(data["rejected"]) or "none")}.</p>
+<h2>Ledger anchors</h2>
+{_anchors_html(data["labs"])}
 <h2>Predicted composition</h2>
 <p>As the labs sent it: counts below k={data["settings"]["min_count"]} were suppressed at the lab
 and never reached the coordinator.</p>
@@ -257,6 +264,36 @@ and never reached the coordinator.</p>
 {"".join(stats_blocks) or "<p>none</p>"}
 </body></html>
 """
+
+
+def ledger_anchor(lab: dict[str, Any]) -> tuple[int, str] | None:
+    """A lab entry's ledger anchor ``(seq, head)`` from report.json, or None when its reply carried none."""
+    seq, head = lab.get("ledger_seq"), lab.get("ledger_head")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not isinstance(head, str) or not head:
+        return None
+    return seq, head
+
+
+def _ledger_seq(lab: dict[str, Any]) -> str:
+    anchor = ledger_anchor(lab)
+    return "" if anchor is None else str(anchor[0])
+
+
+def _anchors_html(labs: list[dict[str, Any]]) -> str:
+    esc = html.escape
+    rows = [
+        f"<tr><td>{esc(lab['name'])}</td><td class=n>{anchor[0]}</td><td><code>{esc(anchor[1])}</code></td></tr>"
+        for lab in labs
+        if (anchor := ledger_anchor(lab)) is not None
+    ]
+    if not rows:
+        return "<p>No lab's reply named a ledger entry in this round.</p>"
+    return (
+        "<p>Each lab's newest release-ledger entry when it replied, kept here outside the lab. A lab checks that "
+        "its ledger still holds it (no entry deleted or rewritten since) with "
+        "<code>fedarches-client ledger --lab-dir LAB_DIR --report report.json</code>.</p>"
+        "<table><tr><th>lab</th><th>ledger entry</th><th>entry hash (sha256)</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _composition_mode(lab: dict[str, Any]) -> str:

@@ -7,8 +7,10 @@
    lost its copy says so and gets it again).
 3. Collect replies until all arrived, or the round's ``timeout``. A lab whose node goes offline
    gets Flower's ``node unavailable`` error reply and is reported as dropped.
-4. Validate each reply (sender identity, bundle id, adapter shapes, finiteness and size, batch
-   names, label-statistics suppression) and keep the valid ones.
+4. Validate each reply (sender identity, then :func:`fedarches.server.validation.validate_reply`:
+   records and keys, adapter tensors against the ones surgery grows, batch names, label
+   statistics and their privacy claim) and keep the valid ones. A reply that cannot even be
+   decoded is that lab's rejection; nothing a lab sends stops the round for the others.
 5. Secure sum: the accepted labs whose policy releases composition only inside a secure sum
    add up their (noised) label-count vectors with SecAgg+ (:mod:`fedarches.server.secure_sum`);
    the coordinator learns the consortium total, never one lab's counts.
@@ -34,11 +36,12 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from fedarches.server.coordinator import CoordinatorDir
 from fedarches.server.messaging import POLL_S, exchange
 from fedarches.server.secure_sum import SecureSumResult, secure_sum
+from fedarches.server.validation import Accepted, Expected, PlainReply, validate_reply
 from fedarches.shared import protocol
 from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.adapters import Adapter
 from fedarches.shared.bundle import ReferenceBundle
-from fedarches.shared.errors import BundleError, BundleIntegrityError, FedarchesError, FederationError
+from fedarches.shared.errors import BundleError, BundleIntegrityError
 from fedarches.shared.labels import LabelStatistics
 from fedarches.shared.quality import UNKNOWN_LABEL
 
@@ -111,6 +114,8 @@ class LabOutcome:
     label_statistics: LabelStatistics | None = None
     composition: str = ""  # how the lab's policy releases composition: plain | secure-sum | none
     in_secure_sum: bool = False
+    ledger_head: str = ""  # hash of the lab's newest ledger entry, as its reply stated it
+    ledger_seq: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +139,8 @@ class LabOutcome:
             "label_statistics": None if self.label_statistics is None else self.label_statistics.to_dict(),
             "composition": self.composition,
             "in_secure_sum": self.in_secure_sum,
+            "ledger_head": self.ledger_head,
+            "ledger_seq": self.ledger_seq,
         }
 
 
@@ -170,6 +177,10 @@ def run_round(grid: Grid, settings: RoundSettings, context: Context) -> RoundRes
         "round %s: bundle %s, %d registered labs: %s", settings.round_id, bundle.bundle_id, len(labs), ", ".join(labs)
     )
 
+    tick = time.perf_counter()  # what replies are checked against; surgery's shape probe fails before any lab works
+    expected = Expected.for_bundle(bundle, min_count=settings.min_count, max_adapter_bytes=settings.max_adapter_bytes)
+    result.phases["surgery_probe_s"] = time.perf_counter() - tick
+
     tick = time.perf_counter()
     online = _wait_for_nodes(grid, set(by_node), settings.wait_for_labs)
     result.phases["wait_for_labs_s"] = time.perf_counter() - tick
@@ -185,9 +196,8 @@ def run_round(grid: Grid, settings: RoundSettings, context: Context) -> RoundRes
     held = {lab.name: [str(b) for b in coord.lab(lab.name).get("bundles", [])] for lab in participants}
     replies = _train_labs(grid, participants, held, bundle, settings, deadline=time.monotonic() + settings.timeout)
     result.phases["train_s"] = time.perf_counter() - tick
-    reference_shapes = {name: value.shape for name, value in bundle.reference_state().items()}
     for lab in participants:
-        _validate(lab, replies.get(lab.name), bundle, reference_shapes, settings)
+        _validate(lab, replies.get(lab.name), expected, settings)
 
     accepted = [lab for lab in participants if lab.status == "accepted"]
     summing = [lab for lab in accepted if lab.composition == "secure-sum"]
@@ -219,11 +229,15 @@ def run_round(grid: Grid, settings: RoundSettings, context: Context) -> RoundRes
     for lab in accepted:  # it verified and used this bundle: later rounds send only the id
         if bundle.bundle_id not in held[lab.name]:
             coord.update_lab(lab.name, bundles=[*held[lab.name], bundle.bundle_id][-5:])
-    if len(accepted) >= settings.min_labs and accepted:
+    adapters = [(lab.name, lab.adapter) for lab in accepted if lab.adapter is not None]
+    if len(accepted) >= settings.min_labs and accepted and not adapters:
+        result.status = "failed"
+        result.message = f"{len(accepted)} labs accepted, but none released an adapter; no atlas written"
+    elif len(accepted) >= settings.min_labs and accepted:
         tick = time.perf_counter()
         result.atlas = merge_adapters(
             bundle,
-            [(lab.name, lab.adapter) for lab in accepted if lab.adapter is not None],
+            adapters,
             settings.round_dir / "atlas",
             coord.signing_key,
             round_id=settings.round_id,
@@ -340,75 +354,95 @@ def _lacks_bundle(reply: Message | None) -> bool:
         protocol.LAB_ERROR_CODE_BASE + BundleError.exit_code,
         protocol.LAB_ERROR_CODE_BASE + BundleIntegrityError.exit_code,
     }
-    return reply is not None and reply.has_error() and reply.error.code in codes
+    try:
+        return reply is not None and reply.has_error() and reply.error.code in codes
+    except Exception:  # noqa: BLE001 - an unreadable reply is judged (rejected) later, not resent to
+        return False
 
 
 def _log_arrival(lab: LabOutcome, reply: Message, start: float) -> None:
+    """Log a reply as it arrives; never raises (it runs inside the exchange, for every lab)."""
     lab.reply_s = time.monotonic() - start
-    if reply.has_error():
-        log.warning("<- %s: error after %.1f s (%s)", lab.name, lab.reply_s, reply.error.reason)
-    else:
-        log.info("<- %s: reply after %.1f s (%d bytes)", lab.name, lab.reply_s, message_bytes(reply))
+    try:
+        if reply.has_error():
+            log.warning("<- %s: error after %.1f s (%s)", lab.name, lab.reply_s, _peer_text(reply.error.reason))
+        else:
+            log.info("<- %s: reply after %.1f s (%d bytes)", lab.name, lab.reply_s, reply_bytes(reply))
+    except Exception as err:  # noqa: BLE001 - a malformed reply is rejected when validated
+        log.warning("<- %s: unreadable reply after %.1f s (%s)", lab.name, lab.reply_s, type(err).__name__)
 
 
-def _validate(
-    lab: LabOutcome,
-    reply: Message | None,
-    bundle: ReferenceBundle,
-    reference_shapes: dict[str, tuple[int, ...]],
-    settings: RoundSettings,
-) -> None:
-    """Accept or reject one lab's reply, recording why."""
+def _validate(lab: LabOutcome, reply: Message | None, expected: Expected, settings: RoundSettings) -> None:
+    """Accept or reject one lab's reply, recording why. Never raises: a reply that breaks anything is rejected."""
     if reply is None:
         lab.status = "timed-out"
         lab.reason = f"no reply within --timeout {settings.timeout:.0f} s"
         return
-    if reply.has_error():
-        offline = reply.error.code in (ErrorCode.NODE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
-        lab.status = "dropped" if offline else "failed"
-        lab.reason = (
-            "SuperNode went offline during the round" if offline else f"lab reported an error: {reply.error.reason}"
-        )
-        return
-    lab.bytes_from_lab = message_bytes(reply)
-    if reply.metadata.src_node_id != lab.node_id:
-        lab.status, lab.reason = "rejected", f"reply came from node {reply.metadata.src_node_id}, not the lab's"
-        return
     try:
-        content = reply.content
-        info = content.config_records.get(protocol.LAB)
-        if info is None or str(info.get("lab-name")) != lab.name:
-            msg = f"reply names lab {None if info is None else info.get('lab-name')!r}"
-            raise FederationError(msg)
-        composition = str(info.get("composition", "plain"))
-        adapter = None
-        if protocol.ADAPTER in content.array_records:  # a lab's policy may keep its adapter in
-            adapter = protocol.adapter_from_records(content)
-            if adapter.bundle_id != bundle.bundle_id:
-                msg = f"adapter was made against bundle {adapter.bundle_id}, not {bundle.bundle_id}"
-                raise FederationError(msg)
-            foreign = [b for b in adapter.batch_categories if b != lab.name and not b.startswith(f"{lab.name}/")]
-            if foreign:
-                msg = f"adapter names batches {foreign} outside the lab's namespace {lab.name!r}"
-                raise FederationError(msg)
-            adapter.check_against(reference_shapes, max_bytes=settings.max_adapter_bytes)
-        stats = None
-        if composition == "plain":
-            stats = protocol.label_stats_from_record(
-                content.config_records[protocol.LABEL_STATS], min_count=settings.min_count
+        if reply.has_error():
+            offline = reply.error.code in (ErrorCode.NODE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
+            lab.status = "dropped" if offline else "failed"
+            lab.reason = (
+                "SuperNode went offline during the round"
+                if offline
+                else f"lab reported an error: {_peer_text(reply.error.reason)}"
             )
-        elif protocol.LABEL_STATS in content.config_records:
-            msg = f"lab says it releases composition as {composition!r} but sent per-lab statistics"
-            raise FederationError(msg)
-        lab.n_epochs = int(info.get("n-epochs", 0))  # type: ignore[arg-type]
-        timings = content.metric_records.get(protocol.TIMINGS)
-        lab.timings = {k: float(v) for k, v in (timings or {}).items()}  # type: ignore[arg-type]
-    except (FedarchesError, KeyError, TypeError, ValueError) as err:
-        lab.status, lab.reason = "rejected", str(err)
-        log.warning("rejected %s: %s", lab.name, err)
+            return
+        lab.bytes_from_lab = reply_bytes(reply)
+        if reply.metadata.src_node_id != lab.node_id:
+            _reject(lab, f"reply came from node {reply.metadata.src_node_id}, not the lab's")
+            return
+        plain = plain_reply(reply.content)
+    except Exception as err:  # noqa: BLE001 - whatever fails to decode is this lab's rejection
+        _reject(lab, f"malformed reply: {type(err).__name__}: {_peer_text(err)}")
         return
-    lab.adapter, lab.label_statistics, lab.composition = adapter, stats, composition
+    verdict = validate_reply(plain, expected, lab=lab.name)
+    if not isinstance(verdict, Accepted):
+        _reject(lab, verdict.reason)
+        return
+    lab.adapter, lab.label_statistics, lab.composition = verdict.adapter, verdict.label_statistics, verdict.composition
+    lab.n_epochs, lab.timings = verdict.n_epochs, verdict.timings
+    lab.ledger_head, lab.ledger_seq = verdict.ledger_head, verdict.ledger_seq
     lab.status, lab.reason = "accepted", ""
+
+
+def _reject(lab: LabOutcome, reason: str) -> None:
+    lab.status, lab.reason = "rejected", reason
+    log.warning("rejected %s: %s", lab.name, reason)
+
+
+def plain_reply(content: RecordDict) -> PlainReply:
+    """A reply's records as plain values (:class:`~fedarches.server.validation.PlainReply`).
+
+    Arrays are decoded with :func:`fedarches.shared.protocol.decode_array`; it raises on an array
+    that does not decode, which the caller turns into the lab's rejection.
+    """
+    return PlainReply(
+        configs={name: dict(record.items()) for name, record in content.config_records.items()},
+        arrays={
+            name: {key: protocol.decode_array(array) for key, array in record.items()}
+            for name, record in content.array_records.items()
+        },
+        metrics={name: dict(record.items()) for name, record in content.metric_records.items()},
+    )
+
+
+def reply_bytes(reply: Message) -> int:
+    """:func:`message_bytes` of a lab's reply, or 0 when it cannot be serialized again."""
+    try:
+        return message_bytes(reply)
+    except Exception:  # noqa: BLE001 - its size is only reported; a malformed reply is rejected on its content
+        return 0
+
+
+def _peer_text(value: object, limit: int = 300) -> str:
+    """Text a peer sent (an error reason), as one printable line of at most ``limit`` characters."""
+    try:
+        text = str(value)
+    except Exception:  # noqa: BLE001 - a value whose text fails is named by its type
+        text = f"<{type(value).__name__}>"
+    flat = "".join(c if c.isprintable() else " " for c in text[: limit + 1])
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def message_bytes(message: Message) -> int:

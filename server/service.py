@@ -1,16 +1,17 @@
 """The coordinator as a service: run the SuperLink, and submit and follow rounds.
 
 :func:`serve` keeps a TLS, node-authenticating SuperLink running in the foreground (what a systemd
-unit or container runs), registers labs added while it was down, and stops it cleanly on SIGTERM
-or Ctrl-C. :func:`start_round` submits a round through ``flwr run``; :func:`follow_round` waits for
-it while echoing the ServerApp's log.
+unit or container runs), registers labs added while it was down, and stops it with everything it
+started (its SuperExec and any running ServerApp) however it ends: the CLI turns SIGTERM, SIGINT
+and SIGHUP into :class:`~fedarches.shared._process.StopRequested`. :func:`start_round` submits a
+round through ``flwr run``; :func:`follow_round` waits for it while echoing the ServerApp's log;
+:func:`cancel_round` stops it at the SuperLink.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,17 +22,22 @@ from typing import Any
 
 from fedarches.server import superlink
 from fedarches.server.coordinator import CoordinatorDir
-from fedarches.shared._process import on_stop_signals
+from fedarches.shared._process import owning
 from fedarches.shared.bundle import ReferenceBundle
 from fedarches.shared.errors import FederationError, UserInputError
 
 log = logging.getLogger("fedarches.server")
 
 STARTUP_TIMEOUT_S = 60.0
+STOP_GRACE_S = 20.0  # seconds the SuperLink gets to stop its SuperExec and ServerApp before SIGKILL
 
 
 def serve(coord: CoordinatorDir, *, on_ready: Callable[[float], None] | None = None) -> int:
-    """Run the SuperLink until it exits or we are asked to stop; return its exit code."""
+    """Run the SuperLink until it exits; return its exit code.
+
+    However this ends (the SuperLink exits, an error, or a stop signal turned into an exception by
+    the caller), the SuperLink and every process it started are stopped before it returns.
+    """
     if superlink.is_listening(coord.host, coord.port):
         msg = f"something already listens on {coord.local_address}"
         raise FederationError(msg, hint="is `fedarches-server serve` already running? stop it, or change the port")
@@ -49,12 +55,7 @@ def serve(coord: CoordinatorDir, *, on_ready: Callable[[float], None] | None = N
             start_new_session=True,
         )
 
-    def terminate() -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-
-    stop = on_stop_signals(terminate)
-    try:
+    with owning(process, grace_s=STOP_GRACE_S):
         superlink.wait_until_listening(coord.host, coord.port, STARTUP_TIMEOUT_S, process)
         ready_s = time.monotonic() - start
         registered = superlink.register_pending_labs(coord)
@@ -62,17 +63,9 @@ def serve(coord: CoordinatorDir, *, on_ready: Callable[[float], None] | None = N
             log.info("registered lab %s as node %d", name, node_id)
         if on_ready is not None:
             on_ready(ready_s)
-        while process.poll() is None and not stop["requested"]:
+        while process.poll() is None:
             time.sleep(0.5)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-    return 0 if stop["requested"] else int(process.returncode or 0)
+    return int(process.returncode or 0)
 
 
 @dataclass(frozen=True)
@@ -147,6 +140,20 @@ def follow_round(
             msg, hint=f"see `FLWR_HOME={coord.flwr_home} flwr log {submitted.run_id}` and {coord.logs_dir}"
         )
     return json.loads(report_path.read_text())
+
+
+def cancel_round(coord: CoordinatorDir, submitted: SubmittedRound) -> str:
+    """Stop a submitted round at the SuperLink (its ServerApp exits); return what happened, as a phrase.
+
+    Flower 1.41 does not tell the labs' SuperNodes: a ClientApp already mapping for the round
+    finishes, finds the run gone, and exits.
+    """
+    name = f"round {submitted.round_id} (Flower run {submitted.run_id})"
+    try:
+        superlink.stop_run(coord, submitted.run_id)
+    except FederationError as err:
+        return f"could not cancel {name}: {err}"
+    return f"cancelled {name} at the SuperLink"
 
 
 def _echo_new_lines(path: Path, offset: int, echo: Callable[[str], None] | None) -> int:

@@ -159,6 +159,11 @@ def submit_run(coord: CoordinatorDir, run_config: dict[str, Any]) -> int:
     return int(payload["run-id"])
 
 
+def stop_run(coord: CoordinatorDir, run_id: int, *, timeout: float = 20) -> None:
+    """``flwr stop`` a run: the SuperLink marks it stopped, and its ServerApp exits."""
+    flwr(coord, "stop", str(run_id), CONNECTION_NAME, timeout=timeout)
+
+
 def run_status(coord: CoordinatorDir, run_id: int) -> str:
     """Flower's status of a run, e.g. ``running`` or ``finished:completed``."""
     payload = flwr(coord, "ls", CONNECTION_NAME, "--run-id", str(run_id))

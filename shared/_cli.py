@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -35,11 +37,37 @@ def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
     logger.propagate = False
 
 
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that ``finally`` blocks clean up (temporary outputs)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP raise :class:`StopSignal` (process-starting commands set their own)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, _frame: object) -> None:
+        raise StopSignal(signum)
+
+    previous = {sig: signal.signal(sig, _raise) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @contextlib.contextmanager
 def handle_errors(*, debug: bool = False, json_output: bool = False) -> Iterator[None]:
     """Turn a FedarchesError into one line plus a hint and its exit code; anything else into a pointer to --debug."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _stop_signals_raise():
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
             yield
@@ -48,9 +76,10 @@ def handle_errors(*, debug: bool = False, json_output: bool = False) -> Iterator
             raise
         _report(str(err), err.hint, err.exit_code, json_output=json_output)
         raise typer.Exit(code=err.exit_code) from None
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]: nothing was written")
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, StopSignal) else signal.SIGINT
+        console.print(f"[red]interrupted[/red] ({signal.Signals(signum).name}): no output was left behind")
+        raise typer.Exit(code=128 + signum) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as err:

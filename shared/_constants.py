@@ -34,3 +34,11 @@ ADATA_KEYS = _AnnDataKeys()
 
 BUNDLE_FORMAT = "fedarches.reference-bundle"
 BUNDLE_FORMAT_VERSION = 1
+
+# Size limits of a bundle, checked from file sizes before any byte is read (a reference model of a
+# large atlas is tens of MB; the embedding of 50,000 cells a few MB).
+MAX_BUNDLE_BYTES = 2 * 1024**3  # every file of a bundle together
+MAX_BUNDLE_FILE_BYTES = 1024**3  # any one file
+MAX_MANIFEST_BYTES = 1024**2  # manifest.json
+MAX_SIGNATURE_BYTES = 1024  # manifest.sig: one base64 Ed25519 signature (88 characters)
+MAX_BUNDLE_ENTRIES = 64  # files and directories in a bundle directory

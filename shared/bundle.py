@@ -11,9 +11,24 @@ A bundle is a directory::
     reference_summary.npz  optional: per-type latent Gaussians, distance quantiles and threshold,
                     classifier temperature (see fedarches.shared.quality)
 
-Opening a bundle verifies the signature against a key the lab trusts, then the hash of every
-file, and refuses unlisted files, all before anything is deserialized. ``model.pt`` is a torch
-pickle, so it is only ever read from the verified bytes held in memory.
+Opening a bundle (:meth:`ReferenceBundle.open`) verifies, before anything is deserialized:
+
+1. the signature of ``manifest.json`` against a key the lab trusts (both files small, regular and
+   not links);
+2. the manifest against its schema (strict types, required keys, no unknown key) and every file
+   name in it (:func:`check_file_names`: relative, normalized, inside the bundle);
+3. that the directory holds exactly the listed files, all regular files (a link, a FIFO or a
+   device anywhere in the bundle is refused, and no link is followed);
+4. each file's size, from ``stat`` and against the manifest, before a byte of it is read; a file
+   over :data:`MAX_BUNDLE_FILE_BYTES` or a bundle over :data:`MAX_BUNDLE_BYTES` is refused unread;
+5. each file's sha256, read in chunks in the same pass that keeps its bytes: what was verified is
+   what is used, however the files change afterwards.
+
+Then ``setup.json``, ``genes.tsv``, ``embedding.npz`` and ``reference_summary.npz`` are parsed and
+checked (schema, shapes, no pickles). ``model.pt`` is a torch pickle: it is only ever unpickled by
+:mod:`fedarches.shared.weights`, which refuses anything but tensors, arrays and plain values, and
+what scvi-tools loads is a copy re-saved from that (:meth:`ReferenceBundle.write_model_dir`). A
+bundle signed by a compromised coordinator may mislead a lab; it cannot run code on its machine.
 
 Placing a query on the reference's 2-D embedding without refitting: the bundle carries the
 reference cells' latent coordinates and their UMAP coordinates. A query cell is placed at the
@@ -27,12 +42,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import platform
-import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -41,14 +54,45 @@ import numpy as np
 import pandas as pd
 
 from fedarches.shared import crypto
-from fedarches.shared._constants import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_KEYS
+from fedarches.shared._constants import (
+    BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+    BUNDLE_KEYS,
+    MAX_BUNDLE_BYTES,
+    MAX_BUNDLE_FILE_BYTES,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+)
 from fedarches.shared._io import atomic_directory
+from fedarches.shared.bundle_files import (
+    check_file_name,
+    check_file_names,
+    check_sizes,
+    open_root,
+    present_files,
+    read_small,
+    read_verified,
+    shown_names,
+)
+from fedarches.shared.bundle_schema import (
+    OldBundleFormatWarning,
+    parse_embedding,
+    parse_genes,
+    parse_manifest,
+    parse_setup,
+    parse_summary,
+)
 from fedarches.shared.errors import BundleError, BundleIntegrityError
-from fedarches.shared.quality import ReferenceSummary
+from fedarches.shared.weights import load_model_dict, sanitized_model_bytes
 
-
-class OldBundleFormatWarning(UserWarning):
-    """The bundle uses an older format_version; it is read, but may lack newer fields."""
+__all__ = [
+    "BundleContents",
+    "OldBundleFormatWarning",
+    "ReferenceBundle",
+    "check_file_name",
+    "check_file_names",
+    "write_bundle",
+]
 
 
 @dataclass(frozen=True)
@@ -94,6 +138,7 @@ def write_bundle(
         files[BUNDLE_KEYS.EMBEDDING] = buffer.getvalue()
     if contents.summary is not None:
         files[BUNDLE_KEYS.SUMMARY] = contents.summary
+    parse_setup(files[BUNDLE_KEYS.SETUP], f"the {BUNDLE_KEYS.SETUP} to write")  # never sign what labs refuse
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
@@ -121,15 +166,32 @@ def write_bundle(
 class ReferenceBundle:
     """A verified reference bundle. Construct it with :meth:`open`."""
 
-    def __init__(self, path: Path, manifest_bytes: bytes, files: dict[str, bytes]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest_bytes: bytes,
+        manifest: dict[str, Any],
+        files: dict[str, bytes],
+        setup: dict[str, Any],
+    ) -> None:
         self.path = path
         self._manifest_bytes = manifest_bytes
         self._files = files
-        self.manifest: dict[str, Any] = json.loads(manifest_bytes)
-        self.setup: dict[str, Any] = json.loads(files[BUNDLE_KEYS.SETUP])
+        self.manifest = manifest
+        self.setup = setup
+        self.genes = parse_genes(files[BUNDLE_KEYS.GENES])
+        self.embedding = parse_embedding(files.get(BUNDLE_KEYS.EMBEDDING), len(self.label_categories))
+        self.reference_summary = parse_summary(files.get(BUNDLE_KEYS.SUMMARY))
 
     @classmethod
-    def open(cls, path: Path | str, trusted_key: Path | str | crypto.Ed25519PublicKey) -> ReferenceBundle:
+    def open(
+        cls,
+        path: Path | str,
+        trusted_key: Path | str | crypto.Ed25519PublicKey,
+        *,
+        max_bytes: int = MAX_BUNDLE_BYTES,
+        max_file_bytes: int = MAX_BUNDLE_FILE_BYTES,
+    ) -> ReferenceBundle:
         """Verify and open the bundle at ``path``.
 
         Parameters
@@ -138,13 +200,21 @@ class ReferenceBundle:
             The bundle directory.
         trusted_key
             The coordinator's bundle-signing public key (a PEM file or a loaded key).
+        max_bytes
+            Refuse a bundle whose files hold more bytes in all (checked before reading them).
+        max_file_bytes
+            Refuse a bundle with a file larger than this.
 
         Raises
         ------
         BundleIntegrityError
-            Unsigned, bad signature, a file whose hash differs, a missing or unlisted file.
+            Unsigned, bad signature, a file whose hash differs, a missing or unlisted file; its
+            subclasses :class:`BundlePathError` (a name that leaves the bundle, a link, not a regular
+            file) and :class:`BundleSizeError` (a size that differs from the manifest or is over a limit).
+        BundleSchemaError
+            The signed manifest, ``setup.json``, ``genes.tsv`` or an ``.npz`` file is malformed.
         BundleError
-            Not a bundle, or a format this version cannot read.
+            Not a bundle, unreadable, or a format this version cannot read.
         """
         path = Path(path)
         key = (
@@ -152,42 +222,38 @@ class ReferenceBundle:
             if isinstance(trusted_key, crypto.Ed25519PublicKey)
             else crypto.load_public_key(Path(trusted_key))
         )
-        if not path.is_dir():
-            msg = f"{path} is not a directory; a reference bundle is a directory with a manifest.json"
-            raise BundleError(msg, hint="pass the directory written by `fedarches-server build-reference`")
-        manifest_path, signature_path = path / BUNDLE_KEYS.MANIFEST, path / BUNDLE_KEYS.SIGNATURE
-        if not manifest_path.is_file():
-            msg = f"{path} has no {BUNDLE_KEYS.MANIFEST}: not a fedarches reference bundle"
-            raise BundleError(msg, hint="pass the directory written by `fedarches-server build-reference`")
-        if not signature_path.is_file():
-            msg = f"{path} is unsigned (no {BUNDLE_KEYS.SIGNATURE}); unsigned bundles are refused"
-            raise BundleIntegrityError(msg)
-        manifest_bytes = manifest_path.read_bytes()
-        crypto.verify(key, manifest_bytes, signature_path.read_text().strip())
-        manifest = json.loads(manifest_bytes)
-        _check_format(manifest)
-        listed: Mapping[str, Mapping[str, Any]] = manifest["files"]
-        present = {
-            p.relative_to(path).as_posix()
-            for p in path.rglob("*")
-            if p.is_file() and p.name not in (BUNDLE_KEYS.MANIFEST, BUNDLE_KEYS.SIGNATURE)
-        }
-        unlisted = sorted(present - set(listed))
-        if unlisted:
-            msg = f"{path} holds files its signed manifest does not list: {', '.join(unlisted)}"
-            raise BundleIntegrityError(msg)
-        files: dict[str, bytes] = {}
-        for name, entry in listed.items():
-            file_path = path / name
-            if not file_path.is_file():
-                msg = f"{path} is missing {name}, which its manifest lists"
+        root = open_root(path)
+        try:
+            manifest_bytes = read_small(root, path, BUNDLE_KEYS.MANIFEST, MAX_MANIFEST_BYTES)
+            signature = read_small(root, path, BUNDLE_KEYS.SIGNATURE, MAX_SIGNATURE_BYTES)
+            if manifest_bytes is None:
+                msg = f"{path} has no {BUNDLE_KEYS.MANIFEST}: not a fedarches reference bundle"
+                raise BundleError(msg, hint="pass the directory written by `fedarches-server build-reference`")
+            if signature is None:
+                msg = f"{path} is unsigned (no {BUNDLE_KEYS.SIGNATURE}); unsigned bundles are refused"
                 raise BundleIntegrityError(msg)
-            data = file_path.read_bytes()
-            if crypto.sha256_bytes(data) != entry["sha256"]:
-                msg = f"{name} in {path} does not match the sha256 in the signed manifest (altered or corrupted)"
+            try:
+                signature_text = signature.decode("ascii").strip()
+            except UnicodeDecodeError:
+                msg = f"{path}/{BUNDLE_KEYS.SIGNATURE} is not a base64 signature"
+                raise BundleIntegrityError(msg) from None
+            crypto.verify(key, manifest_bytes, signature_text)
+            manifest, listed = parse_manifest(manifest_bytes, path)
+            check_sizes(listed, path, max_bytes=max_bytes, max_file_bytes=max_file_bytes)
+            present = present_files(path)
+            unlisted = sorted(set(present) - set(listed))
+            if unlisted:
+                msg = f"{path} holds files its signed manifest does not list: {shown_names(unlisted)}"
                 raise BundleIntegrityError(msg)
-            files[name] = data
-        return cls(path, manifest_bytes, files)
+            missing = sorted(set(listed) - set(present))
+            if missing:
+                msg = f"{path} is missing {shown_names(missing)}, which its manifest lists"
+                raise BundleIntegrityError(msg)
+            files = {name: read_verified(root, path, name, entry) for name, entry in listed.items()}
+        finally:
+            os.close(root)
+        setup = parse_setup(files[BUNDLE_KEYS.SETUP], f"{BUNDLE_KEYS.SETUP} in {path}")
+        return cls(path, manifest_bytes, manifest, files, setup)
 
     @property
     def bundle_id(self) -> str:
@@ -214,30 +280,10 @@ class ReferenceBundle:
         """Batches of the model, reference batches first."""
         return list(self.setup["batch_categories"])
 
-    @cached_property
-    def genes(self) -> pd.DataFrame:
-        """``gene_id`` and ``gene_symbol`` (may be empty strings) for each model input."""
-        return pd.read_csv(io.BytesIO(self._files[BUNDLE_KEYS.GENES]), sep="\t", dtype=str, keep_default_na=False)
-
     @property
     def var_names(self) -> list[str]:
         """Gene identifiers of the model's inputs, in model order."""
         return self.genes["gene_id"].tolist()
-
-    @cached_property
-    def embedding(self) -> dict[str, np.ndarray] | None:
-        """Reference ``latent``, ``umap`` and ``labels`` arrays, or None when the bundle has none."""
-        data = self._files.get(BUNDLE_KEYS.EMBEDDING)
-        if data is None:
-            return None
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-
-    @cached_property
-    def reference_summary(self) -> ReferenceSummary | None:
-        """Calibration and latent-space summary for mapping scores, or None in bundles built without one."""
-        data = self._files.get(BUNDLE_KEYS.SUMMARY)
-        return None if data is None else ReferenceSummary.from_bytes(data)
 
     @property
     def size_bytes(self) -> int:
@@ -245,25 +291,33 @@ class ReferenceBundle:
         return len(self._manifest_bytes) + sum(len(d) for d in self._files.values())
 
     def model_bytes(self) -> bytes:
-        """The verified bytes of ``model/model.pt``."""
+        """The verified bytes of ``model/model.pt`` (a torch pickle: load it with :mod:`~fedarches.shared.weights`)."""
         return self._files[BUNDLE_KEYS.MODEL]
 
     def write_model_dir(self, directory: Path) -> Path:
-        """Write the verified model file to ``directory/model.pt`` for scvi-tools to load.
+        """Write a safe copy of the verified model to ``directory/model.pt`` for scvi-tools to load.
 
-        scvi-tools loads models from a path; copying the verified bytes to a private directory
-        means a file swapped in the bundle after verification is never read.
+        scvi-tools loads models from a path, and unpickles them with ``weights_only=False``. The
+        file written here is re-saved from what :func:`~fedarches.shared.weights.load_model_dict`
+        loaded, so it names only allow-listed globals, and it is made from the verified bytes, so a
+        file swapped in the bundle after verification is never read.
+
+        Raises
+        ------
+        UnsafeModelError
+            ``model.pt`` holds objects a weights file never needs; nothing is written.
         """
+        data = sanitized_model_bytes(self.model_bytes(), source=f"{BUNDLE_KEYS.MODEL} in {self.path}")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "model.pt").write_bytes(self.model_bytes())
+        (directory / "model.pt").write_bytes(data)
         return directory
 
     def reference_state(self) -> dict[str, np.ndarray]:
-        """The reference module's tensors as numpy arrays (reads verified bytes only)."""
+        """The reference module's tensors as numpy arrays (reads verified bytes only, never runs code from them)."""
         import torch
 
-        saved = torch.load(io.BytesIO(self.model_bytes()), map_location="cpu", weights_only=False)
+        saved = load_model_dict(self.model_bytes(), source=f"{BUNDLE_KEYS.MODEL} in {self.path}")
         return {
             name: tensor.detach().cpu().numpy()
             for name, tensor in saved["model_state_dict"].items()
@@ -283,22 +337,6 @@ class ReferenceBundle:
             "versions": self.manifest["versions"],
             "size_bytes": self.size_bytes,
         }
-
-
-def _check_format(manifest: Mapping[str, Any]) -> None:
-    if manifest.get("format") != BUNDLE_FORMAT:
-        msg = f"manifest format is {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}"
-        raise BundleError(msg)
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > BUNDLE_FORMAT_VERSION:
-        msg = f"bundle format_version {version!r} is newer than this fedarches reads ({BUNDLE_FORMAT_VERSION})"
-        raise BundleError(msg, hint="upgrade fedarches to the coordinator's version")
-    if version < BUNDLE_FORMAT_VERSION:
-        warnings.warn(
-            f"bundle format_version {version} is older than {BUNDLE_FORMAT_VERSION}; reading it anyway",
-            OldBundleFormatWarning,
-            stacklevel=3,
-        )
 
 
 def _json_bytes(obj: object) -> bytes:

@@ -98,9 +98,24 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_MAX_KEY_FILE_BYTES = 65_536
+
+
 def _read_key_file(path: Path, kind: str) -> bytes:
+    from fedarches.shared.paths import describe_kind
+
+    path = Path(path)
+    what = describe_kind(path)
+    if what != "a regular file" and not what.startswith("a symbolic link to a regular file"):
+        msg = f"{kind} key file {path} is {'missing' if what == 'missing' else what}, not a key file"
+        raise CryptoError(msg)
     try:
-        return Path(path).read_bytes()
+        with path.open("rb") as fh:
+            data = fh.read(_MAX_KEY_FILE_BYTES + 1)
     except OSError as err:
         msg = f"cannot read {kind} key file {path}: {err.strerror}"
         raise CryptoError(msg) from err
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        msg = f"{kind} key file {path} holds more than {_MAX_KEY_FILE_BYTES} bytes: it is not a key"
+        raise CryptoError(msg)
+    return data

@@ -111,20 +111,105 @@ class ConfigError(UserInputError):
     hint = "create it with `fedarches-server init` (coordinator) or `fedarches-server add-lab` (lab)"
 
 
-EXIT_CODE_HELP: dict[int, str] = {
-    cls.exit_code: cls.hint
-    for cls in (
-        FedarchesError,
-        UserInputError,
-        QueryDataError,
-        GeneOverlapError,
-        BundleError,
-        BundleIntegrityError,
-        AdapterError,
-        CryptoError,
-        PrivacyError,
-        BudgetExceededError,
-        FederationError,
-        ConfigError,
+class OutputPathError(UserInputError):
+    """An output path would replace an input, clashes with another output, or cannot be written."""
+
+    exit_code = 14
+    hint = "choose an output path in a writable directory, different from every input"
+
+
+class OutputWriteError(UserInputError):
+    """Writing the outputs failed (disk full, permissions changed); nothing was left behind."""
+
+    exit_code = 15
+    hint = "free space or fix permissions where the outputs go, then run the command again"
+
+
+class AdapterSizeError(QueryDataError):
+    """The query's adapter would be larger than the coordinator accepts (too many batches)."""
+
+    exit_code = 16
+    hint = "map fewer batches at once: merge samples into fewer --batch-key values, or drop --batch-key"
+
+
+class LedgerError(PrivacyError):
+    """The lab's release ledger is missing, empty, truncated, not SQLite, or its schema was altered."""
+
+    exit_code = 33
+    hint = (
+        "the file was left as it is and nothing is released until it is fixed: keep a copy for review and "
+        "restore LAB_DIR/ledger.sqlite from a backup; never delete it to start afresh"
     )
-}
+
+
+class LedgerTamperedError(LedgerError):
+    """The ledger's hash chain is broken, or it disagrees with an anchor kept outside the lab."""
+
+    exit_code = 34
+    hint = (
+        "the ledger was edited outside fedarches: keep a copy for review and compare it with the "
+        "coordinator's round reports"
+    )
+
+
+class LedgerAnchorError(UserInputError):
+    """A coordinator report or ledger receipt cannot be read as an anchor for this lab's ledger."""
+
+    exit_code = 35
+    hint = (
+        "pass the report.json the coordinator wrote for a round this lab took part in "
+        "(COORD_DIR/rounds/ROUND/report.json), or a receipt from `fedarches-client ledger --receipt`"
+    )
+
+
+class BundleSchemaError(BundleError):
+    """A signed bundle's manifest.json or setup.json does not follow the bundle format."""
+
+    exit_code = 23
+    hint = (
+        "the bundle was written by an incompatible or faulty fedarches: ask the atlas maintainers to "
+        "rebuild it with `fedarches-server build-reference` and the same fedarches version as the labs"
+    )
+
+
+class BundlePathError(BundleIntegrityError):
+    """A bundle names a file outside its directory, or holds a link or something that is not a regular file."""
+
+    exit_code = 24
+    hint = (
+        "do not use this bundle: a bundle is a directory of regular files named by its manifest; "
+        "fetch it again from the coordinator"
+    )
+
+
+class BundleSizeError(BundleIntegrityError):
+    """A bundle file's size differs from its signed manifest, or a file or the bundle exceeds the size limit."""
+
+    exit_code = 25
+    hint = "do not use this bundle: fetch it again from the coordinator, and check the disk it is stored on"
+
+
+class UnsafeModelError(BundleIntegrityError):
+    """A model file holds pickled objects that a weights file never needs (they could run code), or is no model."""
+
+    exit_code = 26
+    hint = (
+        "do not use this model file: it was not written by scvi-tools' model.save() or was altered, and "
+        "fedarches never unpickles anything but tensors, arrays and plain values; fetch it again from its source"
+    )
+
+
+class ProtocolError(FederationError):
+    """A peer sent a message this version of fedarches cannot use: missing or malformed fields."""
+
+    exit_code = 46
+    hint = "the coordinator and this lab may run different fedarches versions: compare `pip show fedarches` on both"
+
+
+def _defined_here(cls: type[FedarchesError]) -> list[type[FedarchesError]]:
+    subclasses = [sub for sub in cls.__subclasses__() if sub.__module__ == __name__]
+    return [cls, *(c for sub in subclasses for c in _defined_here(sub))]
+
+
+# every class above, by exit code (classes defined elsewhere, like the mapping's ReferenceChangedError, are not here)
+EXIT_CODE_HELP: dict[int, str] = {cls.exit_code: cls.hint for cls in _defined_here(FedarchesError)}

@@ -63,12 +63,28 @@ class LabelStatistics:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LabelStatistics:
-        """Inverse of :meth:`to_dict`."""
-        types = tuple(
-            TypeStatistics(**{k: (None if v == SUPPRESSED else v) for k, v in t.items()}) for t in data["types"]
-        )
-        return cls(int(data["min_count"]), types, data.get("privacy"))
+    def from_dict(cls, data: Any) -> LabelStatistics:
+        """Inverse of :meth:`to_dict`; raise :class:`ValueError` naming the first field that is malformed.
+
+        Strict: exactly the fields :meth:`to_dict` writes; counts are non-negative integers (a
+        boolean is not a count), mean confidences finite numbers in [0, 1], either may be the string
+        ``"suppressed"``; a type's low-confidence count is at most its count of cells.
+        """
+        if not isinstance(data, dict):
+            msg = f"label statistics must be a JSON object, got {type(data).__name__}"
+            raise ValueError(msg)
+        _expect_keys(data, required={"min_count", "types"}, optional={"privacy"}, what="label statistics")
+        min_count, types, privacy = data["min_count"], data["types"], data.get("privacy")
+        if type(min_count) is not int or min_count < 1:
+            msg = f"label statistics' min_count must be a positive integer, got {_brief(min_count)}"
+            raise ValueError(msg)
+        if not isinstance(types, list):
+            msg = f"label statistics' types must be a list, got {type(types).__name__}"
+            raise ValueError(msg)
+        if privacy is not None and not isinstance(privacy, dict):
+            msg = f"label statistics' privacy must be an object, got {type(privacy).__name__}"
+            raise ValueError(msg)
+        return cls(min_count, tuple(_type_from_dict(t, i) for i, t in enumerate(types)), privacy)
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """Printable rows: type, cells, mean confidence, low-confidence cells."""
@@ -169,6 +185,51 @@ def _secondary(values: np.ndarray, hidden: np.ndarray, min_count: int) -> np.nda
         released = np.flatnonzero(~hidden)
         hidden[released[np.argmin(values[released])]] = True
     return hidden
+
+
+def _type_from_dict(data: Any, index: int) -> TypeStatistics:
+    """One entry of :meth:`LabelStatistics.from_dict`'s ``types``."""
+    what = f"label statistics' types[{index}]"
+    if not isinstance(data, dict):
+        msg = f"{what} must be an object, got {type(data).__name__}"
+        raise ValueError(msg)
+    _expect_keys(data, required={"cell_type", "n_cells", "mean_confidence", "n_low_confidence"}, what=what)
+    cell_type = data["cell_type"]
+    if not isinstance(cell_type, str):
+        msg = f"{what}.cell_type must be a string, got {type(cell_type).__name__}"
+        raise ValueError(msg)
+    counts = {}
+    for key in ("n_cells", "n_low_confidence"):
+        value = data[key]
+        if value != SUPPRESSED and (type(value) is not int or value < 0):
+            msg = f"{what}.{key} must be a non-negative integer or {SUPPRESSED!r}, got {_brief(value)}"
+            raise ValueError(msg)
+        counts[key] = None if value == SUPPRESSED else value
+    mean = data["mean_confidence"]
+    if mean != SUPPRESSED and (type(mean) not in (int, float) or not 0.0 <= mean <= 1.0):  # NaN fails too
+        msg = f"{what}.mean_confidence must be a number in [0, 1] or {SUPPRESSED!r}, got {_brief(mean)}"
+        raise ValueError(msg)
+    cells, low = counts["n_cells"], counts["n_low_confidence"]
+    if cells is not None and low is not None and low > cells:
+        msg = f"{what} has {low} low-confidence cells out of {cells}"
+        raise ValueError(msg)
+    return TypeStatistics(cell_type, cells, None if mean == SUPPRESSED else float(mean), low)
+
+
+def _expect_keys(data: dict[Any, Any], *, required: set[str], optional: set[str] | None = None, what: str) -> None:
+    missing = sorted(required - set(data))
+    extra = sorted(map(str, set(data) - required - (optional or set())))
+    if missing or extra:
+        msg = f"{what} " + "; ".join(
+            part for part in (missing and f"lack {missing}", extra and f"hold unexpected {_brief(extra)}") if part
+        )
+        raise ValueError(msg)
+
+
+def _brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages quoting what a peer sent."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def compute_label_statistics(

@@ -2,7 +2,16 @@
 
 The policy lives in ``LAB_DIR/policy.toml``; every key is optional and the defaults are the safe
 choice. The client enforces it on every release (see :mod:`fedarches.client.release`); an unknown
-key or a bad value is refused, never ignored, so a typo cannot weaken the policy silently.
+key or a bad value is refused, never ignored, so a typo cannot weaken the policy silently:
+
+- types are strict: ``true`` is not a count, ``"1"`` is not a number (an integer is fine where a
+  number is expected: ``epsilon = 1``); ``inf`` and ``nan`` are refused everywhere;
+- keys are case-sensitive (``[DP]`` or ``Epsilon`` is an unknown key), each section is a table;
+- the file must be UTF-8 TOML (a UTF-8 byte-order mark is allowed); a ``policy.toml`` that is a
+  directory, a broken link or unreadable is an error, never "no policy";
+- a file with no policy in it (0 bytes or only whitespace) is refused: an emptied or truncated file
+  must not fall back to the defaults unnoticed. Delete it to use the defaults, or let it say so in a
+  comment (a file holding only comments means "every default").
 
 .. code-block:: toml
 
@@ -31,6 +40,10 @@ key or a bad value is refused, never ignored, so a typo cannot weaken the policy
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -39,8 +52,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedarches.shared.errors import ConfigError, PrivacyError
+from fedarches.shared.paths import kind_of_mode
 
 POLICY_FILE_NAME = "policy.toml"
+MAX_POLICY_BYTES = 1_048_576  # a policy is a few hundred bytes; a bigger file is not one
+_MAX_INT = 1_000_000_000  # counts beyond it are typos, and would overflow int64 arithmetic downstream
 
 
 def default_policy_toml() -> str:
@@ -52,17 +68,18 @@ def default_policy_toml() -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no bool as int, no "1" as 1.0; finite floats only (TOML has inf and nan)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ReleasePolicy(_Section):
     """Which label statistics leave, and how small a count may be."""
 
-    min_count: int = Field(11, ge=1, description="k: counts below it are never released")
+    min_count: int = Field(11, ge=1, le=_MAX_INT, description="k: counts below it are never released")
     composition: Literal["plain", "secure-sum", "none"] = Field(
         "secure-sum", description="per-lab composition in the clear, only inside a secure sum, or not at all"
     )
-    secure_sum_min_labs: int = Field(3, ge=2, description="refuse a secure sum with fewer labs")
+    secure_sum_min_labs: int = Field(3, ge=2, le=_MAX_INT, description="refuse a secure sum with fewer labs")
 
     def require_secure_sum(self) -> None:
         """Raise :class:`PrivacyError` unless composition may be released in a secure sum."""
@@ -80,7 +97,7 @@ class DPPolicy(_Section):
     delta: float = Field(0.0, ge=0, lt=1, description="δ per release (gaussian only)")
     unit: Literal["cell", "donor"] = "cell"
     donor_key: str = ""
-    max_cells_per_donor: int = Field(0, ge=0, description="contribution bound when the unit is a donor")
+    max_cells_per_donor: int = Field(0, ge=0, le=_MAX_INT, description="contribution bound when the unit is a donor")
     budget_epsilon: float = Field(10.0, gt=0, description="total ε over every release")
     budget_delta: float = Field(1e-5, ge=0, lt=1, description="total δ over every release")
 
@@ -153,12 +170,11 @@ class PrivacyPolicy(_Section):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "policy") -> PrivacyPolicy:
+        """Validate parsed TOML; every problem is named by its key in :class:`ConfigError`'s message."""
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()
-            )
+            problems = "; ".join(_problem(e) for e in err.errors())
             msg = f"{source} is refused: {problems}"
             raise ConfigError(
                 msg, hint="`fedarches-client policy show --defaults` prints every key with its default"
@@ -166,11 +182,18 @@ class PrivacyPolicy(_Section):
 
     @classmethod
     def load(cls, lab_dir: Path | str) -> PrivacyPolicy:
-        """The lab's effective policy: ``LAB_DIR/policy.toml`` over the defaults (defaults if absent)."""
+        """The lab's effective policy: ``LAB_DIR/policy.toml`` over the defaults (defaults if there is no such file).
+
+        Raises :class:`ConfigError` when ``policy.toml`` exists but is not a readable, non-empty UTF-8
+        TOML file (a directory, a broken link, binary or UTF-16 bytes, 0 bytes), or is refused by
+        :meth:`from_dict`; and when the lab directory holds the policy under a misspelt name
+        (``Policy.toml``), which would otherwise be ignored.
+        """
         path = Path(lab_dir) / POLICY_FILE_NAME
-        if not path.is_file():
+        if not os.path.lexists(path):
+            _refuse_misnamed(Path(lab_dir))
             return cls()
-        return cls.from_toml(path.read_text(), source=str(path))
+        return cls.from_toml(_read_policy_text(path), source=str(path))
 
     def to_toml_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -210,3 +233,104 @@ class PrivacyPolicy(_Section):
         else:
             adapters = "released as trained (no noise)"
         return {"composition": composition, "differential privacy": dp, "adapters": adapters}
+
+
+_HINT_FILE = (
+    "make LAB_DIR/policy.toml a UTF-8 TOML file (`fedarches-client policy init` writes one with every key), "
+    "or remove it to use the defaults"
+)
+
+
+def _read_policy_text(path: Path) -> str:
+    """The policy file's text; :class:`ConfigError` unless it is a readable, non-empty UTF-8 file."""
+    try:
+        info = path.stat()
+    except OSError as err:
+        what = "a link to a file that does not exist" if path.is_symlink() else f"unreadable ({err.strerror})"
+        msg = f"{path} is {what}"
+        raise ConfigError(msg, hint=_HINT_FILE) from err
+    if not stat.S_ISREG(info.st_mode):
+        msg = f"{path} is {kind_of_mode(info.st_mode)}, not a policy file"
+        raise ConfigError(msg, hint=_HINT_FILE)
+    if info.st_size > MAX_POLICY_BYTES:
+        msg = f"{path} holds {info.st_size} bytes; a policy is a small text file (at most {MAX_POLICY_BYTES})"
+        raise ConfigError(msg, hint=_HINT_FILE)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        msg = f"cannot read {path} ({err.strerror})"
+        raise ConfigError(msg, hint="check the file's permissions: the lab's user must be able to read it") from err
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data:
+        encoding = "UTF-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "binary, with NUL bytes"
+        msg = f"{path} is not UTF-8 text (it looks {encoding}); the policy must be a UTF-8 TOML file"
+        raise ConfigError(msg, hint="save it again as UTF-8 (most editors: 'Save with encoding')")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        byte = f"byte {err.start} is {data[err.start]:#04x}"
+        msg = f"{path} is not UTF-8 text ({byte}); the policy must be a UTF-8 TOML file"
+        raise ConfigError(msg, hint="save it again as UTF-8 (most editors: 'Save with encoding')") from err
+    if not text.strip():
+        msg = f"{path} is empty: an emptied or truncated policy must not fall back to the defaults unnoticed"
+        raise ConfigError(
+            msg,
+            hint="write the policy again, or delete the file to use the defaults "
+            "(a file holding only comments also means every default)",
+        )
+    return text
+
+
+def _refuse_misnamed(lab_dir: Path) -> None:
+    """Refuse a policy saved as ``Policy.toml`` or ``POLICY.TOML``: it would be ignored and the defaults used."""
+    try:
+        names = [p.name for p in lab_dir.iterdir()] if lab_dir.is_dir() else []
+    except OSError:
+        return
+    misnamed = [n for n in names if n != POLICY_FILE_NAME and n.lower() == POLICY_FILE_NAME]
+    if misnamed:
+        msg = f"{lab_dir / misnamed[0]} is not read: the lab's policy file must be named exactly {POLICY_FILE_NAME}"
+        raise ConfigError(msg, hint=f"rename it to {lab_dir / POLICY_FILE_NAME}")
+
+
+_SECTIONS = {"release", "dp", "adapters"}
+
+
+def _problem(error: Any) -> str:
+    """One pydantic error as ``key: what is wrong (got VALUE)``."""
+    loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind in ("model_type", "model_attributes_type", "dict_type") and loc in _SECTIONS:
+        return f"{loc}: must be a table, as in [{loc}] (got {_toml_value(error['input'])})"
+    if kind == "extra_forbidden":
+        known = _SECTIONS if len(error["loc"]) == 1 else set(_SECTION_KEYS.get(str(error["loc"][0]), ()))
+        key = str(error["loc"][-1])
+        close = difflib.get_close_matches(key.lower(), sorted(known), n=1, cutoff=0.6)
+        if not close:
+            return f"{loc}: {error['msg']}"
+        case = "; keys are case-sensitive" if close[0] == key.lower() else ""
+        return f"{loc}: {error['msg']} (did you mean {close[0]!r}?{case})"
+    if kind in ("int_type", "float_type", "bool_type", "string_type", "finite_number", "literal_error"):
+        return f"{loc}: {error['msg']} (got {_toml_value(error['input'])})"
+    return f"{loc}: {error['msg']}"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = json.dumps(value)
+    elif isinstance(value, float) and not np.isfinite(value):
+        text = str(value)
+    elif isinstance(value, dict):
+        text = "a table"
+    elif isinstance(value, list):
+        text = "an array"
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_SECTION_KEYS = {
+    name: tuple(model.model_fields)
+    for name, model in (("release", ReleasePolicy), ("dp", DPPolicy), ("adapters", AdapterPolicy))
+}

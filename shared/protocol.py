@@ -25,7 +25,10 @@ Lab → coordinator (the egress allow-list, :data:`ALLOWED_REPLIES`)
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +36,20 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.constant import SType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from fedarches.shared._constants import MAX_BUNDLE_BYTES, MAX_BUNDLE_ENTRIES, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES
+from fedarches.shared._json import strict_loads
 from fedarches.shared.adapters import Adapter
-from fedarches.shared.errors import AdapterError, PrivacyError
+from fedarches.shared.bundle_files import check_file_names
+from fedarches.shared.errors import (
+    AdapterError,
+    BundleIntegrityError,
+    BundleSizeError,
+    PrivacyError,
+    ProtocolError,
+)
 from fedarches.shared.labels import LabelStatistics
 
 MAP = "train.map"
@@ -72,7 +85,10 @@ ALLOWED_REPLIES: dict[str, dict[str, RecordRule]] = {
         ADAPTER: RecordRule("array", None),
         ADAPTER_META: RecordRule("config", frozenset({"format", "bundle-id", "batch-categories", "slices"})),
         LABEL_STATS: RecordRule("config", frozenset({"json"})),
-        LAB: RecordRule("config", frozenset({"lab-name", "fedarches-version", "n-epochs", "composition"})),
+        LAB: RecordRule(
+            "config",
+            frozenset({"lab-name", "fedarches-version", "n-epochs", "composition", "ledger-seq", "ledger-head"}),
+        ),
         TIMINGS: RecordRule(
             "metric",
             frozenset({"validate_s", "surgery_setup_s", "train_s", "predict_s", "total_s", "receive_bundle_s"}),
@@ -98,15 +114,39 @@ def bundle_to_record(bundle_dir: Path, files: list[str]) -> ArrayRecord:
     )
 
 
-def record_to_files(record: ArrayRecord) -> dict[str, bytes]:
-    """Inverse of :func:`bundle_to_record`: file name → bytes (not yet verified)."""
+def record_to_files(record: ArrayRecord, *, max_bytes: int = MAX_BUNDLE_BYTES) -> dict[str, bytes]:
+    """Inverse of :func:`bundle_to_record`: file name → bytes (not yet verified; see ``LabDir.store_bundle``).
+
+    The names must follow the bundle's rules (:func:`~fedarches.shared.bundle.check_file_names`;
+    ``manifest.json`` and ``manifest.sig`` travel too), each file must be a 1-D ``uint8`` array, and
+    all of them at most ``max_bytes`` plus the manifest and signature. Raises only
+    :class:`~fedarches.shared.errors.FedarchesError`: :class:`BundlePathError`,
+    :class:`BundleSizeError` or :class:`BundleIntegrityError`.
+    """
+    names = check_file_names(record.keys(), allow_manifest=True)
+    if len(names) > MAX_BUNDLE_ENTRIES:
+        msg = f"the bundle sent holds {len(names)} files; a bundle holds a handful"
+        raise BundleSizeError(msg, hint=_BAD_BUNDLE_HINT)
+    limit = max_bytes + MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES
+    total = sum(len(record[name].data) for name in names)
+    if total > limit:
+        msg = f"the bundle sent holds {total} bytes, over the limit of {limit}"
+        raise BundleSizeError(msg, hint=_BAD_BUNDLE_HINT)
     files = {}
-    for name, array in record.items():
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            msg = f"bundle file name {name!r} escapes the bundle directory"
-            raise AdapterError(msg, hint="the coordinator sent a malformed bundle; tell the atlas maintainers")
-        files[name] = array.numpy().tobytes()
+    for name in names:
+        try:
+            values = decode_array(record[name])
+        except (TypeError, ValueError, EOFError, OSError) as err:
+            msg = f"bundle file {name} cannot be decoded ({str(err)[:200]})"
+            raise BundleIntegrityError(msg, hint=_BAD_BUNDLE_HINT) from None
+        if values.dtype != np.uint8 or values.ndim != 1:
+            msg = f"bundle file {name} arrived as a {values.dtype} array of shape {values.shape}, not bytes"
+            raise BundleIntegrityError(msg, hint=_BAD_BUNDLE_HINT)
+        files[name] = values.tobytes()
     return files
+
+
+_BAD_BUNDLE_HINT = "the coordinator sent a malformed bundle and nothing was stored; tell the atlas maintainers"
 
 
 def adapter_to_records(adapter: Adapter) -> dict[str, ArrayRecord | ConfigRecord]:
@@ -125,27 +165,78 @@ def adapter_to_records(adapter: Adapter) -> dict[str, ArrayRecord | ConfigRecord
     }
 
 
+MAX_META_CHARS = 1_000_000  # the adapter's slices and the label statistics travel as JSON text of at most this
+
+
+def decode_array(array: Array) -> np.ndarray:
+    """An :class:`~flwr.app.Array`'s values; raise :class:`ValueError` unless it is a plain ``.npy`` of its size.
+
+    The ``.npy`` header is read first and must describe exactly the bytes that follow, so a header
+    claiming a huge shape allocates nothing; object arrays (pickles) are never loaded.
+    """
+    if array.stype != SType.NUMPY:
+        msg = f"array is serialized as {str(array.stype)[:40]!r}, not numpy.ndarray"
+        raise ValueError(msg)
+    data = bytes(array.data)
+    buffer = io.BytesIO(data)
+    version = np.lib.format.read_magic(buffer)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(buffer)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(buffer)
+    else:
+        msg = f".npy format version {version} is not accepted"
+        raise ValueError(msg)
+    if dtype.hasobject:
+        msg = "array holds Python objects"
+        raise ValueError(msg)
+    size = math.prod(shape) * dtype.itemsize
+    if size != len(data) - buffer.tell():
+        msg = f"array header describes {size} bytes, but {len(data) - buffer.tell()} follow"
+        raise ValueError(msg)
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def adapter_from_fields(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Adapter:
+    """Rebuild an :class:`Adapter` from its tensors and the plain values of its :data:`ADAPTER_META` record.
+
+    Raise :class:`AdapterError` when the metadata is malformed (missing or extra fields, slices
+    that are not strict JSON, batch categories that are not a list of strings).
+    """
+    if not isinstance(meta, Mapping):
+        msg = f"adapter metadata must be a record, got {type(meta).__name__}"
+        raise AdapterError(msg)
+    fields = {"format", "bundle-id", "batch-categories", "slices"}
+    if set(meta) != fields:
+        msg = f"adapter metadata must hold exactly {sorted(fields)}, got {sorted(map(str, meta))[:10]}"
+        raise AdapterError(msg)
+    try:
+        slices = _strict_json(meta["slices"], "adapter slices")
+    except ValueError as err:
+        msg = f"adapter metadata is malformed ({err})"
+        raise AdapterError(msg) from err
+    return Adapter.from_arrays(
+        arrays,
+        {
+            "format": meta["format"],
+            "bundle_id": meta["bundle-id"],
+            "batch_categories": meta["batch-categories"],
+            "slices": slices,
+        },
+    )
+
+
 def adapter_from_records(content: RecordDict) -> Adapter:
     """Rebuild an :class:`Adapter` from a lab's reply; raise :class:`AdapterError` when malformed."""
     if ADAPTER not in content.array_records or ADAPTER_META not in content.config_records:
         msg = "reply carries no adapter"
         raise AdapterError(msg)
-    meta = content.config_records[ADAPTER_META]
     try:
-        arrays = {name: array.numpy() for name, array in content.array_records[ADAPTER].items()}
-        slices = json.loads(str(meta["slices"]))
-        return Adapter.from_arrays(
-            arrays,
-            {
-                "format": meta["format"],
-                "bundle_id": meta["bundle-id"],
-                "batch_categories": list(meta["batch-categories"]),  # type: ignore[arg-type]
-                "slices": slices,
-            },
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        msg = f"adapter metadata is malformed ({err})"
+        arrays = {name: decode_array(array) for name, array in content.array_records[ADAPTER].items()}
+    except (TypeError, ValueError) as err:
+        msg = f"adapter tensors cannot be decoded ({err})"
         raise AdapterError(msg) from err
+    return adapter_from_fields(arrays, dict(content.config_records[ADAPTER_META]))
 
 
 def label_stats_to_record(stats: LabelStatistics) -> ConfigRecord:
@@ -153,22 +244,38 @@ def label_stats_to_record(stats: LabelStatistics) -> ConfigRecord:
     return ConfigRecord({"json": json.dumps(stats.to_dict(), sort_keys=True)})
 
 
-def label_stats_from_record(record: ConfigRecord, *, min_count: int) -> LabelStatistics:
-    """Parse and check label statistics: every released count must be at least ``min_count``."""
+def label_stats_from_record(record: Mapping[str, Any], *, min_count: int) -> LabelStatistics:
+    """Parse and check label statistics: every released count must be at least ``min_count``.
+
+    ``record`` is the :data:`LABEL_STATS` config record (or a dict of its values). Raise
+    :class:`AdapterError` when it is malformed, :class:`PrivacyError` when it releases too much.
+    """
     try:
-        stats = LabelStatistics.from_dict(json.loads(str(record["json"])))
-    except (KeyError, TypeError, ValueError) as err:
+        if set(record) != {"json"}:
+            msg = f"the record must hold exactly 'json', got {sorted(map(str, record))[:10]}"
+            raise ValueError(msg)
+        stats = LabelStatistics.from_dict(_strict_json(record["json"], "label statistics"))
+    except (TypeError, ValueError) as err:
         msg = f"label statistics are malformed ({err})"
         raise AdapterError(msg, hint="the lab runs an incompatible fedarches version") from err
     if stats.min_count < min_count:
         msg = f"label statistics were suppressed below k={stats.min_count}, the round requires k>={min_count}"
         raise PrivacyError(msg, hint="the lab must map again with --min-count at least the round's")
+    k = stats.min_count  # at least the round's: a count between the two would belie the lab's own k
     for t in stats.types:
         for value in (t.n_cells, t.n_low_confidence):
-            if value is not None and (not isinstance(value, int) or value < min_count):
-                msg = f"label statistics release a count of {value} for {t.cell_type!r}, below k={min_count}"
+            if value is not None and value < k:
+                msg = f"label statistics release a count of {value} for {t.cell_type[:60]!r}, below k={k}"
                 raise PrivacyError(msg)
     return stats
+
+
+def _strict_json(text: Any, what: str) -> Any:
+    """Parse JSON text from a peer (:func:`~fedarches.shared._json.strict_loads`, at most :data:`MAX_META_CHARS`)."""
+    if not isinstance(text, str):
+        msg = f"{what} must be JSON text, got {type(text).__name__}"
+        raise ValueError(msg)
+    return strict_loads(text, what, max_chars=MAX_META_CHARS)
 
 
 def describe_content(content: RecordDict) -> dict[str, Any]:
@@ -259,3 +366,101 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """The coordinator's ``train.map`` settings, as a lab reads them (checked: they come over the network)."""
+
+    round_id: str
+    bundle_id: str
+    max_epochs: int
+    seed: int
+    confidence_threshold: float
+    min_count: int
+    max_adapter_bytes: int
+
+    @classmethod
+    def from_record(cls, record: Any) -> RoundConfig:
+        """Parse :data:`ROUND`; raise :class:`ProtocolError` naming the first bad field (never anything else)."""
+        if not isinstance(record, Mapping):
+            msg = f"the round message has no {ROUND!r} record"
+            raise ProtocolError(msg)
+        values = dict(record)
+        try:
+            return cls(
+                round_id=_text(values, "round-id", pattern=_ROUND_ID),
+                bundle_id=_text(values, "bundle-id", pattern=_BUNDLE_ID),
+                max_epochs=_whole(values, "max-epochs", 0, 100_000),
+                seed=_whole(values, "seed", 0, 2**32 - 1),
+                confidence_threshold=_fraction(values, "confidence-threshold"),
+                min_count=_whole(values, "min-count", 1, 1_000_000_000),
+                max_adapter_bytes=_whole(values, "max-adapter-bytes", 1, 1 << 30),
+            )
+        except ProtocolError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a hostile record must become a ProtocolError, whatever it holds
+            msg = f"the round settings are malformed ({type(err).__name__})"
+            raise ProtocolError(msg) from None
+
+
+def secure_sum_settings(config: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The round id and type order of a secure-sum request; :class:`ProtocolError` unless well formed.
+
+    The types must be distinct non-empty strings: a repeated type would count the same cells twice.
+    """
+    round_id = _text(config, "round-id", pattern=_ROUND_ID)
+    raw = _field(config, "categories")
+    try:
+        categories = _strict_json(raw, "the secure sum's categories")
+    except ValueError:
+        categories = None
+    if (
+        not isinstance(categories, list)
+        or not 0 < len(categories) <= 100_000
+        or not all(isinstance(c, str) and 0 < len(c) <= 1_000 for c in categories)
+        or len(set(categories)) != len(categories)
+    ):
+        msg = "the secure sum's 'categories' is not a JSON list of distinct cell-type names"
+        raise ProtocolError(msg)
+    return round_id, categories
+
+
+_ROUND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_BUNDLE_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def _field(values: Mapping[str, Any], key: str) -> Any:
+    if key not in values:
+        msg = f"the round settings lack {key!r}"
+        raise ProtocolError(msg)
+    return values[key]
+
+
+def _text(values: Mapping[str, Any], key: str, *, pattern: re.Pattern[str]) -> str:
+    value = _field(values, key)
+    if not isinstance(value, str) or not pattern.match(value):
+        msg = f"round setting {key!r} is {_shown(value)}, which is not a valid {key}"
+        raise ProtocolError(msg)
+    return value
+
+
+def _whole(values: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    value = _field(values, key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        msg = f"round setting {key!r} is {_shown(value)}; it must be a whole number from {low} to {high}"
+        raise ProtocolError(msg)
+    return value
+
+
+def _fraction(values: Mapping[str, Any], key: str) -> float:
+    value = _field(values, key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        msg = f"round setting {key!r} is {_shown(value)}; it must be a number from 0 to 1"
+        raise ProtocolError(msg)
+    return float(value)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -67,3 +67,24 @@ def lab_a(demo_dir: Path):
     import anndata as ad
 
     return ad.read_h5ad(demo_dir / "lab_a.h5ad")
+
+
+@pytest.fixture(scope="session")
+def resign():
+    """``resign(bundle, out_dir, private_key_path)``: the same bundle signed by another coordinator's key."""
+
+    def _resign(bundle: ReferenceBundle, out_dir: Path, private_key: Path) -> Path:
+        contents = BundleContents(
+            model_pt=bundle.model_bytes(),
+            model_class=bundle.model_class,
+            setup_args=bundle.setup_args,
+            batch_categories=bundle.batch_categories,
+            label_categories=bundle.label_categories,
+            gene_ids=bundle.genes["gene_id"].tolist(),
+            gene_symbols=bundle.genes["gene_symbol"].tolist(),
+            embedding=bundle.embedding,
+            summary=None if bundle.reference_summary is None else bundle.reference_summary.to_bytes(),
+        )
+        return write_bundle(out_dir, contents, crypto.load_private_key(private_key))
+
+    return _resign

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from fedarches.client.cli import app as client_app
 from fedarches.server.cli import app as server_app
 from fedarches.shared import crypto
 from fedarches.shared._process import free_port
-from fedarches.shared.bundle import write_bundle
+from fedarches.shared.bundle import ReferenceBundle, write_bundle
 
 runner = CliRunner()
 
@@ -69,3 +70,68 @@ def test_join_checks_the_data_before_connecting(coord_dir: Path, tmp_path: Path,
     result = runner.invoke(client_app, [*args, "--data", str(tmp_path / "missing.h5ad")])
     assert result.exit_code == 10 and "does not exist" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_join_refuses_an_out_that_would_replace_its_data(coord_dir: Path, tmp_path: Path, demo_dir: Path) -> None:
+    runner.invoke(server_app, ["add-lab", "lab_d", "--dir", str(coord_dir)])
+    export = coord_dir / "exports" / "lab_d"
+    data = tmp_path / "annotated.h5ad"
+    data.write_bytes((demo_dir / "lab_a.h5ad").read_bytes())
+    for out in (data, tmp_path):  # the data file itself; the directory where annotated.h5ad would replace it
+        result = runner.invoke(client_app, ["join", "--lab-dir", str(export), "--data", str(data), "--out", str(out)])
+        assert result.exit_code == 14 and "hint:" in result.output, result.output
+    assert (tmp_path / "annotated.h5ad").read_bytes() == (demo_dir / "lab_a.h5ad").read_bytes()
+
+
+@pytest.mark.slow
+def test_too_many_batches_are_refused_by_preview_and_before_join_connects(
+    coord_dir: Path, tmp_path: Path, demo_dir: Path, demo_bundle, resign
+) -> None:
+    import anndata as ad
+    import numpy as np
+
+    runner.invoke(server_app, ["add-lab", "lab_e", "--dir", str(coord_dir)])
+    export = coord_dir / "exports" / "lab_e"
+    signed = resign(demo_bundle, tmp_path / "signed", coord_dir / "keys" / "bundle-signing.key")
+    lab = ad.read_h5ad(demo_dir / "lab_a.h5ad")
+    many = ad.concat([lab] * 20, index_unique="-")  # 4,200 cells in 4,000 samples
+    many.obs["sample"] = [f"s{i}" for i in np.arange(many.n_obs) % 4000]
+    data = tmp_path / "many.h5ad"
+    many.write_h5ad(data)
+    common = ["--lab-dir", str(export), "--data", str(data), "--batch-key", "sample"]
+    result = runner.invoke(client_app, ["preview", *common, "--bundle", str(signed), "-q"])
+    assert result.exit_code == 16, result.output
+    assert "the query has 4000 batches, so its adapter would hold" in result.output and "hint:" in result.output
+    assert "Epoch" not in result.output  # refused before training
+    held = export / "bundles" / ReferenceBundle.open(signed, export / "bundle-signing.pub").bundle_id
+    shutil.copytree(signed, held)
+    result = runner.invoke(client_app, ["join", *common, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 16 and "4000 batches" in result.output, result.output  # no SuperLink: never connected
+
+
+@pytest.mark.parametrize(
+    "content", [b"\xff\xfe n\x00a\x00m\x00e\x00", b"name = [", b"name = 7\n", b"superlink = 'x'\n"]
+)
+def test_a_damaged_lab_toml_is_a_config_error_not_a_bug(coord_dir: Path, tmp_path: Path, content: bytes) -> None:
+    runner.invoke(server_app, ["add-lab", "lab_f", "--dir", str(coord_dir)])
+    export = coord_dir / "exports" / "lab_f"
+    (export / "lab.toml").write_bytes(content)
+    result = runner.invoke(client_app, ["join", "--lab-dir", str(export), "--data", "x.h5ad", "--out", str(tmp_path)])
+    assert result.exit_code == 13 and "lab.toml" in result.output and "hint:" in result.output, result.output
+    assert "unexpected" not in result.output
+
+
+def test_a_damaged_coordinator_toml_is_a_config_error_not_a_bug(coord_dir: Path) -> None:
+    for content in (b"\x00\x01binary", b"[superlink]\nport = 'many'\n"):
+        (coord_dir / "coordinator.toml").write_bytes(content)
+        result = runner.invoke(server_app, ["add-lab", "lab_g", "--dir", str(coord_dir)])
+        assert result.exit_code == 13 and "coordinator.toml" in result.output, result.output
+        assert "unexpected" not in result.output
+
+
+def test_join_refuses_extra_mods_it_cannot_load_before_connecting(coord_dir: Path, tmp_path: Path, demo_dir) -> None:
+    runner.invoke(server_app, ["add-lab", "lab_h", "--dir", str(coord_dir)])
+    args = ["join", "--lab-dir", str(coord_dir / "exports" / "lab_h"), "--data", str(demo_dir / "lab_a.h5ad")]
+    for spec, message in (("nomodule", "not of the form module:attribute"), ("no_such_mod:f", "cannot be loaded")):
+        result = runner.invoke(client_app, [*args, "--out", str(tmp_path / "o"), "--extra-mods", spec])
+        assert result.exit_code == 13 and message in result.output, result.output

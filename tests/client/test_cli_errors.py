@@ -154,10 +154,52 @@ def test_interrupted_write_leaves_nothing(demo_bundle, keys, demo_dir, tmp_path,
 
     monkeypatch.setattr(ad.AnnData, "write_h5ad", broken_write)
     out = tmp_path / "out" / "annotated.h5ad"
-    result = _run(demo_bundle, keys, demo_dir / "lab_a.h5ad", out)
+    result = _run(demo_bundle, keys, demo_dir / "lab_a.h5ad", out, "--adapter-out", str(tmp_path / "adapter.npz"))
     assert result.exit_code == 130
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.suffix == ".h5ad" or "partial" in p.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no .h5ad, no plots, no adapter, not even out/
+
+
+@pytest.mark.slow
+def test_a_failure_after_the_plots_leaves_no_output_of_any_kind(demo_bundle, keys, demo_dir, tmp_path, monkeypatch):
+    out = tmp_path / "annotated.h5ad"
+    old_stats = tmp_path / "stats.json"
+    old_stats.write_text("from an earlier run")
+    adapter = tmp_path / "adapter.npz"
+    adapter.mkdir()  # the adapter cannot be written: found only when every output is committed
+    (adapter / "keep").write_text("the user's")
+    query = tmp_path / "q.h5ad"
+    query.write_bytes((demo_dir / "lab_a.h5ad").read_bytes())
+    result = _run(demo_bundle, keys, query, out, "--adapter-out", str(adapter), "--stats-out", str(old_stats))
+    assert result.exit_code == 14, result.output  # refused before training: an output file cannot be a directory
+    adapter.rename(tmp_path / "moved")
+    import fedarches.client.plots as plots
+
+    real = plots.plot_mapping
+
+    def plots_then_disk_full(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots, "plot_mapping", plots_then_disk_full)
+    result = _run(demo_bundle, keys, query, out, "--adapter-out", str(adapter), "--stats-out", str(old_stats))
+    assert result.exit_code == 15 and "No space left on device" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moved", "q.h5ad", "stats.json"]
+    assert old_stats.read_text() == "from an earlier run"
+
+
+@pytest.mark.slow
+def test_cells_without_counts_are_mapped_as_unknown_and_reported(demo_bundle, keys, demo_dir, tmp_path) -> None:
+    adata = _lab(demo_dir)
+    counts = adata.layers["counts"].tolil()
+    counts[:5] = 0
+    adata.layers["counts"] = counts.tocsr()
+    out = tmp_path / "out.h5ad"
+    result = _run(demo_bundle, keys, _write(adata, tmp_path / "q.h5ad"), out)
+    assert result.exit_code == 0, result.output
+    assert "5 of 210 cells have no counts in the reference's genes" in result.output
+    mapped = ad.read_h5ad(out)
+    assert mapped.obs["is_unknown"].iloc[:5].all()
+    assert mapped.uns["fedarches"]["n_empty_cells"] == 5
 
 
 def test_counts_in_integer_x_are_accepted(tmp_path) -> None:

@@ -59,3 +59,23 @@ def test_ledger_lists_releases_and_verifies_the_chain(tmp_path: Path) -> None:
     assert "spent ε=2 δ=0 of the budget ε=10" in result.output and "hash chain intact over 2 entries" in result.output
     entries = json.loads(runner.invoke(app, ["ledger", "--lab-dir", str(tmp_path), "--json"]).output)
     assert [e["round_id"] for e in entries] == ["r1", "r2"] and entries[0]["payload"] == '{"vector": [1, 2]}'
+
+
+def test_an_undecodable_or_misplaced_policy_is_a_clear_error_not_a_bug(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_bytes('[release]\ncomposition = "none"\n'.encode("utf-16"))
+    result = runner.invoke(app, ["policy", "show", "--lab-dir", str(tmp_path)])
+    assert result.exit_code == 13, result.output
+    assert "is not UTF-8 text (it looks UTF-16)" in result.output and "hint:" in result.output
+    assert "unexpected" not in result.output and "Traceback" not in result.output
+    path.unlink()
+    path.mkdir()  # a directory is not "no policy": the defaults must not silently apply
+    shown = runner.invoke(app, ["policy", "show", "--lab-dir", str(tmp_path)])
+    assert shown.exit_code == 13 and "is a directory" in shown.output
+
+
+def test_ledger_that_is_a_directory_is_not_no_releases_yet(tmp_path: Path) -> None:
+    (tmp_path / "ledger.sqlite").mkdir()
+    result = runner.invoke(app, ["ledger", "--lab-dir", str(tmp_path), "--verify"])
+    assert result.exit_code == 33, result.output
+    assert "is a directory, not a ledger" in result.output and "no releases yet" not in result.output

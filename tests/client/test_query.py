@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import re
 import warnings
 
 import anndata as ad
@@ -104,3 +106,50 @@ def test_counts_prefers_counts_layer() -> None:
     assert counts.toarray().tolist() == [[1.0, 3.0]]
     with pytest.raises(QueryDataError, match="layer 'raw' not found"):
         get_counts(adata, "raw")
+
+
+def test_a_matrix_without_counts_is_refused() -> None:
+    from fedarches.client.query import validate_query
+
+    empty = ad.AnnData(X=sp.csr_matrix((252, 3), dtype=np.float32))
+    with pytest.raises(QueryDataError, match="no counts at all: every one of the 252 cells is empty"):
+        validate_query(empty)
+
+
+def test_counts_only_outside_the_reference_genes_are_refused(toy_bundle) -> None:
+    query = _query(["ENSG00000000001", "ENSG00000000002", "OTHER"])
+    query.X[:, :2] = 0
+    with pytest.raises(GeneOverlapError, match="none of the 4 cells has a count in the reference's 2 genes"):
+        prepare_query(query, toy_bundle)
+
+
+def test_cells_without_counts_are_reported(toy_bundle) -> None:
+    from fedarches.client.query import EmptyCellsWarning
+
+    query = _query(["ENSG00000000001", "ENSG00000000002", "ENSG00000000003"])
+    query.X[:2] = 0
+    with pytest.warns(EmptyCellsWarning, match="2 of 4 cells have no counts"):
+        prepared = prepare_query(query, toy_bundle)
+    assert prepared.empty_cells.tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda p: p.mkdir(), "is a directory"),
+        (lambda p: os.mkfifo(p), "is a FIFO (named pipe)"),
+        (lambda p: p.symlink_to("/dev/null"), "is a symbolic link to a character device (/dev/null)"),
+        (lambda p: p.symlink_to(p.parent), "is a symbolic link to a directory"),
+        (lambda p: p.symlink_to(p.parent / "gone.h5ad"), "is a broken symbolic link"),
+        (lambda p: None, "does not exist"),
+    ],
+)
+def test_a_query_path_that_is_not_a_file_says_what_it_is(tmp_path, make, kind) -> None:
+    from fedarches.client.query import read_query
+    from fedarches.shared.errors import UserInputError
+
+    path = tmp_path / "query.h5ad"
+    make(path)
+    with pytest.raises(UserInputError, match=re.escape(kind)) as info:
+        read_query(path)  # a FIFO would block forever if it were opened
+    assert info.value.exit_code == 10

@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 
 from fedarches.server.loopback import LoopbackFederation
-from fedarches.shared import crypto, protocol
+from fedarches.shared import protocol
 from fedarches.shared._process import free_port, own_executable
-from fedarches.shared.bundle import ReferenceBundle, write_bundle
+from fedarches.shared.bundle import ReferenceBundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -40,15 +40,13 @@ EPOCHS = 30
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory, demo_bundle: ReferenceBundle, demo_dir: Path):
+def federation(tmp_path_factory: pytest.TempPathFactory, demo_bundle: ReferenceBundle, demo_dir: Path, resign):
     """Coordinator + three labs online; yields (federation, bundle signed by the coordinator)."""
     work = tmp_path_factory.mktemp("federation")
     fed = LoopbackFederation(work, threads=1, env={"PYTHONPATH": str(REPO)})
     try:
         # The demo bundle, re-signed with this coordinator's key (a coordinator only runs its own bundles).
-        key = crypto.load_private_key(fed.coord.signing_key)
-        bundle_dir = work / "reference-bundle"
-        write_bundle(bundle_dir, _contents_of(demo_bundle), key)
+        bundle_dir = resign(demo_bundle, work / "reference-bundle", fed.coord.signing_key)
         bundle = ReferenceBundle.open(bundle_dir, fed.coord.signing_public_key)
         fed.start_coordinator()
         for lab in LABS:
@@ -223,7 +221,7 @@ def test_second_round_sends_only_the_bundle_id_and_rejects_malformed_adapters(fi
         "[adapters]\nclip_norm = 5.0\nnoise_multiplier = 4.0\ndelta = 1e-6\n",
     )
     for name in ("lab_b", "lab_c"):
-        set_policy(fed, name, "")
+        set_policy(fed, name, "# every key at its default\n")  # an empty policy.toml is refused
     shutil.rmtree(fed.labs["lab_b"].export_dir / "bundles")  # lab_b lost its copy: it must get it again
     report = fed.run_round(bundle.path, "--max-epochs", "3", check=False)
     status = {lab["name"]: lab for lab in report["labs"]}
@@ -370,19 +368,3 @@ def test_connections_without_tls_fail(federation, tmp_path) -> None:
 
 def _bin(name: str) -> str:
     return own_executable(name)
-
-
-def _contents_of(bundle: ReferenceBundle):
-    from fedarches.shared.bundle import BundleContents
-
-    return BundleContents(
-        model_pt=bundle.model_bytes(),
-        model_class=bundle.model_class,
-        setup_args=bundle.setup_args,
-        batch_categories=bundle.batch_categories,
-        label_categories=bundle.label_categories,
-        gene_ids=bundle.genes["gene_id"].tolist(),
-        gene_symbols=bundle.genes["gene_symbol"].tolist(),
-        embedding=bundle.embedding,
-        summary=None if bundle.reference_summary is None else bundle.reference_summary.to_bytes(),
-    )

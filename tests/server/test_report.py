@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedarches.server.report import write_report
+from fedarches.server.report import ledger_anchor, plot_composition, render_html, report_dict, write_report
 from fedarches.server.round import LabOutcome, RoundResult, RoundSettings
 from fedarches.server.secure_sum import SecureSumResult
 from fedarches.shared import crypto
@@ -53,3 +53,37 @@ def test_report_marks_suppressed_counts_and_dropped_labs(tmp_path: Path, toy_con
     ):
         assert text in html
     assert paths["plot"].stat().st_size > 5_000
+
+
+def test_report_shows_each_labs_ledger_anchor(tmp_path: Path, toy_contents, keys) -> None:
+    """Each lab's newest ledger entry (seq and full hash) is shown per lab; a lab whose reply carried none is not."""
+    bundle = ReferenceBundle.open(write_bundle(tmp_path / "b", toy_contents, crypto.load_private_key(keys[0])), keys[1])
+    labs = [
+        LabOutcome("lab_a", 1, status="accepted", composition="secure-sum"),
+        LabOutcome("lab_b", 2, status="dropped", reason="SuperNode went offline during the round"),
+        LabOutcome("lab_<c>", 3, status="accepted", composition="none"),
+    ]
+    settings = RoundSettings(tmp_path, bundle.path, tmp_path / "round", "r7", min_labs=1)
+    result = RoundResult(settings, bundle, labs, started="2026-11-23T00:00:00+00:00", status="completed", message="ok")
+    data = report_dict(result)
+    heads = {"lab_a": (12, "ab" * 32), "lab_<c>": (3, "0f" * 32)}  # hand-built, as round.py fills them from replies
+    for lab in data["labs"]:
+        seq, head = heads.get(lab["name"], (None, ""))
+        lab.update(ledger_seq=seq, ledger_head=head)
+    plot = tmp_path / "composition.png"
+    plot_composition(data, plot)
+    page = render_html(data, plot)
+    anchors = page.split("<h2>Ledger anchors</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "<td>lab_a</td><td class=n>12</td><td><code>" + "ab" * 32 + "</code>" in anchors
+    assert "<td>lab_&lt;c&gt;</td><td class=n>3</td>" in anchors and "lab_<c>" not in page  # escaped
+    assert "lab_b" not in anchors  # dropped: its reply never came, so no anchor
+    assert "fedarches-client ledger --lab-dir LAB_DIR --report report.json" in anchors
+    assert "<th>ledger entry</th>" in page
+    assert [ledger_anchor(lab) for lab in data["labs"]] == [(12, "ab" * 32), None, (3, "0f" * 32)]
+    for lab in data["labs"]:
+        lab.update(ledger_seq=None, ledger_head="")
+    assert "No lab's reply named a ledger entry" in render_html(data, plot)
+    # a report from before the anchor existed (no keys at all) still renders
+    for lab in data["labs"]:
+        del lab["ledger_seq"], lab["ledger_head"]
+    assert "No lab's reply named a ledger entry" in render_html(data, plot)

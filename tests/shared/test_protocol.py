@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedarches.shared import protocol
 from fedarches.shared.adapters import Adapter, TensorSlice
-from fedarches.shared.errors import AdapterError, PrivacyError
+from fedarches.shared.errors import AdapterError, BundlePathError, PrivacyError
 from fedarches.shared.labels import compute_label_statistics
 
 
@@ -80,5 +80,80 @@ def test_label_statistics_below_k_are_refused_at_the_coordinator(adapter: Adapte
 
 def test_bundle_file_names_cannot_escape() -> None:
     record = ArrayRecord({"../../etc/passwd": Array(np.zeros(3, np.uint8))})
-    with pytest.raises(AdapterError, match="escapes"):
+    with pytest.raises(BundlePathError, match="escapes"):
         protocol.record_to_files(record)
+
+
+def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def test_decode_array_reads_only_plain_arrays_of_their_stated_size() -> None:
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(protocol.decode_array(Array(values)), values)
+    forged = [
+        (Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=_npy_header((10**12,))), "describes"),
+        (Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=_npy_header((2,)) + b"\0" * 12), "describes"),
+        (Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=_npy_header((1,), "|O") + b"\0" * 8), "object"),
+        (Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=b""), "EOF"),
+        (Array(dtype="float32", shape=(1,), stype="torch.Tensor", data=bytes(Array(values).data)), "serialized as"),
+        (Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=b"\x93NUMPY\x03\x00" + b"\0" * 20), "version"),
+    ]
+    for array, message in forged:
+        with pytest.raises(ValueError, match=message):
+            protocol.decode_array(array)
+
+
+def test_adapter_from_records_turns_every_decoding_failure_into_an_adapter_error(adapter: Adapter) -> None:
+    cases = [
+        lambda c: c[protocol.ADAPTER].__setitem__(
+            "decoder.w", Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=b"")
+        ),  # EOFError before
+        lambda c: c[protocol.ADAPTER_META].__setitem__("slices", '["z_encoder.w", "decoder.w"]'),  # AttributeError
+        lambda c: c[protocol.ADAPTER_META].__setitem__("slices", "[" * 50_000),  # RecursionError
+        lambda c: c[protocol.ADAPTER_META].__setitem__("slices", '{"decoder.w": {"axis": 1, "offset": 3}}' * 2),
+        lambda c: c[protocol.ADAPTER_META].__setitem__("batch-categories", "lab_a"),  # was read as l, a, b, _, a
+        lambda c: c[protocol.ADAPTER_META].__setitem__("note", "x"),
+    ]
+    for change in cases:
+        content = reply(adapter)
+        change(content)
+        with pytest.raises(AdapterError):
+            protocol.adapter_from_records(content)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"min_count": 11, "types": [], "min_count": 11}', "repeats the key"),
+        ('{"min_count": NaN, "types": []}', "not JSON"),
+        ('{"min_count": 11, "types": [1]}', "must be an object"),
+        ('{"min_count": true, "types": []}', "positive integer"),
+        ('{"min_count": 11, "types": [], "note": 1}', "unexpected"),
+        (
+            '{"min_count": 11, "types": [{"cell_type": "T", "n_cells": true, "mean_confidence": 0.5,'
+            ' "n_low_confidence": "suppressed"}]}',
+            "non-negative integer",
+        ),
+        (
+            '{"min_count": 11, "types": [{"cell_type": "T", "n_cells": 20, "mean_confidence": 0.5,'
+            ' "n_low_confidence": 30}]}',
+            "30 low-confidence cells out of 20",
+        ),
+        (
+            '{"min_count": 11, "types": [{"cell_type": "T", "n_cells": 20, "mean_confidence": 1e999,'
+            ' "n_low_confidence": "suppressed"}]}',
+            "non-finite",
+        ),
+        ("[" * 50_000, "nested too deeply"),
+    ],
+)
+def test_label_statistics_are_parsed_strictly(text: str, message: str) -> None:
+    with pytest.raises(AdapterError, match=message):
+        protocol.label_stats_from_record(ConfigRecord({"json": text}), min_count=11)
+    with pytest.raises(AdapterError, match="exactly 'json'"):
+        protocol.label_stats_from_record({"json": "{}", "more": "{}"}, min_count=11)

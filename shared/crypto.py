@@ -53,7 +53,7 @@ def key_id(key: Ed25519PublicKey) -> str:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read an Ed25519 private key written by :func:`generate_signing_keys`."""
-    data = _read_key_file(path, "private")
+    data = read_key_file(path, "private")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as err:
@@ -67,7 +67,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Read an Ed25519 public key (PEM)."""
-    data = _read_key_file(path, "public")
+    data = read_key_file(path, "public")
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as err:
@@ -101,14 +101,21 @@ def sha256_bytes(data: bytes) -> str:
 _MAX_KEY_FILE_BYTES = 65_536
 
 
-def _read_key_file(path: Path, kind: str) -> bytes:
+def read_key_file(path: Path, kind: str, *, hint: str | None = None) -> bytes:
+    """A key file's bytes; :class:`CryptoError` unless a regular file of at most 64 KiB (a FIFO never blocks)."""
     from fedarches.shared.paths import describe_kind
 
     path = Path(path)
     what = describe_kind(path)
     if what != "a regular file" and not what.startswith("a symbolic link to a regular file"):
-        msg = f"{kind} key file {path} is {'missing' if what == 'missing' else what}, not a key file"
-        raise CryptoError(msg)
+        msg = f"{kind} key file {path} " + ("does not exist" if what == "missing" else f"is {what}, not a key file")
+        if hint is None:
+            hint = (
+                "pass the coordinator's bundle-signing.pub file (for a lab: LAB_DIR/bundle-signing.pub)"
+                if kind == "public"
+                else CryptoError.hint
+            )
+        raise CryptoError(msg, hint=hint)
     try:
         with path.open("rb") as fh:
             data = fh.read(_MAX_KEY_FILE_BYTES + 1)

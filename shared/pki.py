@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedarches.shared._io import atomic_write_bytes
+from fedarches.shared.crypto import read_key_file
 from fedarches.shared.errors import CryptoError
 
 _CURVE = ec.SECP384R1()
@@ -139,11 +140,7 @@ def create_node_keys(private_path: Path, public_path: Path) -> str:
 
 def load_node_public_key(path: Path) -> bytes:
     """Read and check a SuperNode public key (OpenSSH line, EC on a NIST curve); return its line."""
-    path = Path(path)
-    if not path.is_file():
-        msg = f"public key file {path} does not exist"
-        raise CryptoError(msg, hint="pass the .pub file written by `fedarches-client keygen`")
-    data = path.read_bytes().strip()
+    data = read_key_file(Path(path), "public", hint="pass the .pub file written by `fedarches-client keygen`").strip()
     try:
         key = serialization.load_ssh_public_key(data)
     except (ValueError, TypeError) as err:

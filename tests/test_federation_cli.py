@@ -135,3 +135,17 @@ def test_join_refuses_extra_mods_it_cannot_load_before_connecting(coord_dir: Pat
     for spec, message in (("nomodule", "not of the form module:attribute"), ("no_such_mod:f", "cannot be loaded")):
         result = runner.invoke(client_app, [*args, "--out", str(tmp_path / "o"), "--extra-mods", spec])
         assert result.exit_code == 13 and message in result.output, result.output
+
+
+def test_key_paths_that_are_not_files_say_what_they_are(coord_dir: Path, tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "lab.pub"
+    os.mkfifo(fifo)  # reading it would block forever
+    result = runner.invoke(server_app, ["add-lab", "lab_i", "--dir", str(coord_dir), "--public-key", str(fifo)])
+    assert result.exit_code == 30 and "is a FIFO (named pipe), not a key file" in result.output, result.output
+    args = ["map", str(tmp_path / "q.h5ad"), "--reference", str(tmp_path / "b"), "--out", str(tmp_path / "o.h5ad")]
+    (tmp_path / "keys").mkdir()
+    result = runner.invoke(client_app, [*args, "--trust", str(tmp_path / "keys")])
+    assert result.exit_code == 30 and "is a directory, not a key file" in result.output, result.output
+    assert "bundle-signing.pub" in result.output  # the hint names the file a lab passes

@@ -110,5 +110,5 @@ def test_keygen_modes_and_bad_keys(tmp_path: Path) -> None:
     assert crypto.load_public_key(public)
     with pytest.raises(CryptoError, match="not a PEM public key"):
         crypto.load_public_key(private)
-    with pytest.raises(CryptoError, match=r"cannot read|is missing"):
+    with pytest.raises(CryptoError, match=r"does not exist"):
         crypto.load_private_key(tmp_path / "missing.key")

@@ -326,8 +326,7 @@ def _send_train(
         content = RecordDict({protocol.ROUND: protocol.round_config(settings.train_config(bundle.bundle_id))})
         if with_bundle[lab.name]:
             if bundle_record is None:
-                files = sorted(p.relative_to(bundle.path).as_posix() for p in bundle.path.rglob("*") if p.is_file())
-                bundle_record = protocol.bundle_to_record(bundle.path, files)
+                bundle_record = protocol.bundle_to_record(bundle.verified_files())
             content[protocol.BUNDLE] = bundle_record
             lab.bundle_sent = True
         message = Message(content, dst_node_id=lab.node_id, message_type=protocol.MAP)

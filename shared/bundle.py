@@ -173,9 +173,11 @@ class ReferenceBundle:
         manifest: dict[str, Any],
         files: dict[str, bytes],
         setup: dict[str, Any],
+        signature: bytes = b"",
     ) -> None:
         self.path = path
         self._manifest_bytes = manifest_bytes
+        self._signature = signature
         self._files = files
         self.manifest = manifest
         self.setup = setup
@@ -253,7 +255,7 @@ class ReferenceBundle:
         finally:
             os.close(root)
         setup = parse_setup(files[BUNDLE_KEYS.SETUP], f"{BUNDLE_KEYS.SETUP} in {path}")
-        return cls(path, manifest_bytes, manifest, files, setup)
+        return cls(path, manifest_bytes, manifest, files, setup, signature)
 
     @property
     def bundle_id(self) -> str:
@@ -289,6 +291,13 @@ class ReferenceBundle:
     def size_bytes(self) -> int:
         """Total size of the bundle's files."""
         return len(self._manifest_bytes) + sum(len(d) for d in self._files.values())
+
+    def verified_files(self) -> dict[str, bytes]:
+        """Every file of the bundle as verified, manifest and signature included: what is sent to a lab.
+
+        Sending these bytes, not the files on disk, means a file changed after verification is never sent.
+        """
+        return {BUNDLE_KEYS.MANIFEST: self._manifest_bytes, BUNDLE_KEYS.SIGNATURE: self._signature, **self._files}
 
     def model_bytes(self) -> bytes:
         """The verified bytes of ``model/model.pt`` (a torch pickle: load it with :mod:`~fedarches.shared.weights`)."""

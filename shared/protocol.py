@@ -31,7 +31,6 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,13 +104,9 @@ ALLOWED_REPLIES: dict[str, dict[str, RecordRule]] = {
 _KINDS = {"array": ArrayRecord, "config": ConfigRecord, "metric": MetricRecord}
 
 
-def bundle_to_record(bundle_dir: Path, files: list[str]) -> ArrayRecord:
-    """A bundle directory's files (manifest and signature included) as uint8 arrays."""
-    return ArrayRecord(
-        array_dict={
-            name: Array(np.frombuffer((Path(bundle_dir) / name).read_bytes(), dtype=np.uint8)) for name in files
-        }
-    )
+def bundle_to_record(files: Mapping[str, bytes]) -> ArrayRecord:
+    """A bundle's files (manifest and signature included, see ``ReferenceBundle.verified_files``) as uint8 arrays."""
+    return ArrayRecord(array_dict={name: Array(np.frombuffer(data, dtype=np.uint8)) for name, data in files.items()})
 
 
 def record_to_files(record: ArrayRecord, *, max_bytes: int = MAX_BUNDLE_BYTES) -> dict[str, bytes]:

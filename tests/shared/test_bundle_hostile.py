@@ -589,9 +589,11 @@ def _bundle_files(bundle_dir: Path) -> dict[str, bytes]:
     return {p.relative_to(bundle_dir).as_posix(): p.read_bytes() for p in sorted(bundle_dir.rglob("*")) if p.is_file()}
 
 
-def test_record_round_trip(bundle_dir: Path) -> None:
+def test_record_round_trip(bundle_dir: Path, keys) -> None:
     files = _bundle_files(bundle_dir)
-    assert protocol.record_to_files(protocol.bundle_to_record(bundle_dir, sorted(files))) == files
+    sent = ReferenceBundle.open(bundle_dir, keys[1]).verified_files()
+    assert sent == files  # the verified bytes are the bundle's files, manifest and signature included
+    assert protocol.record_to_files(protocol.bundle_to_record(sent)) == files
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "model//model.pt", "a\\b", ".ssh", "model/../../x"])

@@ -21,7 +21,7 @@ from fedarches.client.query import MIN_GENE_FRACTION, PreparedQuery, prepare_que
 from fedarches.shared import __version__
 from fedarches.shared._constants import ADATA_KEYS
 from fedarches.shared._process import peak_rss_bytes
-from fedarches.shared._training import quiet_training
+from fedarches.shared._training import quiet_training, torch_threads
 from fedarches.shared.adapters import Adapter, apply_adapters, check_reference_unchanged, extract_adapter
 from fedarches.shared.embedding import knn_label_probabilities, place_on_reference
 from fedarches.shared.errors import AdapterError, AdapterSizeError, FedarchesError
@@ -183,12 +183,9 @@ def map_query(
     )
     timings["validate_s"] = time.perf_counter() - start
 
-    with quiet_training(), tempfile.TemporaryDirectory() as tmp:
+    with quiet_training(), torch_threads(options.threads), tempfile.TemporaryDirectory() as tmp:
         import scvi
-        import torch
 
-        if options.threads:
-            torch.set_num_threads(options.threads)
         scvi.settings.seed = options.seed
         tick = time.perf_counter()
         model = _load_query_model(prepared, bundle, Path(tmp))

@@ -62,6 +62,9 @@ def build_reference_command(
     max_epochs: Annotated[int | None, typer.Option(min=1, help="scVI epochs (default: scvi-tools' heuristic).")] = None,
     scanvi_max_epochs: Annotated[int, typer.Option(min=1, help="scANVI epochs.")] = 20,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads (default: torch's choice; 1 when jobs share the cores).")
+    ] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -84,6 +87,7 @@ def build_reference_command(
             scanvi_max_epochs=scanvi_max_epochs,
             seed=seed,
             progress_bar=not quiet,
+            threads=threads,
         )
         contents = build_reference(
             adata,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fedarches.shared._training import quiet_training
+from fedarches.shared._training import quiet_training, torch_threads
 from fedarches.shared.bundle import BundleContents
 from fedarches.shared.counts import get_counts
 from fedarches.shared.errors import UserInputError
@@ -54,6 +54,7 @@ class ReferenceOptions:
     max_embedding_cells: int = 50_000
     seed: int = 0
     progress_bar: bool = True
+    threads: int | None = None  # torch threads (None: torch's choice, every core)
 
 
 def build_reference(
@@ -76,7 +77,7 @@ def build_reference(
         raise UserInputError(msg)
     counts, source = get_counts(adata, layer)
     log.info("reference: %d cells x %d genes, counts from %s", adata.n_obs, adata.n_vars, source)
-    with quiet_training():
+    with quiet_training(), torch_threads(options.threads):
         return _train_reference(
             adata,
             counts,

@@ -31,3 +31,23 @@ def quiet_training() -> Iterator[None]:
         finally:
             for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads (None: torch's choice), then restore the previous number.
+
+    ``--threads`` of ``map``, ``join`` and ``build-reference``: a user running several torch jobs on
+    one machine gives each its share of the cores.
+    """
+    import torch
+
+    if not threads:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

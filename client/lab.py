@@ -49,7 +49,7 @@ class LabDir:
         """Open and check a lab directory; the error names what is missing and who provides it."""
         root = Path(root).resolve()
         config = root / LAB_CONFIG_NAME
-        if not config.is_file():
+        if not config.exists():  # anything else there (a FIFO, a directory) is named by read_toml
             msg = f"{root} is not a lab directory (no {LAB_CONFIG_NAME})"
             raise ConfigError(
                 msg, hint="use the directory the atlas maintainers exported with `fedarches-server add-lab`"

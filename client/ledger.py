@@ -40,16 +40,23 @@ import re
 import sqlite3
 import stat
 import tempfile
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fedarches.shared._io import read_toml
 from fedarches.shared._json import strict_loads
 from fedarches.shared.dp import PrivacySpend
-from fedarches.shared.errors import BudgetExceededError, LedgerAnchorError, LedgerError, LedgerTamperedError
+from fedarches.shared.errors import (
+    BudgetExceededError,
+    ConfigError,
+    LedgerAnchorError,
+    LedgerError,
+    LedgerTamperedError,
+)
+from fedarches.shared.paths import kind_of_mode
 
 LEDGER_FILE_NAME = "ledger.sqlite"
 RECEIPT_FORMAT = "fedarches-ledger-receipt"
@@ -405,8 +412,8 @@ def lab_name_of(lab_dir: Path | str) -> str | None:
     """The lab's name: from ``LAB_DIR/lab.toml`` when it is readable, else from its ledger's newest entry."""
     root = Path(lab_dir)
     try:
-        name = tomllib.loads((root / "lab.toml").read_text(encoding="utf-8")).get("name")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        name = read_toml(root / "lab.toml", hint="").get("name")
+    except ConfigError:
         name = None
     if isinstance(name, str) and name:
         return name
@@ -572,7 +579,7 @@ def _check(path: Path) -> None:
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
-            msg = f"{path} is {'a directory' if stat.S_ISDIR(info.st_mode) else 'not a regular file'}, not a ledger"
+            msg = f"{path} is {kind_of_mode(info.st_mode)}, not a ledger"
             raise LedgerError(msg)
         with open(path, "rb") as fh:
             header = fh.read(100)

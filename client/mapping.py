@@ -225,7 +225,7 @@ def map_query(
     raw_confidence = probabilities.max(axis=1).astype(np.float32)
     latent_key = "X_scANVI" if bundle.model_class == "SCANVI" else "X_scVI"
     quality = _mapping_quality(bundle, latent, probabilities)
-    empty = prepared.empty_cells if prepared.empty_cells is not None else np.zeros(adata.n_obs, dtype=bool)
+    empty = prepared.empty_cells
     if ADATA_KEYS.UNKNOWN in quality:  # a cell with no counts carries no information: it is not a known type
         quality[ADATA_KEYS.UNKNOWN] = quality[ADATA_KEYS.UNKNOWN] | empty
     confidence = quality.get(ADATA_KEYS.CONFIDENCE, raw_confidence)

@@ -86,7 +86,7 @@ class PreparedQuery:
     obs_names: pd.Index
     gene_overlap: GeneOverlap
     counts_source: str
-    empty_cells: np.ndarray | None = None  # cells with no count in the reference's genes
+    empty_cells: np.ndarray  # cells with no count in the reference's genes
 
 
 def read_query(path: Path | str) -> AnnData:

@@ -63,7 +63,7 @@ class CoordinatorDir:
     def open(cls, root: Path | str) -> CoordinatorDir:
         """Open an existing coordinator directory, or fail with the command that creates one."""
         coord = cls(Path(root).resolve())
-        if not coord.config_path.is_file():
+        if not coord.config_path.exists():
             msg = f"{coord.root} is not a coordinator directory (no {CONFIG_NAME})"
             raise ConfigError(msg, hint=f"create it with `fedarches-server init --dir {root}`")
         superlink = coord.config.get("superlink")

@@ -230,10 +230,13 @@ def run_round(grid: Grid, settings: RoundSettings, context: Context) -> RoundRes
         if bundle.bundle_id not in held[lab.name]:
             coord.update_lab(lab.name, bundles=[*held[lab.name], bundle.bundle_id][-5:])
     adapters = [(lab.name, lab.adapter) for lab in accepted if lab.adapter is not None]
-    if len(accepted) >= settings.min_labs and accepted and not adapters:
+    if len(accepted) < settings.min_labs or not accepted:
+        result.status = "failed"
+        result.message = f"{len(accepted)} labs accepted, fewer than --min-labs {settings.min_labs}; no atlas written"
+    elif not adapters:
         result.status = "failed"
         result.message = f"{len(accepted)} labs accepted, but none released an adapter; no atlas written"
-    elif len(accepted) >= settings.min_labs and accepted:
+    else:
         tick = time.perf_counter()
         result.atlas = merge_adapters(
             bundle,
@@ -245,9 +248,6 @@ def run_round(grid: Grid, settings: RoundSettings, context: Context) -> RoundRes
         result.phases["merge_s"] = time.perf_counter() - tick
         result.status = "completed"
         result.message = f"merged {len(accepted)} labs into atlas {result.atlas.bundle_id}"
-    else:
-        result.status = "failed"
-        result.message = f"{len(accepted)} labs accepted, fewer than --min-labs {settings.min_labs}; no atlas written"
     log.info("round %s %s: %s", settings.round_id, result.status, result.message)
     return result
 

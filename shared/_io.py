@@ -186,7 +186,12 @@ def read_toml(path: Path, *, hint: str) -> dict[str, Any]:
     import tomllib
 
     from fedarches.shared.errors import ConfigError
+    from fedarches.shared.paths import describe_kind
 
+    kind = describe_kind(Path(path))
+    if kind != "a regular file" and not kind.startswith("a symbolic link to a regular file"):
+        msg = f"{path} is {kind}, not a settings file"
+        raise ConfigError(msg, hint=hint)
     try:
         with open(path, "rb") as fh:
             data = fh.read(_MAX_SETTINGS_BYTES + 1)

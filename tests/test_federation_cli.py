@@ -149,3 +149,14 @@ def test_key_paths_that_are_not_files_say_what_they_are(coord_dir: Path, tmp_pat
     result = runner.invoke(client_app, [*args, "--trust", str(tmp_path / "keys")])
     assert result.exit_code == 30 and "is a directory, not a key file" in result.output, result.output
     assert "bundle-signing.pub" in result.output  # the hint names the file a lab passes
+
+
+def test_a_lab_toml_that_is_a_fifo_is_refused_without_blocking(coord_dir: Path, tmp_path: Path) -> None:
+    import os
+
+    runner.invoke(server_app, ["add-lab", "lab_j", "--dir", str(coord_dir)])
+    export = coord_dir / "exports" / "lab_j"
+    (export / "lab.toml").unlink()
+    os.mkfifo(export / "lab.toml")  # opening it would wait for a writer forever
+    result = runner.invoke(client_app, ["join", "--lab-dir", str(export), "--data", "x.h5ad", "--out", str(tmp_path)])
+    assert result.exit_code == 13 and "is a FIFO (named pipe), not a settings file" in result.output, result.output

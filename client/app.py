@@ -4,9 +4,10 @@ The SuperNode started by ``fedarches-client join`` passes the lab's settings as 
 (``lab-dir``, ``data-path``, ``out-dir``, ``batch-key``, ``layer``, ``threads``). Two handlers:
 
 - ``train.map``: store and verify the bundle if it came with the message, map the lab's file
-  exactly as ``fedarches-client map`` would, write the annotated ``.h5ad``, plots, adapter and
-  statistics under ``out-dir``, and reply with what the lab's privacy policy releases (see
-  :mod:`fedarches.client.release`): the adapter and, for plain composition, label statistics.
+  (``.h5ad`` or ``.h5mu``) exactly as ``fedarches-client map`` would, write the annotated file of
+  the same kind, plots, adapter and statistics under ``out-dir``, and reply with what the lab's
+  privacy policy releases (see :mod:`fedarches.client.release`): the adapter and, for plain
+  composition, label statistics.
 - ``train``: the lab's side of Flower's SecAgg+ (``secaggplus_mod``); the handler itself gives
   the lab's (noised) count vector at the stage where the masked vector is made.
 
@@ -95,7 +96,9 @@ def map_lab(msg: Message, context: Context) -> Message:
 
     result, adata = _map_and_write(settings, lab, bundle, round_cfg)
     timings = {**{k: float(v) for k, v in result.timings.items()}, "receive_bundle_s": receive_s}
-    released, counts, content = release_reply(releaser, result, adata.obs, lab.name, timings)
+    from fedarches.shared.datafiles import query_obs
+
+    released, counts, content = release_reply(releaser, result, query_obs(adata), lab.name, timings)
     composition = releaser.policy.release.composition
     if composition == "secure-sum":
         write_exact_counts(settings.out_dir, round_cfg.round_id, counts)
@@ -176,8 +179,9 @@ def _map_and_write(
     """Run :func:`~fedarches.client.mapping.map_query` and write the lab's local outputs."""
     from fedarches.client.mapping import MappingOptions, map_query
     from fedarches.client.outputs import ROUND_FILE_NAME, MappingOutputs, write_mapping_outputs
-    from fedarches.client.query import read_query
+    from fedarches.shared.datafiles import query_suffix, read_query
 
+    outputs = MappingOutputs.in_directory(settings.out_dir, suffix=query_suffix(settings.data_path))
     adata = read_query(settings.data_path)
     options = MappingOptions(
         max_epochs=round_cfg.max_epochs or None,  # 0: automatic
@@ -202,7 +206,7 @@ def _map_and_write(
         adata,
         result,
         bundle,
-        MappingOutputs.in_directory(settings.out_dir),
+        outputs,
         confidence_threshold=threshold,
         extra={settings.out_dir / ROUND_FILE_NAME: json.dumps(round_info, indent=2).encode()},
     )

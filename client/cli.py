@@ -30,10 +30,18 @@ def _main() -> None:
 
 @app.command("map")
 def map_command(
-    query: Annotated[Path, typer.Argument(help="Query .h5ad with raw counts (layers['counts'] or integer X).")],
+    query: Annotated[
+        Path,
+        typer.Argument(
+            help="Query .h5ad or .h5mu (MuData: modality 'rna', optional 'prot') with raw counts "
+            "(layers['counts'] or integer X)."
+        ),
+    ],
     reference: Annotated[Path, typer.Option("--reference", "-r", help="Reference bundle directory.")],
     trust: Annotated[Path, typer.Option("--trust", help="The coordinator's bundle-signing public key (PEM).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Annotated .h5ad to write.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Annotated file to write: .h5ad for an .h5ad query, .h5mu for .h5mu.")
+    ],
     batch_key: Annotated[
         str | None, typer.Option(help="obs column with the query's batches (default: one batch).")
     ] = None,
@@ -62,13 +70,13 @@ def map_command(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Map QUERY onto a reference bundle with scArches surgery and write an annotated .h5ad."""
+    """Map QUERY onto a reference bundle with scArches surgery and write an annotated .h5ad or .h5mu."""
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
         from fedarches.client.mapping import MappingOptions, map_query
         from fedarches.client.outputs import MappingOutputs, write_mapping_outputs
-        from fedarches.client.query import read_query
         from fedarches.shared.bundle import ReferenceBundle
+        from fedarches.shared.datafiles import read_query, rna_modality
 
         outputs = MappingOutputs(
             annotated=out,
@@ -77,6 +85,7 @@ def map_command(
             label_statistics=stats_out,
         )
         outputs.check([query, reference, trust])  # before anything is read, let alone trained
+        outputs.check_kind(query)  # .h5ad in, .h5ad out; .h5mu in, .h5mu out
         bundle = ReferenceBundle.open(reference, trust)
         log.info(
             "bundle %s verified (%s, %d genes, %d cell types)",
@@ -86,7 +95,8 @@ def map_command(
             len(bundle.label_categories),
         )
         adata = read_query(query)
-        log.info("query %s: %d cells x %d genes", query, adata.n_obs, adata.n_vars)
+        rna = rna_modality(adata)
+        log.info("query %s: %d cells x %d genes%s", query, adata.n_obs, rna.n_vars, _other_modalities(adata))
         options = MappingOptions(
             max_epochs=max_epochs,
             batch_size=batch_size,
@@ -126,6 +136,12 @@ def map_command(
             f"adapter: {len(result.adapter.tensors)} tensors, {result.adapter.nbytes} bytes"
             + (f" -> {adapter_out}" if adapter_out else "")
         )
+
+
+def _other_modalities(data: object) -> str:
+    """`` (+ modality prot: 49 features)`` for a MuData's modalities besides ``rna``; empty for an AnnData."""
+    mods = getattr(data, "mod", {})
+    return "".join(f" (+ modality {name}: {m.n_vars} features)" for name, m in mods.items() if name != "rna")
 
 
 def print_summary(adata: object, *, confidence_threshold: float) -> None:
@@ -178,8 +194,10 @@ def keygen(
 @app.command()
 def join(
     lab_dir: LabDirOption,
-    data: Annotated[Path, typer.Option("--data", help="The lab's query .h5ad (raw counts). It never leaves.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the annotated .h5ad, plots, adapter.")],
+    data: Annotated[Path, typer.Option("--data", help="The lab's query .h5ad or .h5mu (raw counts). It never leaves.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for the annotated .h5ad (.h5mu), plots, adapter.")
+    ],
     superlink: Annotated[
         str | None, typer.Option("--superlink", help="SuperLink HOST:PORT (default: the address in lab.toml).")
     ] = None,
@@ -200,18 +218,20 @@ def join(
         from fedarches.client.mapping import check_adapter_fits
         from fedarches.client.mods import EGRESS_LIMIT_BYTES, check_extra_mods
         from fedarches.client.outputs import MappingOutputs
-        from fedarches.client.query import read_query, validate_query
+        from fedarches.client.query import validate_query
         from fedarches.client.supernode import JoinSettings, run_supernode
+        from fedarches.shared.datafiles import query_obs, query_rna, query_suffix, read_query
         from fedarches.shared.policy import PrivacyPolicy
 
         lab = LabDir.open(lab_dir)
         lab.require_node_key()
-        MappingOutputs.in_directory(out).check([data], directory_option="--out")
+        MappingOutputs.in_directory(out, suffix=query_suffix(data)).check([data], directory_option="--out")
         check_extra_mods(extra_mods)
         policy = PrivacyPolicy.load(lab.root)
         adata = read_query(data)
-        batches, _, _ = validate_query(adata, batch_key=batch_key, layer=layer, batch_prefix=lab.name)
-        policy.dp.donors(adata.obs, source=str(data))  # a donor-unit policy needs its column: refuse now, not mid-round
+        rna = query_rna(adata, batch_key)
+        batches, _, _ = validate_query(rna, batch_key=batch_key, layer=layer, batch_prefix=lab.name)
+        policy.dp.donors(query_obs(adata), source=str(data))  # a donor-unit policy needs its column: refuse now
         held = lab.newest_bundle()
         if held is not None:  # the round checks again, against its own bundle and limit, before training
             check_adapter_fits(held, batches, EGRESS_LIMIT_BYTES)
@@ -251,7 +271,7 @@ def join(
 def preview(
     lab_dir: LabDirOption,
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Reference bundle directory.")],
-    data: Annotated[Path, typer.Option("--data", help="The lab's query .h5ad.")],
+    data: Annotated[Path, typer.Option("--data", help="The lab's query .h5ad or .h5mu.")],
     batch_key: BatchKey = None,
     layer: CountsLayer = None,
     max_epochs: Annotated[int | None, typer.Option(min=1, help="Surgery epochs (default: automatic).")] = None,
@@ -268,10 +288,10 @@ def preview(
         from fedarches.client.lab import LabDir
         from fedarches.client.mapping import MappingOptions, map_query
         from fedarches.client.mods import EGRESS_LIMIT_BYTES
-        from fedarches.client.query import read_query
         from fedarches.client.release import Releaser
         from fedarches.shared import protocol
         from fedarches.shared.bundle import ReferenceBundle
+        from fedarches.shared.datafiles import query_obs, read_query
 
         lab = LabDir.open(lab_dir)
         opened = ReferenceBundle.open(bundle, lab.trusted_key)
@@ -288,7 +308,7 @@ def preview(
         )
         releaser = Releaser.for_lab(lab, run_id="preview", round_id="preview", preview=True)
         timings = {k: float(v) for k, v in result.timings.items()}
-        _, _, content = release_reply(releaser, result, adata.obs, lab.name, timings)
+        _, _, content = release_reply(releaser, result, query_obs(adata), lab.name, timings)
         composition = releaser.policy.release.composition
         protocol.check_egress(protocol.MAP, content, max_array_bytes=EGRESS_LIMIT_BYTES)
         print_policy(releaser.policy, lab.root)

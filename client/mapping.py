@@ -23,7 +23,8 @@ from fedarches.shared._constants import ADATA_KEYS
 from fedarches.shared._process import peak_rss_bytes
 from fedarches.shared._training import quiet_training, torch_threads
 from fedarches.shared.adapters import Adapter, apply_adapters, check_reference_unchanged, extract_adapter
-from fedarches.shared.embedding import knn_label_probabilities, place_on_reference
+from fedarches.shared.backends import backend_for
+from fedarches.shared.embedding import place_on_reference
 from fedarches.shared.errors import AdapterError, AdapterSizeError, FedarchesError
 from fedarches.shared.labels import DEFAULT_MIN_COUNT, LabelCounts, LabelStatistics, suppress
 from fedarches.shared.quality import UNKNOWN_LABEL
@@ -31,6 +32,7 @@ from fedarches.shared.surgery import adapter_bytes_per_batch, load_query_model
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from mudata import MuData
 
     from fedarches.shared.bundle import ReferenceBundle
 
@@ -115,7 +117,7 @@ class MappingResult:
 
 
 def map_query(
-    adata: AnnData,
+    adata: AnnData | MuData,
     bundle: ReferenceBundle,
     *,
     batch_key: str | None = None,
@@ -136,6 +138,9 @@ def map_query(
     ----------
     adata
         The query. Raw counts in ``layers['counts']`` (or ``layer``), else in an integer ``X``.
+        A MuData (scvi-tools' layout) holds them in modality ``'rna'``, and proteins, if any, in
+        ``'prot'``; an AnnData holds proteins in ``obsm['protein_expression']``. Annotations go on
+        the MuData's top level (``mdata.obs``, ``mdata.obsm``, ``mdata.uns``).
     bundle
         A verified :class:`~fedarches.shared.bundle.ReferenceBundle`.
     batch_key
@@ -168,14 +173,19 @@ def map_query(
         only with a reference summary.
     ``obs['is_low_confidence']`` : bool
         ``prediction_confidence < confidence_threshold``.
-    ``obsm['X_scANVI']`` (``obsm['X_scVI']`` for an scVI reference) : float32
-        Latent representation.
+    ``obsm[backend.latent_key]`` : float32
+        Latent representation, under the scvi-tools tutorials' key: ``X_scANVI``, ``X_scVI``,
+        ``X_totalVI``, ... (see :mod:`fedarches.shared.backends`).
+    further ``obsm`` entries of the backend
+        e.g. ``obsm['denoised_protein']`` (a DataFrame, one column per reference protein) for totalVI.
     ``obsm['X_ref_umap']`` : float32
         Position on the reference's UMAP (when the bundle has an embedding).
     ``uns['fedarches']`` : dict
-        Bundle id, versions, parameters, gene overlap, timings.
+        Bundle id, versions, parameters, gene overlap, timings; ``inputs`` reports the backend's
+        extra inputs (totalVI: ``n_reference_proteins``, ``n_present``, ``missing``, ``rna_only``).
     """
     options = options or MappingOptions()
+    backend = backend_for(bundle)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     prepared = prepare_query(
@@ -197,7 +207,7 @@ def map_query(
         model.train(
             max_epochs=max_epochs,
             batch_size=options.batch_size,
-            plan_kwargs={"weight_decay": 0.0, "lr": options.learning_rate},
+            **backend.surgery_train_kwargs(options.learning_rate),
             early_stopping=options.early_stopping and adata.n_obs >= 50,
             early_stopping_patience=options.early_stopping_patience,
             check_val_every_n_epoch=1 if options.early_stopping else 10,
@@ -216,14 +226,16 @@ def map_query(
         adapter = extract_adapter(
             reference_state, query_state, bundle_id=bundle.bundle_id, batch_categories=new_batches
         )
-        latent = model.get_latent_representation().astype(np.float32)
-        probabilities = _probabilities(model, bundle, latent)
+        backend.check_adapter_tensors(adapter.tensors)
+        latent = backend.latent(model)
+        probabilities = backend.soft_predictions(model, bundle, latent)
+        cell_outputs = backend.cell_outputs(model, bundle)
         timings["predict_s"] = time.perf_counter() - tick
 
     labels = np.asarray(bundle.label_categories)
     predicted = labels[probabilities.argmax(axis=1)]
     raw_confidence = probabilities.max(axis=1).astype(np.float32)
-    latent_key = "X_scANVI" if bundle.model_class == "SCANVI" else "X_scVI"
+    latent_key = backend.latent_key
     quality = _mapping_quality(bundle, latent, probabilities)
     empty = prepared.empty_cells
     if ADATA_KEYS.UNKNOWN in quality:  # a cell with no counts carries no information: it is not a known type
@@ -238,6 +250,8 @@ def map_query(
         adata.obs[key] = values
     adata.obs[ADATA_KEYS.RAW_CONFIDENCE] = raw_confidence
     adata.obsm[latent_key] = latent
+    for key, value in cell_outputs.items():
+        adata.obsm[key] = value
     embedding = bundle.embedding
     if embedding is not None:
         adata.obsm[ADATA_KEYS.REF_UMAP] = place_on_reference(latent, embedding["latent"], embedding["umap"])
@@ -251,6 +265,7 @@ def map_query(
     adata.uns[ADATA_KEYS.UNS] = {
         "bundle_id": bundle.bundle_id,
         "model_class": bundle.model_class,
+        "backend": backend.name,
         "versions": {**bundle.manifest["versions"], "fedarches_mapping": __version__},
         "params": {
             "batch_key": batch_key or "",
@@ -266,6 +281,7 @@ def map_query(
         },
         "counts_source": prepared.counts_source,
         "gene_overlap": prepared.gene_overlap.to_dict(),
+        **({"inputs": prepared.inputs_report} if prepared.inputs_report else {}),
         "n_empty_cells": int(empty.sum()),
         "model_batches": list(new_batches),
         "adapter_bytes": adapter.nbytes,
@@ -290,7 +306,7 @@ def map_query(
 
 
 def embed_with_adapters(
-    adata: AnnData,
+    adata: AnnData | MuData,
     bundle: ReferenceBundle,
     adapter: Adapter,
     *,
@@ -320,11 +336,11 @@ def embed_with_adapters(
         state = apply_adapters(reference_state, [adapter])
         model.module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
         model.is_trained_ = True
-        return model.get_latent_representation().astype(np.float32)
+        return backend_for(bundle).latent(model)
 
 
 def embed_with_atlas(
-    adata: AnnData,
+    adata: AnnData | MuData,
     atlas: ReferenceBundle,
     *,
     batch_key: str | None = None,
@@ -336,7 +352,7 @@ def embed_with_atlas(
     with quiet_training(), tempfile.TemporaryDirectory() as tmp:
         model = _load_query_model(prepared, atlas, Path(tmp))
         model.is_trained_ = True
-        return model.get_latent_representation().astype(np.float32)
+        return backend_for(atlas).latent(model)
 
 
 def check_adapter_fits(bundle: ReferenceBundle, batches: np.ndarray, max_adapter_bytes: int) -> int:
@@ -382,7 +398,7 @@ def _quality_uns(bundle: ReferenceBundle, quality: dict[str, np.ndarray]) -> dic
 
 def _load_query_model(prepared: PreparedQuery, bundle: ReferenceBundle, workdir: Path) -> Any:
     """``load_query_data`` on the prepared input, from verified bundle bytes."""
-    return load_query_model(prepared.counts, prepared.batches, prepared.obs_names, bundle, workdir)
+    return load_query_model(prepared.counts, prepared.batches, prepared.obs_names, bundle, workdir, prepared.inputs)
 
 
 def _check_adapter_size(
@@ -417,14 +433,3 @@ def _new_batch_categories(model: Any, bundle: ReferenceBundle) -> list[str]:
 
 def _state(model: Any) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in model.module.state_dict().items()}
-
-
-def _probabilities(model: Any, bundle: ReferenceBundle, latent: np.ndarray) -> np.ndarray:
-    if bundle.model_class == "SCANVI":
-        soft = model.predict(soft=True)
-        return soft[bundle.label_categories].to_numpy()
-    embedding = bundle.embedding
-    if embedding is None:
-        msg = "this scVI reference has no embedding with reference labels, so cell types cannot be predicted"
-        raise AdapterError(msg, hint="ask the maintainers to import the reference with --reference-data")
-    return knn_label_probabilities(latent, embedding["latent"], embedding["labels"], len(bundle.label_categories))

@@ -1,24 +1,44 @@
-"""PNG plots of a mapped query: on the reference embedding, and its confidence distribution."""
+"""PNG plots of a mapped query: on the reference embedding, its confidence distribution, its proteins.
+
+Every plot reads only ``obs`` and ``obsm``, so an annotated MuData (annotations on its top level)
+is plotted as an AnnData is.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from fedarches.shared._constants import ADATA_KEYS
 from fedarches.shared._io import write_atomically
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from mudata import MuData
 
     from fedarches.shared.bundle import ReferenceBundle
     from fedarches.shared.quality import ReferenceSummary
 
 
-def plot_mapping(adata: AnnData, bundle: ReferenceBundle, out_dir: Path, *, confidence_threshold: float) -> list[Path]:
-    """Write ``reference_embedding.png`` and ``confidence_histogram.png``; return their paths."""
+"""``obsm`` key of the denoised protein values (a DataFrame, one column per reference protein; totalVI)."""
+MAX_PROTEIN_PANELS = 6
+ISOTYPE_CONTROL = re.compile(r"igg|isotype|control", re.IGNORECASE)
+"""Names of isotype-control antibodies (``IgG1``, ``IgG2a_control``): background, never plotted."""
+
+
+def plot_mapping(
+    adata: AnnData | MuData, bundle: ReferenceBundle, out_dir: Path, *, confidence_threshold: float
+) -> list[Path]:
+    """Write ``reference_embedding.png``, ``confidence_histogram.png`` and the others that apply; return their paths.
+
+    ``mapping_distance.png`` needs the bundle's reference summary; ``protein_panels.png`` needs
+    ``obsm['denoised_protein']`` (a totalVI mapping).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +113,103 @@ def plot_mapping(adata: AnnData, bundle: ReferenceBundle, out_dir: Path, *, conf
     summary = bundle.reference_summary
     if summary is not None and ADATA_KEYS.MAPPING_DISTANCE in adata.obs:
         paths.append(_plot_distances(adata, summary, out_dir / "mapping_distance.png"))
+    if ADATA_KEYS.DENOISED_PROTEIN in adata.obsm:
+        umap = bundle.embedding["umap"] if bundle.embedding is not None else None
+        proteins = plot_proteins(adata, out_dir / "protein_panels.png", reference_umap=umap)
+        if proteins is not None:
+            paths.append(proteins)
     return paths
+
+
+def informative_proteins(denoised: pd.DataFrame, n: int = MAX_PROTEIN_PANELS) -> list[str]:
+    """Up to ``n`` proteins that vary most across cells (variance of log1p values), isotype controls excluded.
+
+    The log keeps abundant proteins from winning on scale alone; proteins that do not vary are left out.
+    """
+    values = np.log1p(np.clip(denoised.to_numpy(dtype=np.float64), 0, None))
+    with np.errstate(invalid="ignore"):
+        variance = pd.Series(np.nanvar(values, axis=0), index=denoised.columns.astype(str))
+    keep = ~variance.index.str.contains(ISOTYPE_CONTROL) & (variance > 0)
+    return variance[keep].sort_values(ascending=False, kind="stable").index[:n].tolist()
+
+
+def plot_proteins(
+    adata: AnnData | MuData, path: Path, *, reference_umap: np.ndarray | None = None, n: int = MAX_PROTEIN_PANELS
+) -> Path | None:
+    """Denoised values of the most informative proteins: on the reference UMAP, or per predicted type.
+
+    With ``obsm['X_ref_umap']`` each protein gets a panel of the query's cells on the reference UMAP
+    (reference cells in grey behind them), else a box per predicted cell type. Returns ``path``, or
+    ``None`` (nothing written) when no protein varies.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    denoised = adata.obsm[ADATA_KEYS.DENOISED_PROTEIN]
+    if not isinstance(denoised, pd.DataFrame):
+        denoised = pd.DataFrame(np.asarray(denoised), columns=[f"protein {i}" for i in range(denoised.shape[1])])
+    denoised = denoised.set_axis(denoised.columns.astype(str), axis=1)
+    chosen = informative_proteins(denoised, n)
+    if not chosen:
+        return None
+    values = np.log1p(np.clip(denoised[chosen].to_numpy(dtype=np.float64), 0, None))
+    on_umap = ADATA_KEYS.REF_UMAP in adata.obsm
+    n_cols = min(3, len(chosen))
+    n_rows = math.ceil(len(chosen) / n_cols)
+    size = (4.3, 3.9) if on_umap else (4.6, 3.6)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(size[0] * n_cols, size[1] * n_rows), squeeze=False, constrained_layout=True
+    )
+    for ax in axes.ravel()[len(chosen) :]:
+        ax.set_visible(False)
+    if on_umap:
+        _protein_umaps(axes.ravel(), chosen, values, np.asarray(adata.obsm[ADATA_KEYS.REF_UMAP]), reference_umap)
+    else:
+        _protein_boxes(axes.ravel(), chosen, values, adata.obs[ADATA_KEYS.PREDICTION])
+    left_out = [str(c) for c in denoised.columns if ISOTYPE_CONTROL.search(str(c))]
+    fig.suptitle(
+        f"denoised protein, log1p: the {len(chosen)} most variable of {denoised.shape[1]} proteins"
+        + (f" (isotype controls left out: {', '.join(left_out)})" if left_out else "")
+    )
+    return _save(fig, path)
+
+
+def _protein_umaps(
+    axes: np.ndarray, names: list[str], values: np.ndarray, query: np.ndarray, reference: np.ndarray | None
+) -> None:
+    import matplotlib.pyplot as plt
+
+    for i, (ax, name) in enumerate(zip(axes, names, strict=False)):
+        if reference is not None:
+            ax.scatter(reference[:, 0], reference[:, 1], s=4, c="#e0e0e0", linewidths=0)
+        column = values[:, i]
+        order = np.argsort(column)  # the highest on top
+        low, high = np.nanpercentile(column, [1, 99])
+        points = ax.scatter(
+            query[order, 0], query[order, 1], s=8, c=column[order], cmap="viridis", vmin=low,
+            vmax=max(high, low + 1e-6), linewidths=0,
+        )  # fmt: skip
+        plt.colorbar(points, ax=ax, shrink=0.8, label="log1p denoised")
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("reference UMAP 1")
+        ax.set_ylabel("reference UMAP 2")
+
+
+def _protein_boxes(axes: np.ndarray, names: list[str], values: np.ndarray, predicted: pd.Series) -> None:
+    groups = predicted.astype("category")
+    present = [c for c in groups.cat.categories if (groups == c).any()]
+    masks = [(groups == c).to_numpy() for c in present]
+    for i, (ax, name) in enumerate(zip(axes, names, strict=False)):
+        ax.boxplot([values[m, i] for m in masks], showfliers=False)
+        ax.set_xticks(range(1, len(present) + 1), [f"{c} ({m.sum()})" for c, m in zip(present, masks, strict=True)])
+        for label in ax.get_xticklabels():
+            label.set(rotation=40, ha="right", rotation_mode="anchor", fontsize=8)
+        ax.set_title(name)
+        ax.set_ylabel("log1p denoised")
 
 
 def _plot_distances(adata: AnnData, summary: ReferenceSummary, path: Path) -> Path:

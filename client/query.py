@@ -9,20 +9,21 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from fedarches.shared.backends import backend_for
 from fedarches.shared.counts import get_counts
+from fedarches.shared.datafiles import query_rna
 from fedarches.shared.errors import GeneOverlapError, QueryDataError
-from fedarches.shared.paths import require_file
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from mudata import MuData
 
     from fedarches.shared.bundle import ReferenceBundle
 
@@ -87,22 +88,8 @@ class PreparedQuery:
     gene_overlap: GeneOverlap
     counts_source: str
     empty_cells: np.ndarray  # cells with no count in the reference's genes
-
-
-def read_query(path: Path | str) -> AnnData:
-    """Read an ``.h5ad`` file, turning any read failure into one clear error."""
-    import anndata as ad
-
-    path = require_file(path, what="query file", hint="pass the path to your .h5ad file")
-    try:
-        return ad.read_h5ad(path)
-    except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for broken files
-        msg = f"cannot read {path} as .h5ad ({type(err).__name__}): the file is truncated, corrupted or not AnnData"
-        raise QueryDataError(
-            msg,
-            hint="check the file is complete (compare its size or checksum with the original) "
-            "and was written by anndata",
-        ) from None
+    inputs: dict[str, Any] = field(default_factory=dict)  # the backend's extra inputs (proteins), checked
+    inputs_report: dict[str, Any] = field(default_factory=dict)  # what they held, for uns['fedarches']
 
 
 def validate_query(
@@ -132,7 +119,7 @@ def validate_query(
 
 
 def prepare_query(
-    adata: AnnData,
+    adata: AnnData | MuData,
     bundle: ReferenceBundle,
     *,
     batch_key: str | None = None,
@@ -147,8 +134,15 @@ def prepare_query(
     batches become ``"{batch_prefix}/{value}"`` (or just ``batch_prefix`` without a batch key)
     so that they can never be mistaken for a reference batch. With ``known_batches`` every
     batch must instead already be in the bundle (a merged atlas holding this lab's batches).
+
+    A MuData gives its RNA from modality ``'rna'`` (``batch_key`` is looked up in its ``obs``, then in
+    the MuData's); the backend takes its extra inputs (proteins: modality ``'prot'``) from ``adata``.
     """
+    data = adata
+    adata = query_rna(data, batch_key)
     batches, counts, source = validate_query(adata, batch_key=batch_key, layer=layer, batch_prefix=batch_prefix)
+    if adata is not data:
+        source = f"mod['rna'].{source}"
     clash = set(batches).intersection(bundle.batch_categories)
     if known_batches:
         unknown = sorted(set(batches) - clash)
@@ -187,7 +181,8 @@ def prepare_query(
             EmptyCellsWarning,
             stacklevel=2,
         )
-    return PreparedQuery(aligned, batches, adata.obs_names, overlap, source, empty)
+    inputs, report = backend_for(bundle).query_inputs(data, bundle, adata.obs_names)
+    return PreparedQuery(aligned, batches, adata.obs_names, overlap, source, empty, inputs, report)
 
 
 def match_genes(adata: AnnData, reference_genes: pd.DataFrame) -> tuple[GeneOverlap, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -9,6 +10,7 @@ from typing import Annotated
 import typer
 
 from fedarches.shared._cli import CountsLayer, Debug, Quiet, console, handle_errors, setup_logging
+from fedarches.shared.backends import BACKENDS
 
 app = typer.Typer(
     name="fedarches-server",
@@ -19,6 +21,8 @@ app = typer.Typer(
 )
 log = logging.getLogger("fedarches.server")
 
+ModelName = enum.Enum("ModelName", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
+DEFAULT_MODEL = ModelName("scanvi")
 SigningKey = Annotated[Path, typer.Option("--signing-key", help="Ed25519 private key from `keygen`.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
@@ -48,7 +52,9 @@ def keygen(
 
 @app.command("build-reference")
 def build_reference_command(
-    reference: Annotated[Path, typer.Argument(help="Reference atlas .h5ad with raw counts.")],
+    reference: Annotated[
+        Path, typer.Argument(help="Reference atlas .h5ad or .h5mu (modalities 'rna', 'prot') with raw counts.")
+    ],
     batch_key: Annotated[str, typer.Option(help="obs column with the reference's batches.")],
     labels_key: Annotated[str, typer.Option(help="obs column with cell types (NaN = unlabeled).")],
     signing_key: SigningKey,
@@ -57,10 +63,15 @@ def build_reference_command(
     gene_symbols_key: Annotated[
         str | None, typer.Option(help="var column with gene symbols, stored beside the IDs.")
     ] = None,
+    model: Annotated[
+        ModelName, typer.Option(help="Model family (backend); see `fedarches-server backends`.")
+    ] = DEFAULT_MODEL,
     n_top_genes: Annotated[int, typer.Option(min=0, help="Highly variable genes to keep (0 = all).")] = 2000,
     n_latent: Annotated[int, typer.Option(min=2, help="Latent dimensions.")] = 10,
-    max_epochs: Annotated[int | None, typer.Option(min=1, help="scVI epochs (default: scvi-tools' heuristic).")] = None,
-    scanvi_max_epochs: Annotated[int, typer.Option(min=1, help="scANVI epochs.")] = 20,
+    max_epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs of the unsupervised model (default: scvi-tools' heuristic).")
+    ] = None,
+    scanvi_max_epochs: Annotated[int, typer.Option(min=1, help="Classifier epochs (scANVI, totalANVI).")] = 20,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[
         int | None, typer.Option(min=1, help="torch threads (default: torch's choice; 1 when jobs share the cores).")
@@ -69,18 +80,19 @@ def build_reference_command(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train scVI then scANVI on REFERENCE and write a signed reference bundle."""
+    """Train a reference model (scANVI by default) on REFERENCE and write a signed reference bundle."""
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
-        from fedarches.client.query import read_query
         from fedarches.server.reference import ReferenceOptions, build_reference
         from fedarches.shared.bundle import ReferenceBundle, write_bundle
         from fedarches.shared.crypto import load_private_key
+        from fedarches.shared.datafiles import read_query
 
         _check_bundle_out(out, [reference, signing_key], overwrite=overwrite)  # before minutes of training
         key = load_private_key(signing_key)
-        adata = read_query(reference)
+        adata = read_query(reference, what="reference file")
         options = ReferenceOptions(
+            model=model.value,
             n_latent=n_latent,
             n_top_genes=n_top_genes or None,
             max_epochs=max_epochs,
@@ -103,11 +115,17 @@ def build_reference_command(
 
 @app.command("import-reference")
 def import_reference_command(
-    model_dir: Annotated[Path, typer.Argument(help="Directory written by scvi-tools' model.save() (SCANVI or SCVI).")],
+    model_dir: Annotated[
+        Path, typer.Argument(help="Directory written by scvi-tools' model.save() (any class `backends` lists).")
+    ],
     signing_key: SigningKey,
     out: Out,
     reference_data: Annotated[
-        Path | None, typer.Option(help="The reference .h5ad, to compute the reference embedding.")
+        Path | None, typer.Option(help="The reference .h5ad or .h5mu, to compute the reference embedding.")
+    ] = None,
+    labels_key: Annotated[
+        str | None,
+        typer.Option(help="obs column of --reference-data with cell types, for models that store none (totalVI)."),
     ] = None,
     gene_symbols_key: Annotated[str | None, typer.Option(help="var column with gene symbols.")] = None,
     overwrite: Overwrite = False,
@@ -117,15 +135,17 @@ def import_reference_command(
     """Wrap an existing scvi-tools model into a signed reference bundle, offline."""
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
-        from fedarches.client.query import read_query
         from fedarches.server.reference import import_reference
         from fedarches.shared.bundle import ReferenceBundle, write_bundle
         from fedarches.shared.crypto import load_private_key
+        from fedarches.shared.datafiles import read_query
 
         _check_bundle_out(out, [model_dir, signing_key, reference_data], overwrite=overwrite)
         key = load_private_key(signing_key)
-        adata = read_query(reference_data) if reference_data is not None else None
-        contents = import_reference(model_dir, reference_adata=adata, gene_symbols_key=gene_symbols_key)
+        adata = read_query(reference_data, what="reference data") if reference_data is not None else None
+        contents = import_reference(
+            model_dir, reference_adata=adata, labels_key=labels_key, gene_symbols_key=gene_symbols_key
+        )
         if contents.embedding is None:
             log.warning("no reference data given: the bundle has no reference embedding, so labs get no X_ref_umap")
         write_bundle(out, contents, key, overwrite=overwrite)
@@ -150,10 +170,29 @@ def _check_bundle_out(out: Path, inputs: list[Path | None], *, overwrite: bool) 
 def _report(bundle: object) -> None:
     summary = bundle.summary()  # type: ignore[attr-defined]
     console.print(
-        f"bundle [bold]{bundle.path}[/bold] id {summary['bundle_id']}: {summary['model_class']}, "  # type: ignore[attr-defined]
-        f"{summary['n_genes']} genes, cell types {', '.join(summary['label_categories'])}, "
+        f"bundle [bold]{bundle.path}[/bold] id {summary['bundle_id']}: {summary['model_class']} "  # type: ignore[attr-defined]
+        f"(--model {summary['backend']}), {summary['n_genes']} genes"
+        + (f", {len(summary['protein_names'])} proteins" if summary["protein_names"] else "")
+        + f", cell types {', '.join(summary['label_categories'])}, "
         f"{summary['size_bytes'] / 1e6:.1f} MB, signed"
     )
+
+
+@app.command("backends")
+def backends_command() -> None:
+    """List the model families a reference can use, with what each needs and predicts."""
+    from rich.table import Table
+
+    table = Table("--model", "scvi-tools class", "latent key", "cell types", "inputs")
+    for name, backend in BACKENDS.items():
+        table.add_row(
+            name,
+            f"{backend.module_path}.{backend.model_class}",
+            backend.latent_key,
+            "classifier" if backend.has_classifier else "kNN on the reference",
+            " + ".join(backend.modalities),
+        )
+    console.print(table)
 
 
 CoordDir = Annotated[Path, typer.Option("--dir", "-d", help="Coordinator directory (from `init`).")]

@@ -19,6 +19,7 @@ import numpy as np
 
 from fedarches.shared import crypto
 from fedarches.shared.adapters import Adapter, apply_adapters
+from fedarches.shared.backends import backend_for
 from fedarches.shared.bundle import BundleContents, ReferenceBundle, write_bundle
 from fedarches.shared.errors import AdapterError
 from fedarches.shared.weights import load_model_dict
@@ -58,10 +59,8 @@ def merge_adapters(
         name: torch.from_numpy(np.ascontiguousarray(merged[name])) if name in merged else tensor
         for name, tensor in saved["model_state_dict"].items()
     }
-    batch_field = saved["attr_dict"]["registry_"]["field_registries"]["batch"]
     categories = [*bundle.batch_categories, *new_batches]
-    batch_field["state_registry"]["categorical_mapping"] = np.asarray(categories, dtype=object)
-    batch_field["summary_stats"]["n_batch"] = len(categories)
+    backend_for(bundle).extend_batches(saved, categories)
     buffer = io.BytesIO()
     torch.save(saved, buffer)
 
@@ -94,4 +93,4 @@ def merge_adapters(
 
 
 # Fields of setup.json that write_bundle fills itself.
-_SETUP_FIELDS = ("model_class", "setup_args", "batch_categories", "label_categories", "lineage")
+_SETUP_FIELDS = ("model_class", "backend", "setup_args", "batch_categories", "label_categories", "lineage")

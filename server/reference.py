@@ -1,7 +1,9 @@
-"""Build a reference bundle: train scVI then scANVI on an atlas, or wrap an existing model.
+"""Build a reference bundle: train a backend's model on an atlas, or wrap an existing scvi-tools model.
 
-The architecture follows the scArches recommendations in scvi-tools (layer norm, no batch
-norm, covariates encoded) so that query surgery only adds batch columns.
+The backend (:mod:`fedarches.shared.backends`) trains with the scArches recommendations in
+scvi-tools (layer norm, no batch norm, covariates encoded) so that query surgery only adds batch
+columns; this module adds what every bundle holds: genes, the reference embedding, and the
+summary behind calibrated confidence and the Unknown call.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fedarches.shared._training import quiet_training, torch_threads
+from fedarches.shared.backends import ModelBackend, ReferenceTraining, backend_for_model_class, get_backend
 from fedarches.shared.bundle import BundleContents
 from fedarches.shared.counts import get_counts
 from fedarches.shared.errors import UserInputError
@@ -25,6 +28,7 @@ from fedarches.shared.weights import load_model_dict, model_dict_bytes
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from mudata import MuData
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ MIN_TEMPERATURE_CELLS = 20
 # (``labels_`` is SCANVI's per-cell label array; it is rebuilt from the query on load).
 PRIVATE_ATTRS = ("train_indices_", "validation_indices_", "test_indices_", "labels_")
 _UNSAFE_MODEL_HINT = (
-    "import only a directory written by scvi-tools' model.save() (SCANVI or SCVI); this model.pt was altered or "
+    "import only a directory written by scvi-tools' model.save(); this model.pt was altered or "
     "made otherwise, and fedarches never unpickles anything but tensors, arrays and plain values"
 )
 _SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "feature_name", "gene_name", "symbol")
@@ -44,11 +48,12 @@ _SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "feature_name", "gene_name", "
 class ReferenceOptions:
     """Training options of :func:`build_reference` (defaults follow the scvi-tools scArches tutorial)."""
 
+    model: str = "scanvi"  # a backend name: fedarches.shared.backends.BACKENDS
     n_latent: int = 10
     n_layers: int = 2
     n_top_genes: int | None = 2000
     max_epochs: int | None = None
-    scanvi_max_epochs: int = 20
+    scanvi_max_epochs: int = 20  # the classifier stage of scANVI and totalANVI
     n_samples_per_label: int = 100
     early_stopping: bool = True
     max_embedding_cells: int = 50_000
@@ -58,7 +63,7 @@ class ReferenceOptions:
 
 
 def build_reference(
-    adata: AnnData,
+    adata: AnnData | MuData,
     *,
     batch_key: str,
     labels_key: str,
@@ -66,8 +71,14 @@ def build_reference(
     gene_symbols_key: str | None = None,
     options: ReferenceOptions | None = None,
 ) -> BundleContents:
-    """Train scVI, then scANVI (``SCANVI.from_scvi_model``), on ``adata``; return bundle contents."""
+    """Train ``options.model``'s reference on ``adata`` (scANVI: scVI, then ``SCANVI.from_scvi_model``).
+
+    ``adata`` may be a MuData (modality ``rna``; ``prot`` for CITE-seq backends). Returns the bundle
+    contents: the model, genes, the reference embedding and the reference summary.
+    """
     options = options or ReferenceOptions()
+    backend = get_backend(options.model)
+    adata = backend.reference_data(adata, batch_key, labels_key)
     for key, option in ((batch_key, "--batch-key"), (labels_key, "--labels-key")):
         if key not in adata.obs:
             msg = f"obs has no column {key!r} (given as {option}); columns are {list(adata.obs.columns)}"
@@ -75,10 +86,12 @@ def build_reference(
     if adata.n_obs == 0:
         msg = "the reference has no cells"
         raise UserInputError(msg)
+    backend.check_reference(adata)
     counts, source = get_counts(adata, layer)
     log.info("reference: %d cells x %d genes, counts from %s", adata.n_obs, adata.n_vars, source)
     with quiet_training(), torch_threads(options.threads):
         return _train_reference(
+            backend,
             adata,
             counts,
             batch_key=batch_key,
@@ -117,6 +130,7 @@ def _select_variable_genes(train: AnnData, n_top_genes: int, batch_key: str) -> 
 
 
 def _train_reference(
+    backend: ModelBackend,
     adata: AnnData,
     counts: Any,
     *,
@@ -141,51 +155,45 @@ def _train_reference(
         ),
         var=pd.DataFrame(index=adata.var_names),
     )
+    backend.reference_inputs(adata, train)
     symbols = _gene_symbols(adata, gene_symbols_key)
     if options.n_top_genes and train.n_vars > options.n_top_genes:
-        _select_variable_genes(train, options.n_top_genes, batch_key)
-        keep = train.var["highly_variable"].to_numpy()
+        keep = backend.select_features(train, options.n_top_genes, batch_key)
+        if keep is None:
+            _select_variable_genes(train, options.n_top_genes, batch_key)
+            keep = train.var["highly_variable"].to_numpy()
         train = train[:, keep].copy()
         symbols = symbols[keep] if symbols is not None else None
         train.var = pd.DataFrame(index=train.var_names)
 
-    scvi.model.SCVI.setup_anndata(train, batch_key=batch_key, labels_key=labels_key)
-    vae = scvi.model.SCVI(
-        train,
+    training = ReferenceTraining(
         n_latent=options.n_latent,
         n_layers=options.n_layers,
-        use_layer_norm="both",
-        use_batch_norm="none",
-        encode_covariates=True,
-        dropout_rate=0.2,
-    )
-    vae.train(
         max_epochs=options.max_epochs,
-        early_stopping=options.early_stopping,
-        enable_progress_bar=options.progress_bar,
-    )
-    model = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category=UNLABELED_CATEGORY)
-    model.train(
-        max_epochs=options.scanvi_max_epochs,
+        classifier_max_epochs=options.scanvi_max_epochs,
         n_samples_per_label=options.n_samples_per_label,
         early_stopping=options.early_stopping,
-        enable_progress_bar=options.progress_bar,
+        progress_bar=options.progress_bar,
     )
-    return _contents_from_model(model, train, symbols=symbols, options=options)
+    model = backend.train_reference(train, batch_key=batch_key, labels_key=labels_key, options=training)
+    return _contents_from_model(backend, model, train, symbols=symbols, options=options, labels_key=labels_key)
 
 
 def import_reference(
     model_dir: Path,
     *,
-    reference_adata: AnnData | None = None,
+    reference_adata: AnnData | MuData | None = None,
+    labels_key: str | None = None,
     gene_symbols_key: str | None = None,
     options: ReferenceOptions | None = None,
 ) -> BundleContents:
-    """Wrap a model saved with scvi-tools' ``model.save()`` (SCANVI or SCVI) into bundle contents.
+    """Wrap a model saved with scvi-tools' ``model.save()`` (any backend's class) into bundle contents.
 
     The reference embedding needs the reference cells: pass ``reference_adata``, or save the
     model with ``save_anndata=True``. Without either the bundle carries no embedding, and
-    labs get predictions and latents but no ``X_ref_umap``.
+    labs get predictions and latents but no ``X_ref_umap``. ``labels_key`` names the reference
+    data's cell-type column for models that register no labels (totalVI); others read theirs
+    from the model's registry.
     """
     import scvi
 
@@ -196,65 +204,64 @@ def import_reference(
         raise UserInputError(msg, hint="pass the directory you gave to model.save(...)")
     saved = load_model_dict(model_file.read_bytes(), source=str(model_file), hint=_UNSAFE_MODEL_HINT)
     registry = saved["attr_dict"]["registry_"]
-    class_name = registry.get("model_name")
-    if class_name not in ("SCANVI", "SCVI"):
-        msg = f"{model_dir} holds a {class_name} model; fedarches maps against SCANVI or SCVI models"
-        raise UserInputError(msg)
-    model_cls = getattr(scvi.model, class_name)
+    backend = backend_for_model_class(registry.get("model_name"), source=str(model_dir))
+    model_cls = backend.model_cls()
     adata = reference_adata
     if adata is None and (Path(model_dir) / "adata.h5ad").is_file():
         import anndata as ad
 
         adata = ad.read_h5ad(Path(model_dir) / "adata.h5ad")
     if adata is None:
-        return _contents(saved, class_name, symbols=None, embedding=None)
+        return _contents(backend, saved, symbols=None, embedding=None)
+    adata = backend.reference_data(adata, labels_key)
     adata = adata[:, list(saved["var_names"])].copy()
     symbols = _gene_symbols(adata, gene_symbols_key)
     with tempfile.TemporaryDirectory() as safe_dir:  # scvi-tools unpickles model.pt unrestricted: give it a safe copy
         (Path(safe_dir) / "model.pt").write_bytes(model_dict_bytes(saved))
         model = model_cls.load(safe_dir, adata=adata)
     scvi.settings.seed = options.seed
-    return _contents_from_model(model, adata, symbols=symbols, options=options)
+    return _contents_from_model(backend, model, adata, symbols=symbols, options=options, labels_key=labels_key)
 
 
 def _contents_from_model(
-    model: Any, adata: AnnData, *, symbols: np.ndarray | None, options: ReferenceOptions
+    backend: ModelBackend,
+    model: Any,
+    adata: AnnData,
+    *,
+    symbols: np.ndarray | None,
+    options: ReferenceOptions,
+    labels_key: str | None = None,
 ) -> BundleContents:
     with tempfile.TemporaryDirectory() as tmp:
         model.save(tmp, overwrite=True, save_anndata=False)
 
         saved = load_model_dict((Path(tmp) / "model.pt").read_bytes(), source="the model scvi-tools just saved")
-    embedding = _reference_embedding(model, adata, options)
-    contents = _contents(saved, type(model).__name__, symbols=symbols, embedding=embedding)
-    if type(model).__name__ != "SCANVI":  # no classifier: labels come from kNN, no summary (raw scores only)
-        return contents
-    summary = _reference_summary(model, adata)
+    labels = backend.reference_labels(model, adata, labels_key)
+    embedding = _reference_embedding(backend, model, adata, options, labels)
+    contents = _contents(backend, saved, symbols=symbols, embedding=embedding, label_categories=list(labels.categories))
+    summary = _reference_summary(backend, model, adata, labels)
     return replace(contents, summary=summary.to_bytes())
 
 
-def _reference_summary(model: Any, adata: AnnData) -> ReferenceSummary:
+def _reference_summary(backend: ModelBackend, model: Any, adata: AnnData, labels: pd.Categorical) -> ReferenceSummary:
     """Fit the mapping-quality summary on the reference cells (see :mod:`fedarches.shared.quality`).
 
     Gaussians on the training split's labelled cells; temperature on the validation split's
-    labelled cells (all labelled cells when the split holds fewer than 20 of them).
+    labelled cells (all labelled cells when the split holds fewer than 20 of them), from the
+    backend's predictions: its classifier, or kNN from the other labelled cells.
     """
-    registry = model.adata_manager.get_state_registry("labels")
-    unlabeled = getattr(model, "unlabeled_category_", None)
-    known = [str(c) for c in registry.categorical_mapping if c != unlabeled]
-    codes = pd.Categorical(adata.obs[registry.original_key].astype(str).to_numpy(), categories=known).codes
-    latent = model.get_latent_representation(adata).astype(np.float32)
+    known = [str(c) for c in labels.categories]
+    codes = np.asarray(labels.codes)
+    latent = backend.latent(model, adata)
     split = getattr(model, "validation_indices_", None)
     validation = np.asarray(split if split is not None else [], dtype=int)
     fit_mask = np.ones(adata.n_obs, dtype=bool)
     fit_mask[validation] = False
-    probabilities = probability_labels = None
-    if hasattr(model, "predict"):
-        held_out = validation[codes[validation] >= 0]
-        if len(held_out) < MIN_TEMPERATURE_CELLS:
-            held_out = np.flatnonzero(codes >= 0)
-        soft = model.predict(adata, indices=held_out, soft=True)
-        probabilities = soft[known].to_numpy()
-        probability_labels = codes[held_out]
+    held_out = validation[codes[validation] >= 0]
+    if len(held_out) < MIN_TEMPERATURE_CELLS:
+        held_out = np.flatnonzero(codes >= 0)
+    probabilities = backend.reference_probabilities(model, adata, held_out, latent, labels, fit_mask)
+    probability_labels = codes[held_out]
     summary = fit_reference_summary(
         latent,
         codes,
@@ -275,7 +282,12 @@ def _reference_summary(model: Any, adata: AnnData) -> ReferenceSummary:
 
 
 def _contents(
-    saved: dict[str, Any], class_name: str, *, symbols: np.ndarray | None, embedding: dict[str, np.ndarray] | None
+    backend: ModelBackend,
+    saved: dict[str, Any],
+    *,
+    symbols: np.ndarray | None,
+    embedding: dict[str, np.ndarray] | None,
+    label_categories: list[str] | None = None,
 ) -> BundleContents:
     import torch
 
@@ -286,14 +298,14 @@ def _contents(
     fields = registry["field_registries"]
     setup_args = dict(registry["setup_args"])
     batch_categories = [str(c) for c in fields["batch"]["state_registry"]["categorical_mapping"]]
-    label_categories = [str(c) for c in fields["labels"]["state_registry"]["categorical_mapping"]]
+    if label_categories is None:
+        label_categories = backend.label_categories(saved)
     unlabeled = setup_args.get("unlabeled_category")
-    label_categories = [c for c in label_categories if c != unlabeled]
     buffer = io.BytesIO()
     torch.save(saved, buffer)
     return BundleContents(
         model_pt=buffer.getvalue(),
-        model_class=class_name,
+        model_class=backend.model_class,
         setup_args=setup_args,
         batch_categories=batch_categories,
         label_categories=label_categories,
@@ -304,11 +316,14 @@ def _contents(
             "n_latent": int(attr_dict["init_params_"]["non_kwargs"].get("n_latent", 10)),
             "unlabeled_category": unlabeled,
             "scvi_tools_version": registry.get("scvi_version"),
+            **backend.bundle_metadata(saved),
         },
     )
 
 
-def _reference_embedding(model: Any, adata: AnnData, options: ReferenceOptions) -> dict[str, np.ndarray]:
+def _reference_embedding(
+    backend: ModelBackend, model: Any, adata: AnnData, options: ReferenceOptions, labels: pd.Categorical
+) -> dict[str, np.ndarray]:
     """Latent, UMAP and label codes of (a subsample of) the reference cells."""
     import scanpy as sc
 
@@ -319,15 +334,11 @@ def _reference_embedding(model: Any, adata: AnnData, options: ReferenceOptions) 
         if n > options.max_embedding_cells
         else np.arange(n)
     )
-    latent = model.get_latent_representation(adata, indices=keep).astype(np.float32)
+    latent = backend.latent(model, adata, indices=keep)
     view = sc.AnnData(np.zeros((len(keep), 1), dtype=np.float32), obsm={"X_latent": latent})
     sc.pp.neighbors(view, use_rep="X_latent", random_state=options.seed)
     sc.tl.umap(view, random_state=options.seed)
-    labels_key = model.adata_manager.get_state_registry("labels").original_key
-    mapping = list(model.adata_manager.get_state_registry("labels").categorical_mapping)
-    unlabeled = getattr(model, "unlabeled_category_", None)
-    known = [c for c in mapping if c != unlabeled]
-    codes = pd.Categorical(adata.obs[labels_key].to_numpy()[keep], categories=known).codes.astype(np.int16)
+    codes = np.asarray(labels.codes)[keep].astype(np.int16)
     return {"latent": latent, "umap": view.obsm["X_umap"].astype(np.float32), "labels": codes}
 
 

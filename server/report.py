@@ -245,7 +245,7 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums }}
 <h1>fedarches consortium report: round {esc(data["round_id"])}</h1>
 <p><b>{esc(data["status"])}</b>: {esc(data["message"])}<br>
 reference bundle <code>{esc(data["bundle"]["bundle_id"])}</code> ({esc(data["bundle"]["model_class"])},
-{data["bundle"]["n_genes"]} genes, {_bytes(data["bundle"]["size_bytes"])}); {atlas_line}<br>
+{data["bundle"]["n_genes"]} genes{_proteins(data["bundle"])}, {_bytes(data["bundle"]["size_bytes"])}); {atlas_line}<br>
 started {esc(data["started"])}, finished {esc(data["finished"])}; {phases}</p>
 <h2>Labs</h2>
 <table><tr><th>lab</th><th>status</th><th>reason</th><th>composition</th><th>bundle sent</th><th>bytes to lab</th>
@@ -277,6 +277,12 @@ def ledger_anchor(lab: dict[str, Any]) -> tuple[int, str] | None:
 def _ledger_seq(lab: dict[str, Any]) -> str:
     anchor = ledger_anchor(lab)
     return "" if anchor is None else str(anchor[0])
+
+
+def _proteins(bundle: dict[str, Any]) -> str:
+    """``", 14 proteins"`` for a CITE-seq model (bundles of older reports have no protein names)."""
+    n = len(bundle.get("protein_names") or [])
+    return f", {n} proteins" if n else ""
 
 
 def _anchors_html(labs: list[dict[str, Any]]) -> str:

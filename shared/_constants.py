@@ -25,6 +25,7 @@ class _AnnDataKeys(NamedTuple):
     MAPPING_SCORE: str = "mapping_score"
     UNKNOWN: str = "is_unknown"
     REF_UMAP: str = "X_ref_umap"
+    DENOISED_PROTEIN: str = "denoised_protein"  # CITE-seq backends: every reference protein, denoised or imputed
     UNS: str = "fedarches"
     COUNTS_LAYER: str = "counts"
 

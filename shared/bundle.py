@@ -64,6 +64,7 @@ from fedarches.shared._constants import (
     MAX_SIGNATURE_BYTES,
 )
 from fedarches.shared._io import atomic_directory
+from fedarches.shared.backends import MODEL_CLASSES
 from fedarches.shared.bundle_files import (
     check_file_name,
     check_file_names,
@@ -124,6 +125,7 @@ def write_bundle(
         BUNDLE_KEYS.SETUP: _json_bytes(
             {
                 "model_class": contents.model_class,
+                "backend": MODEL_CLASSES.get(contents.model_class),
                 "setup_args": contents.setup_args,
                 "batch_categories": contents.batch_categories,
                 "label_categories": contents.label_categories,
@@ -264,8 +266,13 @@ class ReferenceBundle:
 
     @property
     def model_class(self) -> str:
-        """``"SCANVI"`` or ``"SCVI"``."""
+        """scvi-tools' class of the model, as its registry names it; :mod:`fedarches.shared.backends` maps it."""
         return str(self.setup["model_class"])
+
+    @property
+    def protein_names(self) -> list[str]:
+        """Proteins the model takes and imputes, in model order (empty for RNA-only models)."""
+        return list(self.setup.get("protein_names") or [])
 
     @property
     def setup_args(self) -> dict[str, Any]:
@@ -338,7 +345,9 @@ class ReferenceBundle:
         return {
             "bundle_id": self.bundle_id,
             "model_class": self.model_class,
+            "backend": MODEL_CLASSES[self.model_class],
             "n_genes": len(self.var_names),
+            "protein_names": self.protein_names,
             "label_categories": self.label_categories,
             "reference_batches": self.batch_categories,
             "format_version": self.manifest["format_version"],

@@ -12,7 +12,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from fedarches.shared._constants import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_KEYS, MAX_BUNDLE_FILE_BYTES
 from fedarches.shared._json import strict_loads
+from fedarches.shared.backends import MODEL_CLASSES
 from fedarches.shared.bundle_files import check_file_names, show
 from fedarches.shared.errors import BundleError, BundleSchemaError, BundleSizeError, FedarchesError
 from fedarches.shared.quality import ReferenceSummary
@@ -55,7 +56,7 @@ class _Manifest(_Strict):
 
 
 class _SetupArgs(_Strict):
-    """``setup_anndata`` arguments of scvi-tools' SCVI and SCANVI (as the model's registry saves them)."""
+    """``setup_anndata`` arguments of the backends' scvi-tools models (as the model's registry saves them)."""
 
     batch_key: _Text | None
     labels_key: _Text | None = None
@@ -65,6 +66,9 @@ class _SetupArgs(_Strict):
     categorical_covariate_keys: list[_Text] | None = None
     continuous_covariate_keys: list[_Text] | None = None
     use_minified: bool | None = None
+    protein_expression_obsm_key: _Text | None = None  # totalVI, totalANVI
+    protein_names_uns_key: _Text | None = None
+    panel_key: _Text | None = None
 
 
 class _Lineage(_Strict):
@@ -74,7 +78,9 @@ class _Lineage(_Strict):
 
 
 class _Setup(_Strict):
-    model_class: Literal["SCANVI", "SCVI"]
+    model_class: _Text
+    backend: _Text | None = None  # the backend's name; absent in bundles written before backends
+    protein_names: list[_Category] | None = None  # the model's proteins, in model order (totalVI)
     setup_args: _SetupArgs
     batch_categories: list[_Category]
     label_categories: list[_Category]
@@ -84,8 +90,24 @@ class _Setup(_Strict):
     lineage: list[_Lineage] = []
 
     @model_validator(mode="after")
+    def _known_backend(self) -> _Setup:
+        if self.model_class not in MODEL_CLASSES:
+            supported = ", ".join(MODEL_CLASSES)
+            msg = f"model_class {self.model_class[:40]!r} is not one fedarches maps against ({supported})"
+            raise ValueError(msg)
+        if self.backend is not None and self.backend != MODEL_CLASSES[self.model_class]:
+            msg = f"backend {self.backend[:40]!r} does not match model_class {self.model_class!r}"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
     def _unique(self) -> _Setup:
-        for what, values in (("batch_categories", self.batch_categories), ("label_categories", self.label_categories)):
+        named = (
+            ("batch_categories", self.batch_categories),
+            ("label_categories", self.label_categories),
+            ("protein_names", self.protein_names or []),
+        )
+        for what, values in named:
             repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
                 msg = f"{what} repeats {repeated[:5]}"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedarches.shared.adapters import grown_axes
+from fedarches.shared.backends import backend_for
 from fedarches.shared.errors import AdapterError
 
 if TYPE_CHECKING:
@@ -29,33 +30,23 @@ _grown_cache: dict[str, dict[str, int]] = {}
 
 
 def load_query_model(
-    counts: sp.csr_matrix, batches: Sequence[str], obs_names: Sequence[str], bundle: ReferenceBundle, workdir: Path
+    counts: sp.csr_matrix,
+    batches: Sequence[str],
+    obs_names: Sequence[str],
+    bundle: ReferenceBundle,
+    workdir: Path,
+    inputs: Mapping[str, Any] | None = None,
 ) -> Any:
     """``Model.load_query_data`` on ``counts`` (cells x the bundle's genes), with the decoder's batch-norm frozen.
 
-    Each cell's batch is a new batch of the query model; cells are unlabeled. The reference model is
-    read from the bundle's verified bytes, written to ``workdir`` as a sanitized copy.
+    Each cell's batch is a new batch of the query model; cells are unlabeled; ``inputs`` are the
+    backend's extra inputs (proteins for totalVI; zeros when absent). The reference model is read
+    from the bundle's verified bytes, written to ``workdir`` as a sanitized copy.
     """
-    import anndata as ad
-    import pandas as pd
-    import scvi
-
-    setup = bundle.setup_args
-    for key in (setup.get("categorical_covariate_keys") or []) + (setup.get("continuous_covariate_keys") or []):
-        msg = f"the reference was set up with covariate {key!r}, which fedarches cannot supply for a query yet"
-        raise AdapterError(msg, hint="use a reference built without extra covariates")
-    obs = pd.DataFrame(index=pd.Index([str(n) for n in obs_names]))
-    obs[setup["batch_key"]] = pd.Categorical(np.asarray(batches, dtype=object))
-    if setup.get("labels_key"):
-        obs[setup["labels_key"]] = (
-            setup.get("unlabeled_category") or bundle.setup.get("unlabeled_category") or "Unknown"
-        )
-    query = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=bundle.var_names))
-    if setup.get("layer"):
-        query.layers[setup["layer"]] = counts
-    model_cls = getattr(scvi.model, bundle.model_class)
+    backend = backend_for(bundle)
+    query = backend.query_anndata(counts, batches, obs_names, bundle, inputs)
     model_dir = bundle.write_model_dir(Path(workdir) / "reference")
-    return model_cls.load_query_data(query, str(model_dir), freeze_batchnorm_decoder=True)
+    return backend.load_query(query, model_dir)
 
 
 def grown_tensors(bundle: ReferenceBundle, reference_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
@@ -72,6 +63,7 @@ def grown_tensors(bundle: ReferenceBundle, reference_shapes: Mapping[str, tuple[
     if bundle.bundle_id not in _grown_cache:
         query_shapes = _probe_shapes(bundle)
         grown = grown_axes(reference_shapes, query_shapes)
+        backend_for(bundle).check_adapter_tensors(grown)
         odd = {n: a for n, a in grown.items() if query_shapes[n][a] - tuple(reference_shapes[n])[a] != 1}
         if not grown or odd:
             msg = (

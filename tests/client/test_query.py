@@ -145,7 +145,7 @@ def test_cells_without_counts_are_reported(toy_bundle) -> None:
     ],
 )
 def test_a_query_path_that_is_not_a_file_says_what_it_is(tmp_path, make, kind) -> None:
-    from fedarches.client.query import read_query
+    from fedarches.shared.datafiles import read_query
     from fedarches.shared.errors import UserInputError
 
     path = tmp_path / "query.h5ad"

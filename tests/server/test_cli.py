@@ -125,3 +125,47 @@ def test_build_and_map_from_the_command_line(tmp_path: Path, demo_dir: Path) -> 
     for png in ("reference_embedding.png", "confidence_histogram.png"):
         data = (tmp_path / "lab_b_plots" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+@pytest.mark.slow
+def test_import_reference_of_a_plain_scvi_tools_scvi_model(tmp_path: Path, demo_dir: Path, keys) -> None:
+    """A model a maintainer trained with scvi-tools alone becomes a bundle with kNN labels and the Unknown call."""
+    import scvi
+
+    from fedarches.client.mapping import MappingOptions, map_query
+
+    reference = ad.read_h5ad(demo_dir / "reference.h5ad")
+    reference.X = reference.layers["counts"]
+    scvi.settings.seed = 0
+    scvi.model.SCVI.setup_anndata(reference, batch_key="batch", labels_key="cell_type")
+    model = scvi.model.SCVI(reference, n_latent=8, use_layer_norm="both", use_batch_norm="none", encode_covariates=True)
+    model.train(max_epochs=40, enable_progress_bar=False)
+    model.save(tmp_path / "saved", save_anndata=True)
+    result = runner.invoke(
+        app, ["import-reference", str(tmp_path / "saved"), "--signing-key", str(keys[0]), "--out", str(tmp_path / "b")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "SCVI (--model scvi)" in result.output
+    bundle = ReferenceBundle.open(tmp_path / "b", keys[1])
+    assert bundle.setup["backend"] == "scvi" and bundle.reference_summary is not None
+    lab = ad.read_h5ad(demo_dir / "lab_b.h5ad")
+    map_query(lab, bundle, lab_name="lab_b", options=MappingOptions(max_epochs=20, progress_bar=False))
+    assert lab.obsm["X_scVI"].shape == (lab.n_obs, 8)
+    assert (lab.obs["predicted_cell_type"].astype(str) == lab.obs["cell_type"].astype(str)).mean() > 0.8
+    assert lab.obs["is_unknown"].mean() < 0.2
+
+
+@pytest.mark.slow
+def test_import_reference_refuses_a_model_class_without_a_backend(tmp_path: Path, demo_bundle, keys) -> None:
+    from fedarches.shared.weights import load_model_dict, model_dict_bytes
+
+    saved = load_model_dict(demo_bundle.model_bytes(), source="test")
+    saved["attr_dict"]["registry_"]["model_name"] = "LinearSCVI"
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "model.pt").write_bytes(model_dict_bytes(saved))
+    result = runner.invoke(
+        app, ["import-reference", str(tmp_path / "saved"), "--signing-key", str(keys[0]), "--out", str(tmp_path / "b")]
+    )
+    assert result.exit_code == 10, result.output
+    assert "is a LinearSCVI model; fedarches maps against SCANVI, SCVI" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "b").exists()

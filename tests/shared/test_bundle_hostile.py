@@ -148,8 +148,10 @@ def _setup(bundle_dir: Path) -> dict[str, Any]:
 
 
 SETUP_CHANGES = {
-    "unknown model class": (_set("model_class", "EvilModel"), r"model_class: Input should be 'SCANVI' or 'SCVI'"),
-    "model class not a string": (_set("model_class", 1), r"model_class: Input should be 'SCANVI' or 'SCVI'"),
+    "unknown model class": (_set("model_class", "EvilModel"), r"model_class 'EvilModel' is not one fedarches maps"),
+    "model class not a string": (_set("model_class", 1), r"model_class: Input should be a valid string"),
+    "backend of another class": (_set("backend", "scvi"), r"backend 'scvi' does not match model_class 'SCANVI'"),
+    "protein named twice": (_set("protein_names", ["CD3", "CD3"]), r"protein_names repeats \['CD3'\]"),
     "unknown setup arg": (_set("setup_args", "exec", "rm -rf /"), r"setup_args\.exec: Extra inputs"),
     "batch_key missing": (lambda s: s["setup_args"].pop("batch_key"), r"setup_args\.batch_key: Field required"),
     "batch_key a number": (_set("setup_args", "batch_key", 3), r"setup_args\.batch_key: Input should be"),

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test test-fast lint compare bench bench-unknown privacy-eval clean
+.PHONY: venv demo test test-fast lint compare bench bench-unknown bench-backends privacy-eval clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 
 bench-unknown: $(STAMP)
 	$(PY) scripts/bench_unknown.py
+
+# every model backend on real data beside plain scvi-tools (6-10 min on 2 cores, 1 torch thread); regenerates docs/benchmarks_backends.md
+bench-backends: $(STAMP)
+	$(PY) scripts/bench_backends.py
 
 privacy-eval: $(STAMP)
 	$(PY) scripts/eval_privacy_utility.py

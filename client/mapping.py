@@ -427,8 +427,7 @@ def _refuse_large_adapter(n_batches: int, nbytes: int, limit: int | None) -> int
 
 
 def _new_batch_categories(model: Any, bundle: ReferenceBundle) -> list[str]:
-    mapping = [str(c) for c in model.adata_manager.get_state_registry("batch").categorical_mapping]
-    return mapping[len(bundle.batch_categories) :]
+    return backend_for(bundle).batch_categories_of(model)[len(bundle.batch_categories) :]
 
 
 def _state(model: Any) -> dict[str, np.ndarray]:

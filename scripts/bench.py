@@ -76,6 +76,23 @@ def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
+def start_run(out: Path, *, resume: bool, **fields: Any) -> tuple[dict[str, Any], float]:
+    """The run's results so far (``--resume``: what ``OUT/results.json`` holds) and its monotonic start.
+
+    Without ``resume`` (or without a results file) ``out`` is emptied and the results start with the
+    date, the CPU count and ``fields``; with it, the start is moved back by the time already spent.
+    """
+    results_path = out / "results.json"
+    started = time.monotonic()
+    if resume and results_path.is_file():
+        results = json.loads(results_path.read_text())
+        log(f"resuming {results_path}: {', '.join(results)}")
+        return results, started - results.get("total_s", 0.0)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    return {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(), **fields}, started
+
+
 # --- data -----------------------------------------------------------------------------------------
 def write_split(data: ad.AnnData, depth: float | None, out: Path) -> dict[str, Path]:
     """Reference (without the held-out type) and one .h5ad per lab, thinned to ``depth`` UMIs per cell."""
@@ -99,8 +116,8 @@ def depth_and_size(path: Path) -> tuple[float, int]:
 
 
 # --- running things -------------------------------------------------------------------------------
-def run_method(method: str, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """One method in a fresh process; returns its result with ``wall_s`` (spawn to exit)."""
+def run_method(method: str, spec: dict[str, Any], workdir: Path, script: Path = METHODS_SCRIPT) -> dict[str, Any]:
+    """One method of ``script`` in a fresh process; returns its result with ``wall_s`` (spawn to exit)."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec = {"threads": THREADS, "seed": SEED, "workdir": str(workdir / "tmp"), **spec}
     spec_path, result_path = workdir / "spec.json", workdir / "result.json"
@@ -108,7 +125,7 @@ def run_method(method: str, spec: dict[str, Any], workdir: Path) -> dict[str, An
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONWARNINGS": "ignore"}
     tick = time.monotonic()
     done = subprocess.run(
-        [sys.executable, str(METHODS_SCRIPT), method, str(spec_path), str(result_path)],
+        [sys.executable, str(script), method, str(spec_path), str(result_path)],
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     wall = time.monotonic() - tick
@@ -327,17 +344,7 @@ def main(
         raise typer.BadParameter(f"{DATA} not found: the benchmark reads the full data beside the project")
     out = out.resolve()
     results_path = out / "results.json"
-    started = time.monotonic()
-    if resume and results_path.is_file():
-        results = json.loads(results_path.read_text())
-        started -= results.get("total_s", 0.0)
-        log(f"resuming {results_path}: {', '.join(results)}")
-    else:
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        results = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": quick,
-                   "cpus": os.cpu_count(), "threads": THREADS}  # fmt: skip
+    results, started = start_run(out, resume=resume, quick=quick, threads=THREADS)
     data = ad.read_h5ad(DATA)
     depths = dict(list(DEPTHS.items())[:1]) if quick else DEPTHS
     sweep = dict(list(SWEEP.items())[:2]) if quick else SWEEP

@@ -53,9 +53,9 @@ THREADS = 2
 COMMAND = "make compare   (or: .venv/bin/python scripts/compare_scvi.py)"
 
 
-def make_bundle(reference: ad.AnnData, workdir: Path) -> ReferenceBundle:
+def make_bundle(reference: ad.AnnData, workdir: Path, options: ReferenceOptions = REFERENCE_OPTIONS) -> ReferenceBundle:
     """Train a reference, sign it with fresh keys, and open the bundle as a lab would."""
-    contents = build_reference(reference, batch_key="batch", labels_key="cell_type", options=REFERENCE_OPTIONS)
+    contents = build_reference(reference, batch_key="batch", labels_key="cell_type", options=options)
     private, public = generate_signing_keys(workdir / "keys")
     path = write_bundle(workdir / "bundle", contents, load_private_key(private))
     return ReferenceBundle.open(path, public)
@@ -72,7 +72,8 @@ def plain_query_adata(lab_adata: ad.AnnData, bundle: ReferenceBundle, lab: str) 
     setup = bundle.setup_args
     obs = pd.DataFrame(index=lab_adata.obs_names.astype(str))
     obs[setup["batch_key"]] = pd.Categorical([lab] * lab_adata.n_obs)
-    obs[setup["labels_key"]] = setup.get("unlabeled_category") or "Unknown"
+    if setup.get("labels_key"):
+        obs[setup["labels_key"]] = setup.get("unlabeled_category") or "Unknown"
     return ad.AnnData(X=columns.tocsr(), obs=obs, var=pd.DataFrame(index=genes))
 
 
@@ -84,19 +85,7 @@ def map_plain(lab_adata: ad.AnnData, bundle: ReferenceBundle, lab: str, workdir:
     model_dir = bundle.write_model_dir(workdir / f"plain-{lab}")
     query = plain_query_adata(lab_adata, bundle, lab)
     with quiet_training():
-        scvi.settings.seed = 0
-        model = scvi.model.SCANVI.load_query_data(query, str(model_dir), freeze_batchnorm_decoder=True)
-        options = MAPPING_OPTIONS
-        max_epochs = options.max_epochs or auto_max_epochs(query.n_obs, options.batch_size, options.surgery_steps)
-        model.train(
-            max_epochs=max_epochs,
-            batch_size=options.batch_size,
-            plan_kwargs={"weight_decay": 0.0, "lr": options.learning_rate},
-            early_stopping=options.early_stopping,
-            early_stopping_patience=options.early_stopping_patience,
-            check_val_every_n_epoch=1 if options.early_stopping else 10,
-            enable_progress_bar=False,
-        )
+        model = plain_surgery(scvi.model.SCANVI, query, model_dir, MAPPING_OPTIONS)
         latent = model.get_latent_representation().astype(np.float32)
         soft = model.predict(soft=True)
     predicted = soft.idxmax(axis=1).astype(str).to_numpy()
@@ -106,6 +95,35 @@ def map_plain(lab_adata: ad.AnnData, bundle: ReferenceBundle, lab: str, workdir:
         "seconds": time.perf_counter() - start,
         "epochs": len(model.history["elbo_train"]),
     }
+
+
+def plain_surgery(
+    model_cls: Any,
+    query: ad.AnnData,
+    model_dir: Path,
+    options: MappingOptions,
+    train_kwargs: dict[str, Any] | None = None,
+    **load_kwargs: Any,
+) -> Any:
+    """``model_cls.load_query_data`` (decoder batch-norm frozen) and ``train`` with map_query's settings.
+
+    ``train_kwargs`` replaces the learning-rate and weight-decay arguments, for models that take them otherwise.
+    """
+    import scvi
+
+    scvi.settings.seed = options.seed
+    model = model_cls.load_query_data(query, str(model_dir), **{"freeze_batchnorm_decoder": True, **load_kwargs})
+    max_epochs = options.max_epochs or auto_max_epochs(query.n_obs, options.batch_size, options.surgery_steps)
+    model.train(
+        max_epochs=max_epochs,
+        batch_size=options.batch_size,
+        **(train_kwargs or {"plan_kwargs": {"weight_decay": 0.0, "lr": options.learning_rate}}),
+        early_stopping=options.early_stopping,
+        early_stopping_patience=options.early_stopping_patience,
+        check_val_every_n_epoch=1 if options.early_stopping else 10,
+        enable_progress_bar=False,
+    )
+    return model
 
 
 def map_fedarches(lab_adata: ad.AnnData, bundle: ReferenceBundle, lab: str) -> tuple[ad.AnnData, Any, float]:

@@ -295,9 +295,8 @@ def _contents(
     for attr in PRIVATE_ATTRS:
         attr_dict.pop(attr, None)
     registry = attr_dict["registry_"]
-    fields = registry["field_registries"]
     setup_args = dict(registry["setup_args"])
-    batch_categories = [str(c) for c in fields["batch"]["state_registry"]["categorical_mapping"]]
+    batch_categories = backend.batch_categories(saved)
     if label_categories is None:
         label_categories = backend.label_categories(saved)
     unlabeled = setup_args.get("unlabeled_category")

@@ -132,7 +132,9 @@ class ModelBackend:
     def label_categories(self, saved: Mapping[str, Any]) -> list[str]:
         """Cell types of the saved model's label registry, the unlabeled category excluded."""
         registry = saved["attr_dict"]["registry_"]
-        mapping = registry["field_registries"].get("labels", {}).get("state_registry", {})
+        from scvi import REGISTRY_KEYS
+
+        mapping = registry["field_registries"].get(REGISTRY_KEYS.LABELS_KEY, {}).get("state_registry", {})
         unlabeled = registry["setup_args"].get("unlabeled_category")
         return [str(c) for c in mapping.get("categorical_mapping", []) if c != unlabeled]
 
@@ -231,13 +233,17 @@ class ModelBackend:
         Read through the model's label registry; ``labels_key`` (the reference's labels column) serves
         models that register no labels (totalVI).
         """
-        key = model.adata_manager.get_state_registry("labels").original_key
+        from scvi import REGISTRY_KEYS
+
+        key = model.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY).original_key
         return pd.Categorical(adata.obs[key].astype(str).to_numpy(), categories=self.label_categories_of(model))
 
     @staticmethod
     def label_categories_of(model: Any) -> list[str]:
         """Cell types of a trained model's label registry, the unlabeled category excluded."""
-        registry = model.adata_manager.get_state_registry("labels")
+        from scvi import REGISTRY_KEYS
+
+        registry = model.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
         unlabeled = model.registry_["setup_args"].get("unlabeled_category")
         return [str(c) for c in registry.categorical_mapping if c != unlabeled]
 
@@ -257,8 +263,25 @@ class ModelBackend:
             )
             raise AdapterError(msg, hint="build the reference with `fedarches-server build-reference`")
 
+    @staticmethod
+    def batch_categories(saved: Mapping[str, Any]) -> list[str]:
+        """Batches of a saved model's registry, in model order."""
+        from scvi import REGISTRY_KEYS
+
+        field = saved["attr_dict"]["registry_"]["field_registries"][REGISTRY_KEYS.BATCH_KEY]
+        return [str(c) for c in field["state_registry"]["categorical_mapping"]]
+
+    @staticmethod
+    def batch_categories_of(model: Any) -> list[str]:
+        """Batches of a (query) model, in model order: the reference's, then the query's new ones."""
+        from scvi import REGISTRY_KEYS
+
+        return [str(c) for c in model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping]
+
     def extend_batches(self, saved: dict[str, Any], categories: Sequence[str]) -> None:
         """Make a saved model's registry list ``categories`` as its batches (a merged atlas)."""
-        batch_field = saved["attr_dict"]["registry_"]["field_registries"]["batch"]
+        from scvi import REGISTRY_KEYS
+
+        batch_field = saved["attr_dict"]["registry_"]["field_registries"][REGISTRY_KEYS.BATCH_KEY]
         batch_field["state_registry"]["categorical_mapping"] = np.asarray(list(categories), dtype=object)
         batch_field["summary_stats"]["n_batch"] = len(categories)

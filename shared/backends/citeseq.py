@@ -44,7 +44,6 @@ PROTEIN_MODALITY = "prot"
 """MuData modality of the protein counts (scvi-tools' MuData tutorials)."""
 IMPUTATION_SAMPLES = 25  # posterior samples averaged per cell, as in the totalVI reference-mapping tutorial
 IMPUTATION_CHUNK = 5_000  # cells per get_normalized_expression call: bounds memory at samples x chunk x proteins
-_REGISTRY_PROTEINS = "proteins"  # scvi.REGISTRY_KEYS.PROTEIN_EXP_KEY, spelled here to keep scvi unimported
 _LAYOUT_HINT = (
     "store the ADT counts as a DataFrame in adata.obsm['protein_expression'] (cells x proteins, columns = protein "
     "names), or as a MuData with modalities 'rna' and 'prot', as scvi-tools' totalVI tutorials do"
@@ -144,7 +143,9 @@ class CITEseqBackend(ModelBackend):
                 hint="fedarches imports totalVI models set up with setup_anndata(protein_expression_obsm_key=...); "
                 "set the model up again that way and save it",
             )
-        names = registry["field_registries"][_REGISTRY_PROTEINS]["state_registry"]["column_names"]
+        from scvi import REGISTRY_KEYS
+
+        names = registry["field_registries"][REGISTRY_KEYS.PROTEIN_EXP_KEY]["state_registry"]["column_names"]
         return {"protein_names": [str(n) for n in names]}
 
     # ---- queries -----------------------------------------------------------------------------

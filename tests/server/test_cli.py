@@ -169,3 +169,31 @@ def test_import_reference_refuses_a_model_class_without_a_backend(tmp_path: Path
     assert result.exit_code == 10, result.output
     assert "is a LinearSCVI model; fedarches maps against SCANVI, SCVI" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_import_reference_of_a_totalvi_model_takes_its_labels_from_the_reference_data(
+    tmp_path: Path, demo_dir: Path, keys
+) -> None:
+    """totalVI stores no cell types: --labels-key names them in the reference data; the proteins come along."""
+    import scvi
+
+    reference = ad.read_h5ad(demo_dir / "citeseq_reference.h5ad")
+    reference.X = reference.layers["counts"]
+    scvi.settings.seed = 0
+    scvi.model.TOTALVI.setup_anndata(reference, batch_key="batch", protein_expression_obsm_key="protein_expression")
+    model = scvi.model.TOTALVI(
+        reference, n_latent=8, use_layer_norm="both", use_batch_norm="none", encode_covariates=True
+    )
+    model.train(max_epochs=10, enable_progress_bar=False)
+    model.save(tmp_path / "saved", save_anndata=True)
+    args = ["import-reference", str(tmp_path / "saved"), "--signing-key", str(keys[0]), "--out", str(tmp_path / "b")]
+    without = runner.invoke(app, args)
+    assert without.exit_code == 10 and "records no cell types" in without.output, without.output
+    result = runner.invoke(app, [*args, "--labels-key", "cell_type"])
+    assert result.exit_code == 0, result.output
+    bundle = ReferenceBundle.open(tmp_path / "b", keys[1])
+    assert bundle.setup["backend"] == "totalvi"
+    assert bundle.protein_names == list(reference.obsm["protein_expression"].columns)
+    assert bundle.label_categories == sorted(reference.obs["cell_type"].dropna().astype(str).unique())
+    assert bundle.reference_summary is not None and bundle.embedding["latent"].shape[1] == 8

@@ -1,6 +1,8 @@
 """docs/benchmarks.md and its plots, generated from a `make bench` results.json (no hand-typed numbers).
 
 .venv/bin/python scripts/bench_doc.py [bench-output/bench/results.json]
+
+A quick (smoke) run's document goes to ``docs/`` beside its results.json, never to the project's docs/.
 """
 
 from __future__ import annotations
@@ -30,15 +32,38 @@ METHODS = (
     "kNN on PCA",
     "logistic regression on PCA",
 )
+CELLTYPIST, CELLTYPIST_VOTING = "CellTypist", "CellTypist + majority voting"
+FED_ROUND, FED_MAPPING = "fedarches (federated round)", "fedarches mapping"
+# issue 15's targets for fedarches on every PBMC split
+PBMC_TARGETS = {"unseen_unknown": 0.80, "known_unknown": 0.05, "unseen_auroc": 0.90, "ece": 0.05}
 
 
 # --- reading results ------------------------------------------------------------------------------
+def central_views(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The methods run on the pooled cells of a split: metrics (``labs``/``overall``), wall time, peak RSS.
+
+    CellTypist's plain row leaves out the time its majority voting took (``voting_s``).
+    """
+    baseline = entry["baseline"]
+    views = {
+        METHODS[1]: entry["scvi_surgery"],
+        METHODS[2]: entry["de_novo"],
+        METHODS[3]: {**baseline["classifiers"]["knn"], **_cost(baseline)},
+        METHODS[4]: {**baseline["classifiers"]["logreg"], **_cost(baseline)},
+    }
+    if "celltypist" in entry:  # results from before CellTypist was benchmarked have none
+        typist = entry["celltypist"]
+        plain = {"wall_s": typist["wall_s"] - typist["voting_s"], "peak_rss_bytes": typist["peak_rss_bytes"]}
+        views[CELLTYPIST] = {**typist["classifiers"]["plain"], **plain}
+        views[CELLTYPIST_VOTING] = {**typist["classifiers"]["majority_voting"], **_cost(typist)}
+    return views
+
+
 def method_views(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each method's metrics (``labs``/``overall``) with its wall time, peak RSS and bytes moved."""
     lab_bytes = sum(v for k, v in entry["raw_h5ad_bytes"].items() if k != "reference")
     fed = entry["federated"]
     runs = fed["runs"].values()
-    baseline = entry["baseline"]
     central = {"moved": lab_bytes, "moved_note": "labs' raw .h5ad"}
     return {
         METHODS[0]: {
@@ -48,11 +73,18 @@ def method_views(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "moved": sum(r["bytes_to_lab"] + r["bytes_from_lab"] for r in runs),
             "moved_note": "Flower payloads, both ways",
         },
-        METHODS[1]: {**entry["scvi_surgery"], **central},
-        METHODS[2]: {**entry["de_novo"], **central},
-        METHODS[3]: {**baseline["classifiers"]["knn"], **_cost(baseline), **central},
-        METHODS[4]: {**baseline["classifiers"]["logreg"], **_cost(baseline), **central},
+        **{method: {**view, **central} for method, view in central_views(entry).items()},
     }
+
+
+def pbmc_views(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each method's metrics on one PBMC split, with wall time and peak RSS (the round's: its largest lab)."""
+    views = {}
+    if "federated" in entry:
+        fed = entry["federated"]
+        rss = max(r["peak_rss_bytes"] for r in fed["runs"].values())
+        views[FED_ROUND] = {**fed, "wall_s": fed["round_wall_s"], "peak_rss_bytes": rss}
+    return {**views, FED_MAPPING: entry["fedarches"], **central_views(entry)}
 
 
 def _cost(result: dict[str, Any]) -> dict[str, Any]:
@@ -213,9 +245,10 @@ def observations(results: dict[str, Any]) -> list[str]:
         return " / ".join(f"{views[d][method]['overall'][key]:.3f}" for d in depths)
 
     fed, cen, novo, knn, logreg = METHODS
+    typist = f", CellTypist {series(CELLTYPIST)}" if CELLTYPIST in views[depths[0]] else ""
     out = [
         f"Accuracy at {' / '.join(depths)}: fedarches {series(fed)}, scvi-tools surgery {series(cen)}, de novo "
-        f"scANVI {series(novo)}, kNN {series(knn)}, logistic regression {series(logreg)}.",
+        f"scANVI {series(novo)}, kNN {series(knn)}, logistic regression {series(logreg)}{typist}.",
     ]
     tutorial = [
         results["accuracy"][d]["sweep"].get(BASELINE_SETTING, {}).get("overall", {}).get("accuracy") for d in depths
@@ -251,7 +284,7 @@ def accuracy_tables(results: dict[str, Any]) -> str:
         views = method_views(entry)
         umis = entry["median_umis"]
         parts.append(
-            f"### {depth}\n\nMedian UMIs per cell: reference {umis['reference']:,.0f}; "
+            f"#### {depth}\n\nMedian UMIs per cell: reference {umis['reference']:,.0f}; "
             + ", ".join(f"{lab} {umis[lab]:,.0f}" for lab in entry["federated"]["labs"])
             + f". Cells: reference {entry['n_cells']['reference']}, "
             + ", ".join(f"{lab} {entry['n_cells'][lab]}" for lab in entry["federated"]["labs"])
@@ -418,7 +451,7 @@ def integration_tables(results: dict[str, Any]) -> str:
     for depth, table in integration["variants"].items():
         metrics = [k for k in next(iter(table.values())) if k != "Embedding"]
         parts.append(
-            f"### {depth}\n\n"
+            f"#### {depth}\n\n"
             + md_table(["method", *metrics], [[m, *(row[k] for k in metrics)] for m, row in table.items()])
         )
     return "\n\n".join(parts)
@@ -434,9 +467,10 @@ def plot(results: dict[str, Any], docs: Path) -> list[str]:
 
     depths = list(results["accuracy"])
     views = {d: method_views(results["accuracy"][d]) for d in depths}
+    methods = list(views[depths[0]])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    width = 0.8 / len(METHODS)
-    for i, method in enumerate(METHODS):
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
         x = np.arange(len(depths)) + i * width
         for ax, key in zip(axes, ("accuracy", "macro_f1"), strict=True):
             ax.bar(x, [views[d][method]["overall"][key] for d in depths], width, label=method)
@@ -446,9 +480,9 @@ def plot(results: dict[str, Any], docs: Path) -> list[str]:
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(METHODS), fontsize=8)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(methods), 4), fontsize=8)
     fig.suptitle("CellBench lung cell lines: 3 labs, H838 held out of the reference")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(docs / "benchmarks_accuracy.png", dpi=110)
     plt.close(fig)
 
@@ -494,6 +528,251 @@ def plot(results: dict[str, Any], docs: Path) -> list[str]:
     return ["benchmarks_accuracy.png", "benchmarks_scaling.png"]
 
 
+# --- PBMC -----------------------------------------------------------------------------------------
+def _mean(values: list[Any]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def pbmc_methods(splits: dict[str, Any]) -> list[str]:
+    """The methods of a section, in table order (the round only where a split ran one)."""
+    names: list[str] = []
+    for entry in splits.values():
+        names += [m for m in pbmc_views(entry) if m not in names]
+    return [m for m in (FED_ROUND, FED_MAPPING, *METHODS[1:], CELLTYPIST, CELLTYPIST_VOTING) if m in names]
+
+
+PAIRS = {
+    "num": lambda a, b: f"{fmt(a)} / {fmt(b)}",
+    "rate": lambda a, b: f"{fmt(a)} / {_pct(b)}",
+    "cost": lambda a, b: f"{a:.1f} / {b:,.0f}",
+}
+
+
+def metric(view: dict[str, Any], key: str) -> Any:
+    """One number of a method's view: its wall time, peak RSS in MiB, or an ``overall`` metric (None if absent)."""
+    if key == "wall_s":
+        return view["wall_s"]
+    if key == "peak_rss_mib":
+        return view["peak_rss_bytes"] / MIB
+    return view["overall"].get(key)
+
+
+def split_table(splits: dict[str, Any], keys: tuple[str, str], style: str = "num") -> str:
+    """Rows: the section's splits (and their mean); columns: methods; cells: two metrics, ``a / b``."""
+    methods = pbmc_methods(splits)
+    views = {name: pbmc_views(entry) for name, entry in splits.items()}
+    show = PAIRS[style]
+    rows = [
+        [name, *(show(*(metric(v[m], k) for k in keys)) if m in v else "-" for m in methods)]
+        for name, v in views.items()
+    ]
+    if len(views) > 1:
+        means = [show(*(_mean([metric(v[m], k) for v in views.values() if m in v]) for k in keys)) for m in methods]
+        rows.append(["**mean**", *means])
+    return md_table(["split", *methods], rows)
+
+
+def per_type_f1(splits: dict[str, Any]) -> str:
+    """Rows: methods; columns: cell types; F1 averaged over the section's splits that hold the type."""
+    methods = pbmc_methods(splits)
+    views = [pbmc_views(entry) for entry in splits.values()]
+    types = sorted({t for v in views for t in v[FED_MAPPING]["overall"]["f1_per_type"]})
+    rows = []
+    for m in methods:
+        f1s = [v[m]["overall"]["f1_per_type"] for v in views if m in v]
+        rows.append([m, *(_mean([f.get(t) for f in f1s]) for t in types)])
+    return md_table(["method", *types], rows)
+
+
+def per_lab_table(entry: dict[str, Any]) -> str:
+    """A split with several labs: each lab's accuracy / known-type cells called Unknown, per method."""
+    views = pbmc_views(entry)
+    labs = list(entry["lab_batches"])
+    rows = [
+        [m, *(f"{fmt(v['labs'][lab]['accuracy'])} / {_pct(v['labs'][lab].get('known_unknown'))}" for lab in labs)]
+        for m, v in views.items()
+    ]
+    return md_table(["method", *labs], rows)
+
+
+def pbmc_targets(pbmc: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
+    """Issue 15's targets for fedarches' mapping on every PBMC split: worst split, verdict, the splits missed."""
+    splits = {f"{section}: {name}": entry for section, named in pbmc.items() for name, entry in named.items()}
+    views = {name: pbmc_views(entry) for name, entry in splits.items()}
+    rows, notes = [], []
+
+    def check(label: str, goal: str, values: dict[str, float], ok: Any, worst: Any, show: Any) -> None:
+        if not values:
+            return
+        name = worst(values, key=values.get)
+        missed = [n for n, v in values.items() if not ok(v)]
+        rows.append([label, goal, f"{show(values[name])} ({name})", verdict(not missed)])
+        if missed:
+            notes.append(f"{label}: missed on {len(missed)} of {len(values)} splits ({', '.join(missed)}).")
+
+    for anchor in (METHODS[1], METHODS[4]):
+        for key, what in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+            gaps = {n: 100 * (v[FED_MAPPING]["overall"][key] - v[anchor]["overall"][key]) for n, v in views.items()}
+            check(f"{what}, fedarches - {anchor}", ">= 0 points", gaps, lambda g: g >= 0, min, lambda g: f"{g:+.1f}")
+    for key, label, goal, ok, worst, show in (
+        ("known_unknown", "known-type cells called Unknown", "<= 5 %", lambda x: x <= PBMC_TARGETS["known_unknown"],
+         max, _pct),
+        ("unseen_unknown", "cells of a type the reference lacks, called Unknown", ">= 80 %",
+         lambda x: x >= PBMC_TARGETS["unseen_unknown"], min, _pct),
+        ("unseen_auroc", "AUROC of 1 - confidence for those cells", ">= 0.90",
+         lambda x: x >= PBMC_TARGETS["unseen_auroc"], min, fmt),
+        ("ece", "ECE on known types", "<= 0.05", lambda x: x <= PBMC_TARGETS["ece"], max, fmt),
+    ):  # fmt: skip
+        values = {n: v[FED_MAPPING]["overall"].get(key) for n, v in views.items()}
+        check(label, goal, {n: x for n, x in values.items() if x is not None}, ok, worst, show)
+    return rows, notes
+
+
+def pbmc_section_text(section: str, splits: dict[str, Any]) -> str:
+    from bench import PBMC_SECTIONS
+
+    first = next(iter(splits.values()))
+    sizes = "; ".join(
+        f"{name}: reference {e['n_cells']['reference']:,} cells ({' + '.join(e['reference_batches'])}), "
+        + ", ".join(f"{lab} {e['n_cells'][lab]:,}" for lab in e["lab_batches"])
+        for name, e in splits.items()
+    )
+    parts = [
+        f"### {PBMC_SECTIONS.get(section, section)} (`{first['data']}`)\n\nCells: {sizes}.",
+        "Accuracy / macro-F1 (known types):\n\n" + split_table(splits, ("accuracy", "macro_f1")),
+        "ECE / known-type cells called Unknown:\n\n" + split_table(splits, ("ece", "known_unknown"), "rate"),
+    ]
+    if any(e["held_out"] for e in splits.values()):
+        parts.append(
+            "Held-out type: AUROC of 1 - confidence / its cells called Unknown:\n\n"
+            + split_table(splits, ("unseen_auroc", "unseen_unknown"), "rate")
+        )
+    parts.append("Wall s / peak RSS MiB:\n\n" + split_table(splits, ("wall_s", "peak_rss_mib"), "cost"))
+    parts.append("F1 per cell type (mean over the splits):\n\n" + per_type_f1(splits))
+    for name, entry in splits.items():
+        if len(entry["lab_batches"]) > 1:
+            parts.append(f"Per lab, {name} (accuracy / known-type cells called Unknown):\n\n" + per_lab_table(entry))
+    return "\n\n".join(parts)
+
+
+def render_pbmc(results: dict[str, Any]) -> str:
+    from bench import (
+        CHEMISTRIES,
+        HELD_OUT_TYPES,
+        KANG_REFERENCE_SHARE,
+        QUICK_LAB_CELLS,
+        QUICK_REFERENCE_CELLS,
+        ZHENG_REFERENCE_SHARE,
+    )
+
+    pbmc = results["pbmc"]
+    rows, notes = pbmc_targets(pbmc)
+    quick = (
+        f" **Quick smoke run:** the first split of each section only, at most {QUICK_REFERENCE_CELLS} reference "
+        f"and {QUICK_LAB_CELLS} lab cells, reference and surgery training cut short: not a measurement."
+        if results["quick"]
+        else ""
+    )
+    return f"""## PBMC: real tissue (the main benchmark)
+
+**Data** (`../shared/data`, provenance in its README).{quick} (1) `symphony_pbmc_3chem`: 1,200 PBMCs, nine
+types, three 10x chemistries ({", ".join(f"{k} = {v}" for k, v in CHEMISTRIES.items())}); reference = two
+chemistries, lab = the third. (2) The same, with one type ({", ".join(HELD_OUT_TYPES)}) in turn left out of the
+reference: the lab then holds cells of a type the reference never saw. (3) `zheng_sorted_pbmc3500`: seven FACS-sorted
+populations (naive, memory and regulatory CD4 T, naive CD8 T among them); reference = a seeded random
+{ZHENG_REFERENCE_SHARE:.0%} of each type, lab = the rest. (4) `kang_ctrl_5donors`: reference = a seeded random
+{KANG_REFERENCE_SHARE:.0%} of each donor's cells of each type (the donors are its batches), five labs = each donor's
+other cells.
+
+**Methods, same run, same machine, each in a fresh process.** *fedarches (federated round)*, where a split has one:
+the round as in the CellBench benchmark below (loopback, TLS, the default privacy policy, one torch thread per lab;
+wall = `run-round`). *fedarches mapping*: `map_query` with every default on the same bundle, the labs one after
+another in one process with 2 threads (what a lab runs, without Flower). Both use a reference bundle built by
+`fedarches-server build-reference` with every default. *scvi-tools surgery*, *de novo scANVI*, *kNN* and
+*logistic regression on PCA* as in the CellBench benchmark. *CellTypist* (`celltypist` from PyPI): `celltypist.train`
+on the reference's log1p counts per 10,000 (all genes) with its default classifier (logistic regression, C = 1, no
+feature selection), `celltypist.annotate` per lab; no model is downloaded. CellTypist 1.7.1 asks scikit-learn for
+`LogisticRegression(multi_class="ovr")`, which scikit-learn 1.8 removed (Teichlab/celltypist#164): the benchmark
+gives it the model scikit-learn < 1.8 fitted for that (one binary logistic regression per type,
+`bench_methods.celltypist_ovr_logistic_regression`). *+ majority voting*: CellTypist's own refinement over a Leiden
+over-clustering of the lab. Wall time: from process start to exit (imports included), the reference bundle's build
+not included except in de novo scANVI and CellTypist, which train their own model; CellTypist's plain row leaves out
+its voting. Peak RSS of the process (the round: its largest lab process).
+
+**Metrics.** Accuracy, macro-F1, F1 per type and ECE (top-label, 15 bins) over cells of types the reference knows;
+held-out AUROC scores 1 - confidence as the detector of the held-out type. Unknown: fedarches' own call
+(`obs['is_unknown']`); a method without one calls Unknown the cells whose top probability is below 0.5 (for
+CellTypist exactly its "prob match" unassigned cells at its default p_thres 0.5).
+
+### Targets: fedarches mapping on every PBMC split
+
+{md_table(["target", "goal", "worst split", ""], rows)}
+
+{chr(10).join("- " + n for n in notes) if notes else "Every target met."}
+
+![PBMC accuracy](benchmarks_pbmc.png)
+
+{(chr(10) * 2).join(pbmc_section_text(section, splits) for section, splits in pbmc.items() if splits)}
+"""
+
+
+def plot_pbmc(results: dict[str, Any], docs: Path) -> str:
+    """Mean accuracy and macro-F1 of each method per PBMC section."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sections = {k: v for k, v in results["pbmc"].items() if v}
+    methods = [m for m in (FED_ROUND, FED_MAPPING, *METHODS[1:], CELLTYPIST, CELLTYPIST_VOTING)
+               if any(m in pbmc_methods(s) for s in sections.values())]  # fmt: skip
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.4))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        for ax, key in zip(axes, ("accuracy", "macro_f1"), strict=True):
+            values = [
+                _mean([pbmc_views(e)[method]["overall"][key] for e in s.values() if method in pbmc_views(e)]) or 0.0
+                for s in sections.values()
+            ]
+            ax.bar(np.arange(len(sections)) + i * width, values, width, label=method)
+    for ax, title in zip(axes, ("accuracy (known types), mean over splits", "macro-F1, mean over splits"), strict=True):
+        ax.set_xticks(np.arange(len(sections)) + 0.4 - width / 2, [s.replace("_", " ") for s in sections])
+        ax.set_ylim(0.0, 1.005)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    fig.suptitle("PBMC" + (" (quick smoke run: not a measurement)" if results["quick"] else ""))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(docs / "benchmarks_pbmc.png", dpi=110)
+    plt.close(fig)
+    return "benchmarks_pbmc.png"
+
+
+def print_pbmc(results: dict[str, Any]) -> None:
+    rows, _ = pbmc_targets(results["pbmc"])
+    print("\nPBMC targets (fedarches mapping):\n" + text_table(["target", "goal", "worst split", ""], rows))
+    for section, splits in results["pbmc"].items():
+        for name, entry in splits.items():
+            print(f"\n{section}: {name}")
+            print(
+                text_table(
+                    ["method", "accuracy", "macro-F1", "ECE", "held-out AUROC", "held-out Unknown",
+                     "known Unknown", "wall s", "peak RSS MiB"],
+                    [[m, fmt(v["overall"]["accuracy"]), fmt(v["overall"]["macro_f1"]), fmt(v["overall"]["ece"]),
+                      fmt(v["overall"]["unseen_auroc"]), _pct(v["overall"].get("unseen_unknown")),
+                      _pct(v["overall"].get("known_unknown")), f"{v['wall_s']:.1f}", mib(v["peak_rss_bytes"])]
+                     for m, v in pbmc_views(entry).items()],
+                )
+            )  # fmt: skip
+
+
 # --- the document ---------------------------------------------------------------------------------
 def header_notes(results: dict[str, Any]) -> str:
     return "".join(f"\n\n**Note.** {n}" for n in results.get("notes", []))
@@ -504,19 +783,33 @@ def reruns(results: dict[str, Any]) -> str:
     return "".join(f" Its {r['section']} section was re-run with `--resume`: {r['why']}." for r in done)
 
 
-def render(results: dict[str, Any], images: list[str]) -> str:
+def render(results: dict[str, Any]) -> str:
+    """The whole document: the PBMC benchmark, then CellBench (each where the run has it)."""
+    parts = [
+        f"""# Benchmarks
+
+Generated by `make bench` (`scripts/bench.py`, then `scripts/bench_doc.py`) from `bench-output/bench/results.json`;
+do not edit by hand. Run {results["started"]}, {results["total_s"] / 60:.1f} min in all on {results["cpus"]} CPU
+cores{" (**quick smoke run: partial, not a measurement**)" if results["quick"] else ""}.{reruns(results)} Unseen-type
+detection and calibration on CellBench have their own benchmark: [benchmarks_unknown.md](benchmarks_unknown.md)
+(`make bench-unknown`).{header_notes(results)}
+"""
+    ]
+    if results.get("pbmc"):
+        parts.append(render_pbmc(results))
+    if results.get("accuracy"):
+        parts.append(render_cellbench(results))
+    return "\n".join(parts)
+
+
+def render_cellbench(results: dict[str, Any]) -> str:
     target_rows, notes = targets(results)
     sweep, pick = sweep_table(results)
     first = next(iter(results["accuracy"].values()))
     fed = first["federated"]
     from bench import BASELINE_SETTING, CELLS_PER_SCALED_LAB, HELD_OUT, LABS, REFERENCE_BATCHES
 
-    return f"""# Benchmarks
-
-Generated by `make bench` (`scripts/bench.py`, then `scripts/bench_doc.py`) from `bench-output/bench/results.json`;
-do not edit by hand. Run {results["started"]}, {results["total_s"] / 60:.1f} min in all on {results["cpus"]} CPU
-cores{" (quick smoke run: partial)" if results["quick"] else ""}.{reruns(results)} Unseen-type detection and calibration have
-their own benchmark: [benchmarks_unknown.md](benchmarks_unknown.md) (`make bench-unknown`).{header_notes(results)}
+    return f"""## CellBench lung cell lines (the second benchmark)
 
 **Data.** CellBench lung cell lines, `../shared/data/cellbench_lung_celllines.h5ad` (1,021 real cells, demuxlet
 genotype labels). Reference: {" + ".join(REFERENCE_BATCHES)} without {HELD_OUT}; labs:
@@ -534,9 +827,10 @@ report. (b) scvi-tools surgery, centralized: plain scvi-tools on the same bundle
 the three labs one after another in one process with 2 threads; wall time from process start (imports included)
 to exit. (c) de novo scVI + scANVI on reference and all labs together (queries unlabeled, scvi-tools' default
 epochs, 20 scANVI epochs), 2 threads. (d) log-normalized counts of the model's 2,000 genes, PCA (50) fitted on the
-reference, kNN (k = 15) or logistic regression. Peak RSS: of each process (for (a), the largest lab mapping process).
+reference, kNN (k = 15) or logistic regression. (e) CellTypist, as in the PBMC benchmark above. Peak RSS: of each
+process (for (a), the largest lab mapping process).
 
-## Targets
+### Targets
 
 {md_table(["target", "goal", "measured", ""], target_rows)}
 
@@ -548,13 +842,13 @@ Start-up (not in the round time): SuperLink {fed["startup"]["superlink_s"]:.1f} 
 
 ![accuracy](benchmarks_accuracy.png)
 
-## Accuracy, calibration, cost
+### Accuracy, calibration, cost
 
 {chr(10).join("- " + o for o in observations(results))}
 
 {accuracy_tables(results)}
 
-## Surgery settings: the speed sweep
+### Surgery settings: the speed sweep
 
 fedarches' `map_query` under each setting, one process, 2 threads, the three labs at each depth; accuracy over all
 labs and its gap in points to the scvi-tools tutorial setting ({BASELINE_SETTING!r}) run by the same code.
@@ -564,7 +858,7 @@ Bold: the fastest setting within {TARGETS["accuracy_points"]} points of the tuto
 
 {sweep}
 
-## Scaling with query size
+### Scaling with query size
 
 Queries resampled from the three labs' 2,000-UMI cells (with replacement; each copy thinned again by a factor drawn
 from U(0.5, 1), so no two copies are equal), mapped by one process with 2 threads against the 2,000-UMI reference.
@@ -572,7 +866,7 @@ End to end = process start (imports) to result; scvi-tools' tutorial setting (10
 
 {query_size_table(results)}
 
-## Scaling with the number of labs
+### Scaling with the number of labs
 
 Labs of {CELLS_PER_SCALED_LAB} resampled cells each, all SuperNodes on this one 2-core machine (one thread each), one
 round each with every default.
@@ -589,7 +883,7 @@ scvi-tools is imported once per actor, not once per message.
 
 ![scaling](benchmarks_scaling.png)
 
-## Integration metrics (scib-metrics)
+### Integration metrics (scib-metrics)
 
 scib-metrics {results.get("integration", {}).get("version", "")} on the query cells only (labs as batches, true
 cell lines as labels; the baseline's PCA is the unintegrated embedding). Not min-max scaled.
@@ -599,6 +893,13 @@ cell lines as labels; the baseline's PCA is the unintegrated embedding). Not min
 
 
 def print_tables(results: dict[str, Any]) -> None:
+    if results.get("pbmc"):
+        print_pbmc(results)
+    if results.get("accuracy"):
+        print_cellbench(results)
+
+
+def print_cellbench(results: dict[str, Any]) -> None:
     rows, _ = targets(results)
     print("\n" + text_table(["target", "goal", "measured", ""], rows))
     for depth, entry in results["accuracy"].items():
@@ -627,9 +928,10 @@ def print_tables(results: dict[str, Any]) -> None:
 
 def write_doc(results: dict[str, Any], docs: Path) -> Path:
     docs.mkdir(parents=True, exist_ok=True)
-    images = plot(results, docs)
+    images = [plot_pbmc(results, docs)] if results.get("pbmc") else []
+    images += plot(results, docs) if results.get("accuracy") else []
     path = docs / "benchmarks.md"
-    path.write_text(render(results, images))
+    path.write_text(render(results))
     print(f"wrote {path} and {', '.join(images)}")
     return path
 
@@ -639,4 +941,4 @@ if __name__ == "__main__":
     source = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "bench-output" / "bench" / "results.json")
     data = json.loads(source.read_text())
     print_tables(data)
-    write_doc(data, ROOT / "docs")
+    write_doc(data, source.parent / "docs" if data["quick"] else ROOT / "docs")

@@ -3,9 +3,10 @@
     python scripts/bench_methods.py METHOD SPEC.json RESULT.json
 
 SPEC names the bundle, the labs' .h5ad files and what to run; RESULT gets the per-lab metrics
-(:func:`fedarches.shared.evaluation.label_transfer_metrics`), timings, the process's peak RSS and
-``process_s`` (from interpreter start to the result, imports included). Latents go to ``latents.npz``
-beside RESULT for the integration metrics. Methods:
+(:func:`scores`: :func:`fedarches.shared.evaluation.label_transfer_metrics` and the Unknown rates), timings,
+the process's peak RSS and ``process_s`` (from interpreter start to the result, imports included). Latents go
+to ``latents.npz`` beside RESULT for the integration metrics. A method without an Unknown call of its own
+calls Unknown the cells whose confidence is below 0.5 (:data:`CONFIDENCE_UNKNOWN`). Methods:
 
 * ``scvi_surgery``: the centralized anchor. Plain scvi-tools, as in its scArches tutorial:
   ``SCANVI.load_query_data`` on the bundle's model, ``train(max_epochs=100, plan_kwargs={"weight_decay": 0.0},
@@ -14,6 +15,9 @@ beside RESULT for the integration metrics. Methods:
   and the query-size scaling use it).
 * ``de_novo``: scVI then scANVI trained on reference + every query together (queries unlabeled), the ceiling.
 * ``baseline``: log-normalized counts, PCA (50) fitted on the reference, kNN (k=15) and logistic regression.
+* ``celltypist``: CellTypist (PyPI) trained on the reference with ``celltypist.train`` (its default logistic
+  regression, all genes, log1p of counts per 10,000) and ``celltypist.annotate`` on each lab: plain
+  predictions, then with its majority voting over an over-clustering of the lab. No model is downloaded.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 PROCESS_START = time.perf_counter()
 
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -33,17 +38,68 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
+from fedarches.shared._constants import ADATA_KEYS  # noqa: E402
 from fedarches.shared._process import peak_rss_bytes  # noqa: E402
 from fedarches.shared.evaluation import annotated_calls, metrics_per_lab  # noqa: E402
 
 TUTORIAL_EPOCHS = 100
+DE_NOVO_SCANVI_EPOCHS = 20
+# Unknown call of a method without one: top probability below 0.5 (fedarches' confidence rule; CellTypist's
+# "prob match" with its default p_thres 0.5 leaves exactly these cells unassigned)
+CONFIDENCE_UNKNOWN = 0.5
 
 
-Cells = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # lab -> (truth, predicted, confidence)
+Calls = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # truth, predicted, confidence, called Unknown
+Cells = dict[str, Calls]  # lab -> its cells' calls
 
 
-def cells_of(adata: ad.AnnData, predicted: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, ...]:
-    return adata.obs["cell_type"].astype(str).to_numpy(), np.asarray(predicted, dtype=str), np.asarray(confidence)
+def cells_of(
+    adata: ad.AnnData, predicted: np.ndarray, confidence: np.ndarray, unknown: np.ndarray | None = None
+) -> Calls:
+    """One lab's calls; ``unknown`` defaults to confidence below :data:`CONFIDENCE_UNKNOWN`."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    if unknown is None:
+        unknown = confidence < CONFIDENCE_UNKNOWN
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    return truth, np.asarray(predicted, dtype=str), confidence, np.asarray(unknown, dtype=bool)
+
+
+def fedarches_calls(adata: ad.AnnData) -> Calls:
+    """The calls of an AnnData that ``map_query`` annotated, its own Unknown call (``is_unknown``) included."""
+    _, predicted, confidence = annotated_calls(adata)
+    obs = adata.obs
+    unknown = obs[ADATA_KEYS.UNKNOWN].to_numpy(dtype=bool) if ADATA_KEYS.UNKNOWN in obs else None  # None: no summary
+    return cells_of(adata, predicted, confidence, unknown)
+
+
+def unknown_rates(truth: np.ndarray, unknown: np.ndarray, reference_types: list[str] | tuple[str, ...]) -> dict:
+    """Share of unseen-type cells called Unknown (detection; None without such cells) and of known-type cells."""
+    known = np.isin(truth, list(reference_types))
+    return {
+        "unseen_unknown": float(unknown[~known].mean()) if (~known).any() else None,
+        "known_unknown": float(unknown[known].mean()) if known.any() else None,
+    }
+
+
+def scores(cells: Cells, reference_types: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """:func:`~fedarches.shared.evaluation.metrics_per_lab` of each lab and the pool, with :func:`unknown_rates`."""
+    out = metrics_per_lab({lab: c[:3] for lab, c in cells.items()}, reference_types)
+    for lab, c in cells.items():
+        out["labs"][lab].update(unknown_rates(c[0], c[3], reference_types))
+    pooled = [np.concatenate([c[i] for c in cells.values()]) for i in (0, 3)]
+    out["overall"].update(unknown_rates(*pooled, reference_types))
+    return out
+
+
+def log_normalized(adata: ad.AnnData, genes: Any = None) -> ad.AnnData:
+    """log1p of counts per 10,000 (each cell's total over all its genes), of ``genes`` (default: every gene)."""
+    import scanpy as sc
+
+    out = ad.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32), obs=pd.DataFrame(index=adata.obs_names))
+    out.var_names = adata.var_names
+    sc.pp.normalize_total(out, target_sum=1e4)
+    sc.pp.log1p(out)
+    return out if genes is None else out[:, genes].copy()
 
 
 def each_lab(spec: dict[str, Any]) -> Iterator[tuple[str, ad.AnnData, float]]:
@@ -95,7 +151,7 @@ def scvi_surgery(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[s
         predicted = np.asarray(bundle.label_categories)[probabilities.argmax(axis=1)]
         cells[lab] = cells_of(adata, predicted, probabilities.max(axis=1))
         runs[lab] = {"wall_s": time.perf_counter() - start, "n_epochs": len(model.history["elbo_train"])}
-    return {**metrics_per_lab(cells, bundle.label_categories), "runs": runs, "mapping_s": time.perf_counter() - tick}
+    return {**scores(cells, bundle.label_categories), "runs": runs, "mapping_s": time.perf_counter() - tick}
 
 
 def fedarches(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -113,7 +169,7 @@ def fedarches(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str,
         read_s = time.perf_counter() - start
         result = map_query(adata, bundle, lab_name=lab, options=options)
         latents[lab] = adata.obsm[result.latent_key]
-        cells[lab] = annotated_calls(adata)
+        cells[lab] = fedarches_calls(adata)
         runs[lab] = {
             "wall_s": time.perf_counter() - start,
             "read_s": read_s,
@@ -121,7 +177,7 @@ def fedarches(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str,
             "n_epochs": result.n_epochs,
             "adapter_bytes": result.adapter.nbytes,
         }
-    return {**metrics_per_lab(cells, bundle.label_categories), "runs": runs, "mapping_s": time.perf_counter() - tick}
+    return {**scores(cells, bundle.label_categories), "runs": runs, "mapping_s": time.perf_counter() - tick}
 
 
 def de_novo(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -149,7 +205,11 @@ def de_novo(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, A
         vae = scvi.model.SCVI(combined, n_latent=10, n_layers=2)
         vae.train(max_epochs=spec.get("max_epochs"), enable_progress_bar=False)
         scanvi = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
-        scanvi.train(max_epochs=20, n_samples_per_label=100, enable_progress_bar=False)
+        scanvi.train(
+            max_epochs=spec.get("scanvi_epochs", DE_NOVO_SCANVI_EPOCHS),
+            n_samples_per_label=100,
+            enable_progress_bar=False,
+        )
         soft = scanvi.predict(soft=True)
         latent = scanvi.get_latent_representation().astype(np.float32)
     types = sorted(reference.obs["cell_type"].astype(str).unique())
@@ -161,14 +221,13 @@ def de_novo(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, A
         p = probabilities[rows]
         cells[lab] = cells_of(query, np.asarray(types)[p.argmax(axis=1)], p.max(axis=1))
     return {
-        **metrics_per_lab(cells, types),
+        **scores(cells, types),
         "mapping_s": time.perf_counter() - tick,
         "n_cells_trained": int(combined.n_obs),
     }
 
 
 def baseline(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
-    import scanpy as sc
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
@@ -176,16 +235,12 @@ def baseline(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, 
     bundle = open_bundle(spec)
     tick = time.perf_counter()
 
-    def log_normalized(adata: ad.AnnData) -> np.ndarray:
-        adata = adata.copy()
-        sc.pp.normalize_total(adata, target_sum=1e4)
-        sc.pp.log1p(adata)
-        x = adata[:, bundle.var_names].X  # the reference model's genes; every split has all of them
-        return np.asarray(x.toarray() if sp.issparse(x) else x)
+    def model_genes(adata: ad.AnnData) -> np.ndarray:  # the reference model's genes; every split has all of them
+        return log_normalized(adata, bundle.var_names).X.toarray()
 
     reference = ad.read_h5ad(spec["reference"])
-    pca = PCA(n_components=50, random_state=0).fit(log_normalized(reference))
-    train = pca.transform(log_normalized(reference))
+    pca = PCA(n_components=50, random_state=0).fit(model_genes(reference))
+    train = pca.transform(model_genes(reference))
     labels = reference.obs["cell_type"].astype(str).to_numpy()
     types = sorted(set(labels))
     classifiers = {
@@ -196,15 +251,101 @@ def baseline(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, 
     cells: dict[str, Cells] = {name: {} for name in classifiers}
     for lab, path in spec["labs"].items():
         query = ad.read_h5ad(path)
-        projected = pca.transform(log_normalized(query))
+        projected = pca.transform(model_genes(query))
         latents[lab] = projected.astype(np.float32)
         for name, classifier in classifiers.items():
             p = classifier.predict_proba(projected)
             cells[name][lab] = cells_of(query, np.asarray(classifier.classes_)[p.argmax(axis=1)], p.max(axis=1))
     return {
-        "classifiers": {name: metrics_per_lab(c, types) for name, c in cells.items()},
+        "classifiers": {name: scores(c, types) for name, c in cells.items()},
         "mapping_s": time.perf_counter() - tick,
         "fit_s": fit_s,
+    }
+
+
+def celltypist_ovr_logistic_regression() -> None:
+    """Let ``celltypist.train`` fit its default classifier on this scikit-learn.
+
+    CellTypist 1.7.1 (the latest release) builds ``LogisticRegression(multi_class="ovr", ...)``;
+    scikit-learn 1.8 removed ``multi_class`` (Teichlab/celltypist#164, open), so training fails with a
+    TypeError. Put in its place, in CellTypist's module only: what scikit-learn < 1.8 fitted for
+    ``multi_class="ovr"``, one binary L2 logistic regression per type with the same C, solver and
+    max_iter, the coefficients stacked into ``coef_``. CellTypist's own ``decision_function`` and
+    sigmoid probabilities then work as they did. Nothing changes where ``multi_class`` still exists.
+    """
+    import importlib
+    import inspect
+
+    from sklearn.linear_model import LogisticRegression
+
+    if "multi_class" in inspect.signature(LogisticRegression).parameters:
+        return
+
+    class OneVsRestLogisticRegression(LogisticRegression):
+        def fit(self, X: Any, y: Any, sample_weight: Any = None) -> OneVsRestLogisticRegression:
+            classes = np.unique(y)
+            if classes.size <= 2:
+                return super().fit(X, y, sample_weight)
+            binary = [LogisticRegression(**self.get_params()).fit(X, y == c, sample_weight) for c in classes]
+            self.classes_ = classes
+            self.coef_ = np.vstack([m.coef_ for m in binary])
+            self.intercept_ = np.concatenate([m.intercept_ for m in binary])
+            self.n_iter_ = np.concatenate([m.n_iter_ for m in binary])
+            self.n_features_in_ = binary[0].n_features_in_
+            return self
+
+    def logistic_regression(*, multi_class: str = "ovr", **params: Any) -> OneVsRestLogisticRegression:
+        if multi_class != "ovr":
+            msg = f"only CellTypist's multi_class='ovr' is provided, not {multi_class!r}"
+            raise ValueError(msg)
+        return OneVsRestLogisticRegression(**params)
+
+    importlib.import_module("celltypist.train").LogisticRegression = logistic_regression
+
+
+def celltypist(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
+    """CellTypist trained on the reference; each lab annotated plainly and with majority voting."""
+    # CellTypist makes its model folders at import: keep them in the workdir, not the home directory
+    os.environ["CELLTYPIST_FOLDER"] = str(Path(spec["workdir"]) / "celltypist")
+    from importlib.metadata import version
+
+    import celltypist as ct
+
+    celltypist_ovr_logistic_regression()
+    np.random.seed(spec.get("seed", 0))
+    tick = time.perf_counter()
+    reference = ad.read_h5ad(spec["reference"])
+    labels = reference.obs["cell_type"].astype(str).to_numpy()
+    # docs: log1p of counts per 10,000 over all genes; the default classifier, no feature selection (small data)
+    model = ct.train(log_normalized(reference), labels=labels, feature_selection=False)
+    fit_s = time.perf_counter() - tick
+    types = sorted(set(labels))
+    cells: dict[str, Cells] = {"plain": {}, "majority_voting": {}}
+    voting_s, voted_labs = 0.0, []
+    for lab, path in spec["labs"].items():
+        query = ad.read_h5ad(path)
+        plain = ct.annotate(log_normalized(query), model=model)
+        probabilities = plain.probability_matrix
+        predicted = plain.predicted_labels["predicted_labels"].astype(str).to_numpy()
+        cells["plain"][lab] = cells_of(query, predicted, probabilities.to_numpy().max(axis=1))
+        start = time.perf_counter()
+        voted = ct.annotate(log_normalized(query), model=model, majority_voting=True)
+        voting_s += time.perf_counter() - start
+        if "majority_voting" in voted.predicted_labels:  # CellTypist skips voting for 50 cells or fewer
+            voted_labs.append(lab)
+            predicted = voted.predicted_labels["majority_voting"].astype(str).to_numpy()
+        # its confidence by majority voting: the cell's probability of the voted type
+        columns = probabilities.columns.get_indexer(predicted)
+        confidence = probabilities.to_numpy()[np.arange(len(predicted)), columns]
+        cells["majority_voting"][lab] = cells_of(query, predicted, confidence)
+    return {
+        "classifiers": {name: scores(c, types) for name, c in cells.items()},
+        "mapping_s": time.perf_counter() - tick,
+        "fit_s": fit_s,
+        "voting_s": voting_s,
+        "voted_labs": voted_labs,
+        "n_features": len(model.features),
+        "version": version("celltypist"),
     }
 
 
@@ -251,6 +392,7 @@ METHODS = {
     "fedarches": fedarches,
     "de_novo": de_novo,
     "baseline": baseline,
+    "celltypist": celltypist,
 }
 
 

@@ -117,6 +117,14 @@ class ModelBackend:
         """scvi-tools' recommended architecture for surgery."""
         return {"use_layer_norm": "both", "use_batch_norm": "none", "encode_covariates": True, "dropout_rate": 0.2}
 
+    def _train_classifier(self, model: Any, options: ReferenceTraining) -> Any:
+        """Train a semi-supervised model made from its unsupervised one (scANVI's recipe, also totalANVI's)."""
+        model.train(
+            **{**self._train_kwargs(options), "max_epochs": options.classifier_max_epochs},
+            n_samples_per_label=options.n_samples_per_label,
+        )
+        return model
+
     @staticmethod
     def _train_kwargs(options: ReferenceTraining) -> dict[str, Any]:
         return {

@@ -256,12 +256,10 @@ class TOTALANVIBackend(CITEseqBackend):
     ) -> Any:
         """totalVI, then ``TOTALANVI.from_totalvi_model`` trained with its classifier (scANVI's recipe)."""
         vae = CITEseqBackend.train_reference(self, train, batch_key=batch_key, labels_key=labels_key, options=options)
-        model = self.model_cls().from_totalvi_model(vae, unlabeled_category=UNLABELED_CATEGORY, labels_key=labels_key)
-        model.train(
-            **{**self._train_kwargs(options), "max_epochs": options.classifier_max_epochs},
-            n_samples_per_label=options.n_samples_per_label,
+        return self._train_classifier(
+            self.model_cls().from_totalvi_model(vae, unlabeled_category=UNLABELED_CATEGORY, labels_key=labels_key),
+            options,
         )
-        return model
 
     def surgery_train_kwargs(self, learning_rate: float) -> dict[str, Any]:
         """totalANVI's ``train`` (scANVI's) takes the learning rate in ``plan_kwargs``; no adversarial loss."""

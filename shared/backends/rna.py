@@ -33,9 +33,6 @@ class SCANVIBackend(ModelBackend):
         self, train: AnnData, *, batch_key: str, labels_key: str | None, options: ReferenceTraining
     ) -> Any:
         vae = SCVIBackend().train_reference(train, batch_key=batch_key, labels_key=labels_key, options=options)
-        model = self.model_cls().from_scvi_model(vae, unlabeled_category=UNLABELED_CATEGORY)
-        model.train(
-            **{**self._train_kwargs(options), "max_epochs": options.classifier_max_epochs},
-            n_samples_per_label=options.n_samples_per_label,
+        return self._train_classifier(
+            self.model_cls().from_scvi_model(vae, unlabeled_category=UNLABELED_CATEGORY), options
         )
-        return model

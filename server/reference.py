@@ -246,9 +246,10 @@ def _contents_from_model(
 def _reference_summary(backend: ModelBackend, model: Any, adata: AnnData, labels: pd.Categorical) -> ReferenceSummary:
     """Fit the mapping-quality summary on the reference cells (see :mod:`fedarches.shared.quality`).
 
-    Gaussians on the training split's labelled cells; temperature on the validation split's
-    labelled cells (all labelled cells when the split holds fewer than 20 of them), from the
-    backend's predictions: its classifier, or kNN from the other labelled cells.
+    Gaussians on every labelled cell, the distance threshold from leaving one reference batch
+    out; temperature on the validation split's labelled cells (all labelled cells when the split
+    holds fewer than 20 of them), from the backend's predictions: its classifier, or kNN from the
+    other labelled cells.
     """
     known = [str(c) for c in labels.categories]
     codes = np.asarray(labels.codes)
@@ -266,16 +267,17 @@ def _reference_summary(backend: ModelBackend, model: Any, adata: AnnData, labels
         latent,
         codes,
         known,
-        fit_mask=fit_mask if fit_mask[codes >= 0].sum() >= 2 * len(known) else np.ones_like(fit_mask),
+        batches=backend.reference_batch_codes(model, adata),
         probabilities=probabilities,
         probability_labels=probability_labels,
     )
     log.info(
-        "reference summary: %d types, temperature %.2f, distance threshold %.2f (p%.0f), %d bytes",
+        "reference summary: %d types, temperature %.2f, distance threshold %.2f (p%.0f, %s), %d bytes",
         len(summary.labels),
         summary.temperature,
         summary.distance_threshold,
         DISTANCE_PERCENTILE,
+        (summary.info or {}).get("threshold_calibration"),
         summary.nbytes,
     )
     return summary

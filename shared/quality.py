@@ -3,16 +3,26 @@
 The coordinator fits a :class:`ReferenceSummary` when it builds a bundle, on the reference alone:
 
 * one Gaussian per reference cell type in latent space (mean and Ledoit-Wolf shrunk precision),
-  fitted on the labelled training cells;
-* the distribution of each labelled reference cell's Mahalanobis distance to its nearest type
-  (101 quantiles), and the distance threshold (99th percentile);
+  fitted on every labelled cell of the type, for types with at least as many labelled cells as
+  the latent has dimensions (below that a covariance is not estimable, and such a Gaussian acts as
+  a catch-all for cells of types the reference lacks);
+* the **held-out distances**: each labelled reference cell's Mahalanobis distance to the nearest
+  type's Gaussian *fitted without its batch* (leave one reference batch out; a reference of one
+  batch is split into two random halves per type instead). The reference thus shows what a new
+  technology or donor looks like to the Gaussians; their 101 quantiles and 99th percentile (the
+  distance threshold) go into the summary;
 * a temperature (at least 1) for the classifier's probabilities, fitted on held-out reference
   cells (the validation split of scANVI training) by minimizing the negative log-likelihood.
 
 At the lab, a query cell's **mapping distance** is its Mahalanobis distance to the nearest type,
-its **mapping score** the share of reference cells at least that far (1: typical, 0: farther than
-every reference cell), and it is called **Unknown** when the distance exceeds the threshold or its
-calibrated confidence is below 0.5. None of these numbers is tuned on query labels.
+its **mapping score** the share of held-out reference cells at least that far (1: typical, 0:
+farther than every one), and it is called **Unknown** when the distance exceeds the threshold or
+its calibrated confidence is below 0.5. None of these numbers is tuned on query labels.
+
+Guarantee: if a lab's known-type cells are distributed, in latent space, like a reference batch
+that the Gaussians did not see, at most 1 % of them exceed the threshold (plus the share with
+calibrated confidence below 0.5). It is a split-conformal guarantee under that exchangeability
+assumption, not for labs further from the reference than its own batches are from each other.
 """
 
 from __future__ import annotations
@@ -103,46 +113,101 @@ def fit_reference_summary(
     labels: np.ndarray,
     label_names: list[str],
     *,
-    fit_mask: np.ndarray,
+    batches: np.ndarray | None = None,
     probabilities: np.ndarray | None = None,
     probability_labels: np.ndarray | None = None,
+    seed: int = 0,
 ) -> ReferenceSummary:
-    """Fit the summary from reference latents and integer labels (-1 = unlabelled).
+    """Fit the summary from reference latents, integer labels (-1 = unlabelled) and batch codes.
 
-    Gaussians come from labelled cells in ``fit_mask``; the distance distribution from every
-    labelled cell. ``probabilities``/``probability_labels`` (held-out cells' classifier output and
-    their true label codes) fit the temperature; without them it stays 1.
+    Gaussians come from every labelled cell of types with at least ``n_latent`` of them; the
+    threshold and the mapping score's quantiles from :func:`held_out_distances`.
+    ``probabilities``/``probability_labels`` (held-out cells' classifier output and their true
+    label codes) fit the temperature; without them it stays 1.
     """
-    from sklearn.covariance import LedoitWolf
-
+    labels = np.asarray(labels)
     labelled = labels >= 0
-    n_latent = latent.shape[1]
-    present = [i for i in range(len(label_names)) if np.sum(labelled & fit_mask & (labels == i)) >= 2]
-    means = np.zeros((len(present), n_latent))
-    precisions = np.zeros((len(present), n_latent, n_latent))
-    for row, code in enumerate(present):
-        cells = latent[labelled & fit_mask & (labels == code)]
-        estimate = LedoitWolf().fit(cells)
-        means[row], precisions[row] = estimate.location_, estimate.precision_
-    reference_distances = min_mahalanobis(latent[labelled], means, precisions)
-    quantiles = np.percentile(reference_distances, np.linspace(0, 100, 101))
+    batches = np.zeros(len(labels), dtype=int) if batches is None else np.asarray(batches).ravel()
+    smallest = smallest_fitted_type(labels, latent.shape[1])
+    codes, means, precisions = fit_gaussians(latent, labels, labelled, smallest)
+    distances, calibration = held_out_distances(latent, labels, batches, smallest, seed=seed)
+    if distances.size == 0:  # no held-out cell could be scored: fall back on in-sample distances
+        in_sample = labelled & np.isin(labels, codes)
+        distances, calibration = min_mahalanobis(latent[in_sample], means, precisions), "in-sample"
+    quantiles = np.percentile(distances, np.linspace(0, 100, 101))
     temperature = 1.0
     if probabilities is not None and probability_labels is not None and len(probability_labels) > 0:
         temperature = fit_temperature(probabilities, probability_labels)
+    counts = np.bincount(labels[labelled], minlength=len(label_names))
     return ReferenceSummary(
-        labels=tuple(label_names[i] for i in present),
+        labels=tuple(label_names[i] for i in codes),
         means=means.astype(np.float32),
         precisions=precisions.astype(np.float32),
         distance_quantiles=quantiles.astype(np.float32),
-        distance_threshold=float(np.percentile(reference_distances, DISTANCE_PERCENTILE)),
+        distance_threshold=float(np.percentile(distances, DISTANCE_PERCENTILE)),
         temperature=float(temperature),
         info={
-            "n_cells_gaussians": int(np.sum(labelled & fit_mask)),
-            "n_cells_distances": int(np.sum(labelled)),
+            "n_cells_gaussians": int(np.sum(labelled & np.isin(labels, codes))),
+            "min_cells_per_type": smallest,
+            "types_without_gaussian": [label_names[i] for i in range(len(label_names)) if 0 < counts[i] < smallest],
+            "threshold_calibration": calibration,
+            "n_cells_distances": int(distances.size),
             "n_cells_temperature": 0 if probability_labels is None else len(probability_labels),
             "distance_percentile": DISTANCE_PERCENTILE,
         },
     )
+
+
+def smallest_fitted_type(labels: np.ndarray, n_latent: int) -> int:
+    """Fewest labelled cells a type needs for a Gaussian: ``n_latent``, or 2 when no type has that many."""
+    counts = np.bincount(labels[labels >= 0]) if np.any(labels >= 0) else np.zeros(1, int)
+    return max(n_latent, 2) if counts.max() >= max(n_latent, 2) else 2
+
+
+def fit_gaussians(
+    latent: np.ndarray, labels: np.ndarray, mask: np.ndarray, smallest: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ledoit-Wolf Gaussians of the types with at least ``smallest`` labelled cells in ``mask``.
+
+    Returns the fitted types' codes, means ``(n, n_latent)`` and precisions ``(n, n_latent, n_latent)``.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    mask = mask & (labels >= 0)
+    codes = np.array([c for c in np.unique(labels[mask]) if np.sum(mask & (labels == c)) >= smallest], dtype=int)
+    n_latent = latent.shape[1]
+    means, precisions = np.zeros((codes.size, n_latent)), np.zeros((codes.size, n_latent, n_latent))
+    for row, code in enumerate(codes):
+        estimate = LedoitWolf().fit(latent[mask & (labels == code)])
+        means[row], precisions[row] = estimate.location_, estimate.precision_
+    return codes, means, precisions
+
+
+def held_out_distances(
+    latent: np.ndarray, labels: np.ndarray, batches: np.ndarray, smallest: int, *, seed: int = 0
+) -> tuple[np.ndarray, str]:
+    """Each labelled cell's distance to Gaussians fitted without its group, pooled; and how it was held out.
+
+    Groups are the reference batches (leave one batch out) or, for a single batch, two random halves
+    of every type. A cell is scored only when its own type has a Gaussian in the fit without it, so
+    the distances describe known types seen from a new batch, not types one batch lacks.
+    """
+    labelled = labels >= 0
+    if np.unique(batches[labelled]).size > 1:
+        groups, how = batches, "leave-one-batch-out"
+    else:
+        groups, how = np.zeros(len(labels), dtype=int), "random halves"
+        rng = np.random.default_rng(seed)
+        for code in np.unique(labels[labelled]):
+            cells = rng.permutation(np.flatnonzero(labels == code))
+            groups[cells[: len(cells) // 2]] = 1
+    pooled = []
+    for group in np.unique(groups[labelled]):
+        codes, means, precisions = fit_gaussians(latent, labels, labelled & (groups != group), smallest)
+        scored = labelled & (groups == group) & np.isin(labels, codes)
+        if scored.any():
+            pooled.append(min_mahalanobis(latent[scored], means, precisions))
+    return (np.concatenate(pooled), how) if pooled else (np.empty(0), how)
 
 
 def min_mahalanobis(latent: np.ndarray, means: np.ndarray, precisions: np.ndarray) -> np.ndarray:

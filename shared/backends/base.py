@@ -272,6 +272,13 @@ class ModelBackend:
             raise AdapterError(msg, hint="build the reference with `fedarches-server build-reference`")
 
     @staticmethod
+    def reference_batch_codes(model: Any, adata: AnnData | MuData) -> np.ndarray:
+        """Each reference cell's batch code, as the model registered it."""
+        from scvi import REGISTRY_KEYS
+
+        return np.asarray(model.get_from_registry(adata, REGISTRY_KEYS.BATCH_KEY)).ravel()
+
+    @staticmethod
     def batch_categories(saved: Mapping[str, Any]) -> list[str]:
         """Batches of a saved model's registry, in model order."""
         from scvi import REGISTRY_KEYS

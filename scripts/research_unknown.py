@@ -484,17 +484,26 @@ class Quantities:
         self.r_knn = float(np.median(self.knn_dist_lab) / np.median(self.knn_dist_ref))
         self.lab_share = lab_share(case.lab_latent, case.ref_latent, LAB_SHARE_K)
 
+    def shipped_summary(self) -> Any:
+        """The summary fedarches builds now (issue 15), refitted on this case's reference latent and batches."""
+        from fedarches.shared.quality import fit_reference_summary
+
+        c = self.case
+        return fit_reference_summary(c.ref_latent, c.ref_codes, c.categories, batches=c.ref_batch)
+
     def detectors(self) -> dict[str, tuple[np.ndarray, float]]:
         """Base Unknown detectors: (score, threshold); a cell is Unknown when score > threshold."""
         s = self.case.summary
         det = {
-            "shipped-p99": (self.dist["summary"].lab, s.distance_threshold),  # the summary's own threshold
+            "before-p99": (self.dist["summary"].lab, s.distance_threshold),  # the summary's own threshold
             "conf<0.5": (1.0 - self.calibrated.max(axis=1), s.confidence_threshold),
             "knn-unc>0.5": (self.knn_uncertainty, 0.5),
             "knn-dist-p99": (self.knn_dist_lab, float(np.percentile(self.knn_dist_ref, 99))),
             "knn-dist-rel-median": (self.knn_dist_lab, float(np.percentile(self.knn_dist_ref, 99)) * self.r_knn),
             "labshare-z3": (self.lab_share, robust_threshold(self.lab_share, 3.0)),
         }
+        shipped = self.shipped_summary()
+        det["shipped-lobo-p99"] = (shipped.distances(self.case.lab_latent), shipped.distance_threshold)
         for kind, d in self.dist.items():
             for name, value in d.detectors().items():
                 det[f"{kind}:{name}"] = value
@@ -508,7 +517,8 @@ class Quantities:
 def method_table() -> dict[str, tuple[str, ...]]:
     """Unknown-call methods: ORs of base detectors."""
     methods: dict[str, tuple[str, ...]] = {
-        "current (shipped-p99 | conf<0.5)": ("shipped-p99", "conf<0.5"),
+        "before issue 15 (p99 | conf<0.5)": ("before-p99", "conf<0.5"),
+        "shipped (lw10:lobo-p99 | conf<0.5)": ("shipped-lobo-p99", "conf<0.5"),
         "conf<0.5": ("conf<0.5",),
         "knn-unc>0.5": ("knn-unc>0.5",),
         "knn-dist-p99": ("knn-dist-p99",),
@@ -541,7 +551,7 @@ def confidences(case: Case, q: Quantities) -> dict[str, np.ndarray]:
     calibrated = q.calibrated.max(axis=1).astype(np.float64)
     out = {
         "raw": case.lab_probs.max(axis=1).astype(np.float64),
-        "calibrated (current)": calibrated,
+        "calibrated (shipped)": calibrated,
         "cal x mapping_score": calibrated * case.summary.scores(q.dist["summary"].lab),
         "knn vote": 1.0 - q.knn_uncertainty,
         "cal x knn vote": calibrated * (1.0 - q.knn_uncertainty),
@@ -580,7 +590,7 @@ def evaluate_case(case: Case) -> dict[str, Any]:
     held, known, correct = case.held, case.known, case.correct
     has_held = bool(held.any())
     det = q.detectors()
-    current = (det["shipped-p99"][0] > det["shipped-p99"][1]) | (det["conf<0.5"][0] > det["conf<0.5"][1])
+    current = (det["before-p99"][0] > det["before-p99"][1]) | (det["conf<0.5"][0] > det["conf<0.5"][1])
     row: dict[str, Any] = {
         "meta": case.meta,
         "n_held": int(held.sum()),
@@ -750,17 +760,18 @@ def evaluate(selected: list[str] | None = None) -> None:
     for path in paths:
         rows[path.stem] = evaluate_case(load_case(path))
         r = rows[path.stem]
-        cur = r["methods"]["current (shipped-p99 | conf<0.5)"]
+        cur = r["methods"]["before issue 15 (p99 | conf<0.5)"]
         print(
-            f"{path.stem}: acc {r['accuracy_known']:.3f}, current det {_fmt(cur['detection'], True)} "
+            f"{path.stem}: acc {r['accuracy_known']:.3f}, before-issue-15 det {_fmt(cur['detection'], True)} "
             f"FU {cur['false_unknown']:.1%} AUROC {_fmt(cur['auroc'])} (matches the lab's is_unknown: "
             f"{r['current_matches_cache']})",
             flush=True,
         )
     (CACHE / "results.json").write_text(json.dumps(rows, indent=1))
-    if not selected:  # current and the best by splits meeting every target, then by false-Unknown
+    if not selected:  # before, shipped, and the best by splits meeting every target, then by false-Unknown
         ranked = sorted(METHODS, key=lambda m: (-summarise(rows, m)["all_ok"], -summarise(rows, m)["fu_and_det_ok"]))
-        selected = ["current (shipped-p99 | conf<0.5)", *[m for m in ranked if not m.startswith("current")][:6]]
+        first = ["before issue 15 (p99 | conf<0.5)", "shipped (lw10:lobo-p99 | conf<0.5)"]
+        selected = [*first, *[m for m in ranked if m not in first][:5]]
     write_report(rows, CACHE / "report.md", selected)
     print(f"wrote {CACHE / 'report.md'} and results.json")
 
@@ -774,7 +785,7 @@ def main() -> None:
     b.add_argument("--only", nargs="+", help="split names to build")
     b.add_argument("--force", action="store_true", help="rebuild cached splits")
     e = sub.add_parser("eval", help="score every method from the caches")
-    e.add_argument("--methods", nargs="+", help="methods for the per-split table (default: current + best 6)")
+    e.add_argument("--methods", nargs="+", help="methods for the per-split table (default: before, shipped + best 5)")
     args = parser.parse_args()
     if args.command == "build":
         build(args.datasets, args.only, args.force)

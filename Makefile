@@ -49,6 +49,7 @@ bench-backends: $(STAMP)
 privacy-eval: $(STAMP)
 	$(PY) scripts/eval_privacy_utility.py
 	$(PY) scripts/eval_membership.py
+	$(PY) scripts/eval_membership.py --pbmc
 	$(PY) scripts/privacy_doc.py
 
 clean:

@@ -42,7 +42,8 @@ efficient leave-one-model-out evaluation:
    mean negative ELBO, and both for an all-zero adapter as a floor.
 
 Outputs: a table on stdout, ``docs/privacy_membership.json`` (every number and parameter) and
-``docs/privacy_membership.png`` (AUC and accuracy per setting). 3 to 9 minutes on 2 shared cores
+``docs/privacy_membership.png`` (AUC and accuracy per setting); with ``--pbmc`` (pool: the 430 10x 5'
+PBMCs of ``data/demo/pbmc_3chem.h5ad``, reference: its 3' v1 + v2 cells) ``privacy_membership_pbmc.*``. 3 to 9 minutes on 2 shared cores
 (reference build, 16 surgeries, 9 x 16 evaluations); all torch work runs on 1 thread.
 
     .venv/bin/python scripts/eval_membership.py [--n-models 16] [--pool lab_c] [--max-epochs 100]
@@ -91,6 +92,7 @@ DELTA = 1e-5
 AUC_GOAL = 0.55
 FPR_LEVEL = 0.01
 THREADS = 1
+PBMC_FILE, PBMC_POOL_BATCH = "pbmc_3chem.h5ad", "5p"  # 10x 5' cells against a 3' v1 + v2 reference
 REFERENCE_OPTIONS = ReferenceOptions(max_epochs=200, scanvi_max_epochs=20, seed=0, progress_bar=False)
 
 
@@ -111,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--mc-draws", type=int, default=16, help="Monte-Carlo passes averaged per cell loss")
     parser.add_argument("--seed", type=int, default=int(DEFAULT_ROUND["seed"]), help="base seed (splits, training)")
+    parser.add_argument(
+        "--pbmc",
+        action="store_true",
+        help=f"PBMC instead: pool = the {PBMC_POOL_BATCH} lab of data/demo/{PBMC_FILE} (430 cells), reference = its "
+        "other chemistries; writes privacy_membership_pbmc.json/.png",
+    )
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs", help="where the JSON and PNG go")
     args = parser.parse_args(argv)
     if args.n_models < 4:
@@ -118,6 +126,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(s <= 0 for s in args.noise_multipliers):
         parser.error("--noise-multipliers must be positive")
     return args
+
+
+def read_pool(args: argparse.Namespace) -> tuple[ad.AnnData, ad.AnnData, str]:
+    """The reference, the pool and the pool's file as the report names it."""
+    if args.pbmc:
+        data = ad.read_h5ad(DEMO / PBMC_FILE)
+        in_pool = (data.obs["batch"].astype(str) == PBMC_POOL_BATCH).to_numpy()
+        args.pool = f"pbmc_{PBMC_POOL_BATCH}"
+        return data[~in_pool].copy(), data[in_pool].copy(), f"data/demo/{PBMC_FILE} ({PBMC_POOL_BATCH} cells)"
+    path = args.data_dir / f"{args.pool}.h5ad"
+    name = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    return ad.read_h5ad(args.data_dir / "reference.h5ad"), ad.read_h5ad(path), name
 
 
 def make_bundle(reference: ad.AnnData, work: Path) -> ReferenceBundle:
@@ -348,7 +368,7 @@ def plot(results: list[dict[str, Any]], zero: dict[str, float], meta: dict[str, 
     acc_sd = [r["accuracy_sd"] for r in results]
     bottom.errorbar(x, acc, yerr=acc_sd, marker="o", color="C3", capsize=3, label="accuracy, released adapter")
     bottom.axhline(zero["accuracy"], color="grey", linestyle="--", linewidth=1, label="accuracy, all-zero adapter")
-    bottom.set_ylabel("cell-line accuracy\n(all pool cells)")
+    bottom.set_ylabel("cell-type accuracy\n(all pool cells)")
     bottom.set_ylim(min(0.0, min(acc) - 0.05), 1.02)
     bottom.legend(fontsize=8, loc="lower left")
     bottom.grid(axis="y", alpha=0.3)
@@ -364,8 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.monotonic()
     torch.set_num_threads(THREADS)
-    reference = ad.read_h5ad(args.data_dir / "reference.h5ad")
-    pool = ad.read_h5ad(args.data_dir / f"{args.pool}.h5ad")
+    reference, pool, pool_file = read_pool(args)
     n_models, n_cells = args.n_models, pool.n_obs
     print(
         f"pool {args.pool}: {n_cells} cells; reference {reference.n_obs} cells; {n_models} models, "
@@ -495,16 +514,14 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "parameters": {
             "pool": {
-                "file": str((args.data_dir / f"{args.pool}.h5ad").relative_to(ROOT))
-                if args.data_dir.is_relative_to(ROOT)
-                else str(args.data_dir / f"{args.pool}.h5ad"),
+                "file": pool_file,
                 "n_cells": n_cells,
                 "n_genes": pool.n_vars,
                 "batches": sorted(pool.obs["batch"].astype(str).unique().tolist()),
                 "cell_types": {str(k): int(v) for k, v in pool.obs[LABELS_KEY].value_counts().items()},
             },
             "reference": {
-                "file": "reference.h5ad in the same folder",
+                "file": f"the other chemistries of {pool_file}" if args.pbmc else "reference.h5ad in the same folder",
                 "n_cells": reference.n_obs,
                 "options": {k: getattr(REFERENCE_OPTIONS, k) for k in REFERENCE_OPTIONS.__dataclass_fields__},
                 "bundle_id": bundle.bundle_id,
@@ -551,8 +568,8 @@ def main(argv: list[str] | None = None) -> None:
             "wall": round(time.monotonic() - start, 1),
         },
     }
-    json_path = args.out_dir / "privacy_membership.json"
-    png_path = args.out_dir / "privacy_membership.png"
+    stem = "privacy_membership_pbmc" if args.pbmc else "privacy_membership"
+    json_path, png_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.png"
     atomic_write_bytes(json_path, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode())
     plot(results, zero, meta, png_path)
     print(f"\nwrote {json_path} and {png_path}")

@@ -708,8 +708,8 @@ populations (naive, memory and regulatory CD4 T, naive CD8 T among them); refere
 other cells.
 
 **Methods, same run, same machine, each in a fresh process.** *fedarches (federated round)*, where a split has one:
-the round as in the CellBench benchmark below (loopback, TLS, the default privacy policy, one torch thread per lab;
-wall = `run-round`). *fedarches mapping*: `map_query` with every default on the same bundle, the labs one after
+the round as in the CellBench benchmark ([benchmarks_cellbench.md](benchmarks_cellbench.md): loopback, TLS, the
+default privacy policy, one torch thread per lab; wall = `run-round`). *fedarches mapping*: `map_query` with every default on the same bundle, the labs one after
 another in one process with 2 threads (what a lab runs, without Flower). Both use a reference bundle built by
 `fedarches-server build-reference` with every default. *scvi-tools surgery*, *de novo scANVI*, *kNN* and
 *logistic regression on PCA* as in the CellBench benchmark. *CellTypist* (`celltypist` from PyPI): `celltypist.train`
@@ -724,7 +724,8 @@ its voting. Peak RSS of the process (the round: its largest lab process).
 
 **Metrics.** Accuracy, macro-F1, F1 per type and ECE (top-label, 15 bins) over cells of types the reference knows;
 held-out AUROC scores 1 - confidence as the detector of the held-out type. Unknown: fedarches' own call
-(`obs['is_unknown']`); a method without one calls Unknown the cells whose top probability is below 0.5 (for
+(`obs['is_unknown']`: mapping distance above the 99th percentile of the reference's leave-one-batch-out distances,
+or calibrated confidence below 0.5; README, "Mapping quality"); a method without one calls Unknown the cells whose top probability is below 0.5 (for
 CellTypist exactly its "prob match" unassigned cells at its default p_thres 0.5).
 
 ### Targets: fedarches mapping on every PBMC split
@@ -865,7 +866,8 @@ report. (b) scvi-tools surgery, centralized: plain scvi-tools on the same bundle
 the three labs one after another in one process with 2 threads; wall time from process start (imports included)
 to exit. (c) de novo scVI + scANVI on reference and all labs together (queries unlabeled, scvi-tools' default
 epochs, 20 scANVI epochs), 2 threads. (d) log-normalized counts of the model's 2,000 genes, PCA (50) fitted on the
-reference, kNN (k = 15) or logistic regression. (e) CellTypist, as in the PBMC benchmark above. Peak RSS: of each
+reference, kNN (k = 15) or logistic regression. (e) CellTypist, as in the PBMC benchmark
+([benchmarks.md](benchmarks.md)). Peak RSS: of each
 process (for (a), the largest lab mapping process).
 
 ### Targets

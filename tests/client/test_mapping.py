@@ -121,7 +121,7 @@ def test_writes_calibrated_confidence_mapping_score_and_unknown(mapped, demo_bun
     )
     assert ((obs["mapping_score"] >= 0) & (obs["mapping_score"] <= 1)).all()
     # lab A holds only types the reference knows, but another technology (Drop-seq vs CEL-seq2):
-    # docs/benchmarks.md reports how many such cells cross the threshold on the full data
+    # docs/benchmarks_unknown.md reports how many such cells cross the threshold on the full data
     assert obs["is_unknown"].mean() < 0.25
     counted = {t.cell_type for t in result.label_statistics.types}
     assert "Unknown" in counted  # counted as its own category (suppressed when below k)

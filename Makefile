@@ -34,7 +34,7 @@ lint: $(STAMP)
 compare: $(STAMP)
 	$(PY) scripts/compare_scvi.py
 
-# the benchmark suite on ../shared/data: PBMC first, CellBench second (about 3 hours on 2 cores, estimated from smoke runs; --no-cellbench saves one); regenerates docs/benchmarks.md
+# the benchmark suite on ../shared/data: PBMC (86 min on 2 cores, measured), then CellBench (about an hour); regenerates docs/benchmarks.md and docs/benchmarks_cellbench.md
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev,bench]'
 	$(PY) scripts/bench.py

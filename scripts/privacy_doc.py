@@ -73,9 +73,10 @@ def membership_section(data: dict[str, Any], tissue: str) -> str:
     pool = data["parameters"]["pool"]
     verdict = "met" if goal["met"] else "missed"
     zero = data["zero_adapter"]["accuracy"]
+    why = "the cell lines are easy" if "cell lines" in tissue else "surgery barely moves the predictions here"
     easy = (
-        f"An all-zero adapter scores accuracy {zero:.3f} on this pool: the cell lines are easy, and −ELBO is the "
-        "sensitive utility measure."
+        f"An all-zero adapter scores accuracy {zero:.3f} on this pool: {why}, and −ELBO is the sensitive utility "
+        "measure."
         if zero >= base["accuracy_mean"] - 0.01
         else f"An all-zero adapter scores accuracy {zero:.3f} on this pool (the trained one {base['accuracy_mean']:.3f})."
     )

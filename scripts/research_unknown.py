@@ -434,7 +434,9 @@ def kind_distances(case: Case, kind: str) -> Distances:
 
     labelled = case.ref_codes >= 0
     everything = np.ones(len(case.ref_codes), dtype=bool)
-    if kind == "summary":  # as shipped before issue 15: fitted on scANVI's training split, quantiles over every labelled cell
+    if (
+        kind == "summary"
+    ):  # as shipped before issue 15: fitted on scANVI's training split, quantiles over every labelled cell
         means, precisions = case.summary.means, case.summary.precisions
     else:
         means, precisions, _ = fit_gaussians(case.ref_latent, case.ref_codes, everything, kind)

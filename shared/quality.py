@@ -137,11 +137,14 @@ def fit_reference_summary(
     batches = np.zeros(len(labels), dtype=int) if batches is None else np.asarray(batches).ravel()
     smallest = smallest_fitted_type(labels, latent.shape[1])
     codes, means, precisions = fit_gaussians(latent, labels, labelled, smallest)
-    in_sample = min_mahalanobis(latent[labelled & np.isin(labels, codes)], means, precisions)
+    fitted = labelled & np.isin(labels, codes)
+    in_sample = min_mahalanobis(latent[fitted], means, precisions)
     held_out, calibration = held_out_distances(latent, labels, batches, smallest, seed=seed)
-    if held_out.size == 0:  # no cell could be scored without its batch: no shift measured
+    shift = 1.0
+    if held_out.size:
+        shift = max(1.0, float(np.median(held_out) / np.median(in_sample)))
+    else:  # no cell could be scored without its batch: no shift measured
         calibration = "in-sample"
-    shift = max(1.0, float(np.median(held_out) / np.median(in_sample))) if held_out.size else 1.0
     distances = in_sample * shift
     quantiles = np.percentile(distances, np.linspace(0, 100, 101))
     temperature = 1.0
@@ -156,7 +159,7 @@ def fit_reference_summary(
         distance_threshold=float(np.percentile(distances, DISTANCE_PERCENTILE)),
         temperature=float(temperature),
         info={
-            "n_cells_gaussians": int(np.sum(labelled & np.isin(labels, codes))),
+            "n_cells_gaussians": int(fitted.sum()),
             "min_cells_per_type": smallest,
             "types_without_gaussian": [label_names[i] for i in range(len(label_names)) if 0 < counts[i] < smallest],
             "threshold_calibration": calibration,

@@ -3,9 +3,8 @@
 ::
 
     LAB_DIR/
-      lab.toml              lab name, SuperLink address (from `fedarches-server add-lab`)
-      ca.crt                consortium CA: verifies the SuperLink's TLS certificate
-      bundle-signing.pub    coordinator's key: verifies every reference bundle
+      lab.toml, ca.crt,     the export from `fedarches-server add-lab`
+      bundle-signing.pub    (format: fedarches.shared.lab_export)
       supernode.key / .pub  node-authentication key pair (made at the lab, or exported)
       bundles/BUNDLE_ID/    bundles received, kept so that later rounds send only the id
       egress/audit.jsonl    one line per message this lab sent (see fedarches.client.mods)
@@ -20,25 +19,24 @@ from pathlib import Path
 
 from fedarches.shared import crypto, pki
 from fedarches.shared._constants import MAX_BUNDLE_BYTES, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES
-from fedarches.shared._io import atomic_directory, read_toml
+from fedarches.shared._io import atomic_directory
 from fedarches.shared.bundle import ReferenceBundle
 from fedarches.shared.bundle_files import check_file_names
 from fedarches.shared.errors import (
     BundleError,
     BundleIntegrityError,
     BundleSizeError,
-    ConfigError,
     CryptoError,
     FedarchesError,
 )
+from fedarches.shared.lab_export import CA_CERT_NAME, NODE_PRIVATE_KEY_NAME, NODE_PUBLIC_KEY_NAME, read_lab_export
 
-LAB_CONFIG_NAME = "lab.toml"
 _BUNDLE_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 @dataclass(frozen=True)
 class LabDir:
-    """A lab directory as exported by ``fedarches-server add-lab``."""
+    """A lab directory: the coordinator's export (:mod:`fedarches.shared.lab_export`) plus the lab's own state."""
 
     root: Path
     name: str
@@ -48,22 +46,12 @@ class LabDir:
     def open(cls, root: Path | str) -> LabDir:
         """Open and check a lab directory; the error names what is missing and who provides it."""
         root = Path(root).resolve()
-        config = root / LAB_CONFIG_NAME
-        if not config.exists():  # anything else there (a FIFO, a directory) is named by read_toml
-            msg = f"{root} is not a lab directory (no {LAB_CONFIG_NAME})"
-            raise ConfigError(
-                msg, hint="use the directory the atlas maintainers exported with `fedarches-server add-lab`"
-            )
-        settings = _read_lab_config(config)
-        for name in ("ca.crt", crypto.PUBLIC_KEY_NAME):
-            if not (root / name).is_file():
-                msg = f"{root} lacks {name}, which `fedarches-server add-lab` exports"
-                raise ConfigError(msg, hint="ask the atlas maintainers for the lab's export directory again")
-        return cls(root, settings["name"], settings.get("superlink", ""))
+        export = read_lab_export(root)
+        return cls(root, export.name, export.superlink)
 
     @property
     def ca_cert(self) -> Path:
-        return self.root / "ca.crt"
+        return self.root / CA_CERT_NAME
 
     @property
     def trusted_key(self) -> Path:
@@ -71,7 +59,7 @@ class LabDir:
 
     @property
     def node_key(self) -> Path:
-        return self.root / "supernode.key"
+        return self.root / NODE_PRIVATE_KEY_NAME
 
     @property
     def bundles_dir(self) -> Path:
@@ -160,22 +148,10 @@ class LabDir:
         return self.open_bundle(bundle_id)
 
 
-def _read_lab_config(path: Path) -> dict[str, str]:
-    """``lab.toml``: a UTF-8 TOML table with a string ``name`` and, optionally, a string ``superlink``."""
-    hint = "restore lab.toml from the directory the atlas maintainers exported with `fedarches-server add-lab`"
-    settings = read_toml(path, hint=hint)
-    for key, required in (("name", True), ("superlink", False)):
-        value = settings.get(key)
-        if (value is None and required) or (value is not None and not (isinstance(value, str) and value)):
-            msg = f"{path}: {key!r} must be a non-empty string, found {value!r}"
-            raise ConfigError(msg, hint=hint)
-    return settings
-
-
 def keygen(lab_dir: Path, *, overwrite: bool = False) -> Path:
     """Create the lab's node-authentication key pair in ``lab_dir``; return the public key's path."""
     lab_dir = Path(lab_dir)
-    private, public = lab_dir / "supernode.key", lab_dir / "supernode.pub"
+    private, public = lab_dir / NODE_PRIVATE_KEY_NAME, lab_dir / NODE_PUBLIC_KEY_NAME
     if private.exists() and not overwrite:
         msg = f"{private} already exists; refusing to replace the lab's key"
         raise CryptoError(msg, hint="pass --overwrite, then have the maintainers register the new supernode.pub")

@@ -52,10 +52,10 @@ import anndata as ad
 import numpy as np
 import typer
 
-from fedarches.server.loopback import LoopbackFederation
 from fedarches.shared._process import own_executable
 from fedarches.shared.bundle import ReferenceBundle
 from fedarches.shared.evaluation import resample_cells, thin_to_depth
+from fedarches.testing.loopback import LoopbackFederation
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_methods import fedarches_calls, scores

@@ -30,9 +30,9 @@ from pathlib import Path
 import anndata as ad
 from sklearn.metrics import accuracy_score, f1_score
 
-from fedarches.server.loopback import LoopbackFederation
 from fedarches.shared._process import StopSignals, own_executable, parent_from_env
 from fedarches.shared.policy import PrivacyPolicy
+from fedarches.testing.loopback import LoopbackFederation
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "demo"
 LABS = ("lab_a", "lab_b", "lab_c")

@@ -31,6 +31,7 @@ import tomli_w
 from fedarches.shared import crypto, pki
 from fedarches.shared._io import atomic_write_bytes, read_toml
 from fedarches.shared.errors import ConfigError, UserInputError
+from fedarches.shared.lab_export import NODE_PRIVATE_KEY_NAME, NODE_PUBLIC_KEY_NAME, LabExport, write_lab_export
 
 CONFIG_NAME = "coordinator.toml"
 LAB_CONFIG_NAME = "lab.toml"
@@ -264,17 +265,17 @@ def add_lab(
     lab_dir.mkdir(parents=True, exist_ok=True)
     if public_key is not None:
         line = pki.load_node_public_key(public_key)
-        atomic_write_bytes(lab_dir / "supernode.pub", line + b"\n")
+        atomic_write_bytes(lab_dir / NODE_PUBLIC_KEY_NAME, line + b"\n")
         key_origin = "lab"
     else:
-        pki.create_node_keys(export_dir / "supernode.key", export_dir / "supernode.pub")
-        shutil.copyfile(export_dir / "supernode.pub", lab_dir / "supernode.pub")
+        pki.create_node_keys(export_dir / NODE_PRIVATE_KEY_NAME, export_dir / NODE_PUBLIC_KEY_NAME)
+        shutil.copyfile(export_dir / NODE_PUBLIC_KEY_NAME, lab_dir / NODE_PUBLIC_KEY_NAME)
         key_origin = "coordinator"
-    shutil.copyfile(coord.ca_cert, export_dir / "ca.crt")
-    shutil.copyfile(coord.signing_public_key, export_dir / crypto.PUBLIC_KEY_NAME)
-    write_toml(
-        export_dir / LAB_CONFIG_NAME,
-        {"name": name, "superlink": coord.public_address, "coordinator-key-id": _signing_key_id(coord)},
+    write_lab_export(
+        export_dir,
+        LabExport(name, superlink=coord.public_address, coordinator_key_id=_signing_key_id(coord)),
+        ca_cert=coord.ca_cert,
+        signing_public_key=coord.signing_public_key,
     )
     write_toml(
         lab_dir / LAB_CONFIG_NAME,

@@ -15,10 +15,10 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from fedarches.server.loopback import LoopbackFederation
 from fedarches.shared import crypto
 from fedarches.shared.backends import BACKENDS, get_backend
 from fedarches.shared.bundle import ReferenceBundle, write_bundle
+from fedarches.testing.loopback import LoopbackFederation
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -27,10 +27,10 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from fedarches.server.loopback import LoopbackFederation
 from fedarches.shared import protocol
 from fedarches.shared._process import free_port, own_executable
 from fedarches.shared.bundle import ReferenceBundle
+from fedarches.testing.loopback import LoopbackFederation
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

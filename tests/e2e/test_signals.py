@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 
 from fedarches.server import superlink
-from fedarches.server.loopback import LoopbackFederation
 from fedarches.shared._process import ProcessInfo, process_tree, read_process
 from fedarches.shared.bundle import ReferenceBundle
+from fedarches.testing.loopback import LoopbackFederation
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -256,7 +256,7 @@ HARNESS = textwrap.dedent(
     """
     import shutil, sys
     from pathlib import Path
-    from fedarches.server.loopback import LoopbackFederation
+    from fedarches.testing.loopback import LoopbackFederation
 
     work, key, pub, bundle, data = map(Path, sys.argv[1:6])
     with LoopbackFederation(work, threads=1) as fed:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
@@ -33,10 +33,9 @@ from flwr.compat.common import recorddict_compat
 
 from fedarches.client.lab import LabDir
 from fedarches.client.mods import egress_audit_mod, lab_mods_mod, secure_sum_guard_mod
-from fedarches.client.release import MapRelease, Releaser, read_exact_counts, write_exact_counts
-from fedarches.shared import __version__, protocol
-from fedarches.shared.errors import ConfigError
-from fedarches.shared.labels import LabelCounts
+from fedarches.client.release import Releaser, read_exact_counts, write_exact_counts
+from fedarches.shared import protocol
+from fedarches.shared.errors import ConfigError, PrivacyError
 
 log = logging.getLogger("fedarches.client")
 if not logging.getLogger("fedarches").handlers:  # a fresh ClientApp process: log to the SuperNode's console
@@ -61,6 +60,7 @@ class NodeSettings:
 
     @classmethod
     def from_context(cls, context: Context) -> NodeSettings:
+        """Read the SuperNode's node config; a :class:`ConfigError` names what ``join`` should have set."""
         config = context.node_config
         missing = [k for k in ("lab-dir", "data-path", "out-dir") if not config.get(k)]
         if missing:
@@ -79,29 +79,33 @@ class NodeSettings:
 
 @app.train("map")
 def map_lab(msg: Message, context: Context) -> Message:
-    """Map the lab's query onto the round's bundle; reply with the adapter and label statistics."""
+    """Map the lab's query onto the round's bundle; reply with what the lab's policy releases."""
     settings = NodeSettings.from_context(context)
     lab = LabDir.open(settings.lab_dir)
-    round_cfg = protocol.RoundConfig.from_record(msg.content.config_records.get(protocol.ROUND))
-    bundle_id = round_cfg.bundle_id
+    request = protocol.MapRequest.from_record(msg.content.config_records.get(protocol.ROUND))
+    releaser = Releaser.for_lab(lab, run_id=context.run_id, round_id=request.round_id)  # policy checked first
+    k = releaser.policy.release.min_count  # the lab's policy decides its k; the round states what it accepts
+    if k < request.min_count:
+        msg_ = f"this lab's policy suppresses counts below k={k}; the round accepts only k>={request.min_count}"
+        raise PrivacyError(msg_, hint=f"set release.min_count to at least {request.min_count} in LAB_DIR/policy.toml")
     tick = time.perf_counter()
     if protocol.BUNDLE in msg.content.array_records:
-        bundle = lab.store_bundle(bundle_id, protocol.record_to_files(msg.content.array_records[protocol.BUNDLE]))
-        log.info("received and verified bundle %s (%d bytes)", bundle_id, bundle.size_bytes)
+        files = protocol.BundleTransfer.from_record(msg.content.array_records[protocol.BUNDLE]).files
+        bundle = lab.store_bundle(request.bundle_id, files)
+        log.info("received and verified bundle %s (%d bytes)", request.bundle_id, bundle.size_bytes)
     else:
-        bundle = lab.open_bundle(bundle_id)
-        log.info("using held bundle %s", bundle_id)
+        bundle = lab.open_bundle(request.bundle_id)
+        log.info("using held bundle %s", request.bundle_id)
     receive_s = time.perf_counter() - tick
-    releaser = Releaser.for_lab(lab, run_id=context.run_id, round_id=round_cfg.round_id)  # policy checked first
 
-    result, adata = _map_and_write(settings, lab, bundle, round_cfg)
-    timings = {**{k: float(v) for k, v in result.timings.items()}, "receive_bundle_s": receive_s}
+    result, adata = _map_and_write(settings, lab, bundle, request, min_count=k)
+    timings = {**{key: float(v) for key, v in result.timings.items()}, "receive_bundle_s": receive_s}
     from fedarches.shared.datafiles import query_obs
 
-    released, counts, content = release_reply(releaser, result, query_obs(adata), lab.name, timings)
-    composition = releaser.policy.release.composition
-    if composition == "secure-sum":
-        write_exact_counts(settings.out_dir, round_cfg.round_id, counts)
+    released, counts, reply = releaser.release_mapping(result, query_obs(adata), lab.name, timings)
+    composition = reply.lab.composition
+    if composition == protocol.Composition.SECURE_SUM:
+        write_exact_counts(settings.out_dir, request.round_id, counts)
     log.info(
         "mapped %d cells in %.1f s (%d epochs); releasing %s (ledger entry %d; composition: %s)",
         adata.n_obs,
@@ -119,44 +123,7 @@ def map_lab(msg: Message, context: Context) -> Message:
         released.entry_seq,
         composition,
     )
-    return Message(content, reply_to=msg)
-
-
-def release_reply(
-    releaser: Releaser, result: Any, obs: Any, lab_name: str, timings: dict[str, float]
-) -> tuple[MapRelease, LabelCounts, RecordDict]:
-    """Release a mapping result under the lab's policy: what was released, the exact counts, the reply."""
-    counts = releaser.exact_counts(result, obs)
-    released = releaser.map_reply(result.adapter, counts)
-    composition = releaser.policy.release.composition
-    return released, counts, map_reply_content(released, lab_name, int(result.n_epochs), composition, timings)
-
-
-def map_reply_content(
-    released: MapRelease, lab_name: str, n_epochs: int, composition: str, timings: dict[str, float]
-) -> RecordDict:
-    """Everything a lab sends after mapping: what its policy released, its name, timings and ledger head."""
-    content = RecordDict(
-        {
-            protocol.LAB: ConfigRecord(
-                {
-                    "lab-name": lab_name,
-                    "fedarches-version": __version__,
-                    "n-epochs": n_epochs,
-                    "composition": composition,
-                    "ledger-seq": released.ledger_seq,  # the lab's newest ledger entry: an anchor kept outside the lab
-                    "ledger-head": released.ledger_head,
-                }
-            ),
-            protocol.TIMINGS: MetricRecord(timings),
-        }
-    )
-    if released.adapter is not None:
-        for name, record in protocol.adapter_to_records(released.adapter).items():
-            content[name] = record
-    if released.label_statistics is not None:
-        content[protocol.LABEL_STATS] = protocol.label_stats_to_record(released.label_statistics)
-    return content
+    return Message(reply.to_content(), reply_to=msg)
 
 
 @app.train(mods=[secure_sum_guard_mod, secaggplus_mod])
@@ -165,16 +132,18 @@ def secure_sum(msg: Message, context: Context) -> Message:
     settings = NodeSettings.from_context(context)
     lab = LabDir.open(settings.lab_dir)
     fit_ins = recorddict_compat.recorddict_to_fitins(msg.content, keep_input=True)
-    round_id, categories = protocol.secure_sum_settings(fit_ins.config)
-    releaser = Releaser.for_lab(lab, run_id=context.run_id, round_id=round_id)
-    vector, seq = releaser.secure_sum_counts(read_exact_counts(settings.out_dir, round_id), categories)
-    log.info("secure sum for round %s: masked count vector of %d values (ledger entry %d)", round_id, vector.size, seq)
+    request = protocol.SecureSumRequest.from_config(fit_ins.config)
+    releaser = Releaser.for_lab(lab, run_id=context.run_id, round_id=request.round_id)
+    counts = read_exact_counts(settings.out_dir, request.round_id)
+    vector, seq = releaser.secure_sum_counts(counts, list(request.categories))
+    what = "secure sum for round %s: masked count vector of %d values (ledger entry %d)"
+    log.info(what, request.round_id, vector.size, seq)
     fit_res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([vector.astype(np.float64)]), 1, {})
     return Message(recorddict_compat.fitres_to_recorddict(fit_res, keep_input=False), reply_to=msg)
 
 
 def _map_and_write(
-    settings: NodeSettings, lab: LabDir, bundle: Any, round_cfg: protocol.RoundConfig
+    settings: NodeSettings, lab: LabDir, bundle: Any, request: protocol.MapRequest, *, min_count: int
 ) -> tuple[Any, Any]:
     """Run :func:`~fedarches.client.mapping.map_query` and write the lab's local outputs."""
     from fedarches.client.mapping import MappingOptions, map_query
@@ -184,13 +153,13 @@ def _map_and_write(
     outputs = MappingOutputs.in_directory(settings.out_dir, suffix=query_suffix(settings.data_path))
     adata = read_query(settings.data_path)
     options = MappingOptions(
-        max_epochs=round_cfg.max_epochs or None,  # 0: automatic
-        seed=round_cfg.seed,
+        max_epochs=request.max_epochs or None,  # 0: automatic
+        seed=request.seed,
         threads=settings.threads,
         progress_bar=False,
-        max_adapter_bytes=round_cfg.max_adapter_bytes,  # refused before training, not after
+        max_adapter_bytes=request.max_adapter_bytes,  # refused before training, not after
     )
-    threshold = round_cfg.confidence_threshold
+    threshold = request.confidence_threshold
     result = map_query(
         adata,
         bundle,
@@ -199,9 +168,9 @@ def _map_and_write(
         lab_name=lab.name,
         options=options,
         confidence_threshold=threshold,
-        min_count=round_cfg.min_count,
+        min_count=min_count,
     )
-    round_info = {"round_id": round_cfg.round_id, "bundle_id": bundle.bundle_id, "lab": lab.name}
+    round_info = {"round_id": request.round_id, "bundle_id": bundle.bundle_id, "lab": lab.name}
     write_mapping_outputs(
         adata,
         result,

@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedarches.client.options import MAX_SURGERY_EPOCHS, SURGERY_STEPS, MappingOptions
 from fedarches.shared._cli import CountsLayer, Debug, Quiet, console, handle_errors, setup_logging
+from fedarches.shared.labels import DEFAULT_MIN_COUNT
 
 app = typer.Typer(
     name="fedarches-client",
@@ -21,6 +23,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 log = logging.getLogger("fedarches.client")
+_DEFAULTS = MappingOptions()
 
 
 @app.callback()
@@ -48,19 +51,23 @@ def map_command(
     layer: CountsLayer = None,
     lab_name: Annotated[str, typer.Option(help="Name of this lab's batches in the model.")] = "query",
     max_epochs: Annotated[
-        int | None, typer.Option(min=1, help="Surgery epochs (default: 100, capped near 1,500 steps for big queries).")
+        int | None,
+        typer.Option(
+            min=1,
+            help=f"Surgery epochs (default: {MAX_SURGERY_EPOCHS}, capped near {SURGERY_STEPS:,} steps for big data).",
+        ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=2, help="Minibatch size.")] = 128,
+    batch_size: Annotated[int, typer.Option(min=2, help="Minibatch size.")] = _DEFAULTS.batch_size,
     learning_rate: Annotated[
         float, typer.Option(min=1e-6, help="Surgery learning rate (scvi-tools' tutorial: 1e-3).")
-    ] = 1e-3,
+    ] = _DEFAULTS.learning_rate,
     early_stopping: Annotated[bool, typer.Option(help="Stop when the validation ELBO stops improving.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed (scvi.settings.seed).")] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads (default: torch's choice).")] = None,
     confidence_threshold: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Flag cells below this confidence.")
     ] = 0.5,
-    min_count: Annotated[int, typer.Option(min=1, help="Suppress label counts below this (k).")] = 11,
+    min_count: Annotated[int, typer.Option(min=1, help="Suppress label counts below this (k).")] = DEFAULT_MIN_COUNT,
     min_gene_fraction: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Refuse queries with fewer reference genes.")
     ] = 0.5,
@@ -277,14 +284,15 @@ def preview(
     max_epochs: Annotated[int | None, typer.Option(min=1, help="Surgery epochs (default: automatic).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads.")] = None,
-    min_count: Annotated[int, typer.Option(min=1, help="Suppress label counts below this (k).")] = 11,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Map DATA locally and print exactly what a round would send. Contacts nobody, writes nothing."""
+    """Map DATA locally and print exactly what a round would send. Contacts nobody, writes nothing.
+
+    What is released follows LAB_DIR/policy.toml, its k included, exactly as in a round.
+    """
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
-        from fedarches.client.app import release_reply
         from fedarches.client.lab import LabDir
         from fedarches.client.mapping import MappingOptions, map_query
         from fedarches.client.mods import EGRESS_LIMIT_BYTES
@@ -292,6 +300,7 @@ def preview(
         from fedarches.shared import protocol
         from fedarches.shared.bundle import ReferenceBundle
         from fedarches.shared.datafiles import query_obs, read_query
+        from fedarches.shared.wire import describe_content
 
         lab = LabDir.open(lab_dir)
         opened = ReferenceBundle.open(bundle, lab.trusted_key)
@@ -303,16 +312,23 @@ def preview(
             progress_bar=not quiet,
             max_adapter_bytes=EGRESS_LIMIT_BYTES,
         )
-        result = map_query(
-            adata, opened, batch_key=batch_key, layer=layer, lab_name=lab.name, options=options, min_count=min_count
-        )
         releaser = Releaser.for_lab(lab, run_id="preview", round_id="preview", preview=True)
+        result = map_query(
+            adata,
+            opened,
+            batch_key=batch_key,
+            layer=layer,
+            lab_name=lab.name,
+            options=options,
+            min_count=releaser.policy.release.min_count,
+        )
         timings = {k: float(v) for k, v in result.timings.items()}
-        _, _, content = release_reply(releaser, result, query_obs(adata), lab.name, timings)
+        _, _, reply = releaser.release_mapping(result, query_obs(adata), lab.name, timings)
+        content = reply.to_content()
         composition = releaser.policy.release.composition
         protocol.check_egress(protocol.MAP, content, max_array_bytes=EGRESS_LIMIT_BYTES)
         print_policy(releaser.policy, lab.root)
-        print_egress(protocol.describe_content(content), n_cells=adata.n_obs)
+        print_egress(describe_content(content), n_cells=adata.n_obs)
         if releaser.policy.dp.enabled and composition == "plain":
             Console().print("noise above was drawn for this preview only; a round draws its own and records it")
 

@@ -51,22 +51,27 @@ class LabDir:
 
     @property
     def ca_cert(self) -> Path:
+        """The consortium CA certificate that verifies the SuperLink."""
         return self.root / CA_CERT_NAME
 
     @property
     def trusted_key(self) -> Path:
+        """The coordinator's bundle-signing public key, which every bundle must verify against."""
         return self.root / crypto.PUBLIC_KEY_NAME
 
     @property
     def node_key(self) -> Path:
+        """The lab's node-authentication private key (``supernode.key``)."""
         return self.root / NODE_PRIVATE_KEY_NAME
 
     @property
     def bundles_dir(self) -> Path:
+        """Where received bundles are kept, one directory per bundle id."""
         return self.root / "bundles"
 
     @property
     def egress_dir(self) -> Path:
+        """Where the egress audit log of every message this lab sent is kept."""
         return self.root / "egress"
 
     def require_node_key(self) -> Path:

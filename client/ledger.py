@@ -124,6 +124,7 @@ class ReleaseContext:
     round_id: str
 
     def release_id(self, kind: str) -> str:
+        """The unique id of this context's ``kind`` release (a retry of it gets the same id)."""
         return f"{self.coordinator}|{self.run_id}|{self.round_id}|{kind}"
 
 
@@ -138,6 +139,8 @@ class Release:
 
 @dataclass(frozen=True)
 class LedgerEntry:
+    """One ledger row: what was released, when, to whom, its (ε, δ) spend and its place in the hash chain."""
+
     seq: int
     release_id: str
     time: str
@@ -158,9 +161,11 @@ class LedgerEntry:
 
     @property
     def spends_budget(self) -> bool:
+        """Whether the release spent any privacy budget (ε or δ above zero)."""
         return self.epsilon > 0 or self.delta > 0
 
     def to_dict(self, *, with_payload: bool = False) -> dict[str, Any]:
+        """The entry as JSON-ready values, with the payload's size (and the payload, as text or hex, if asked)."""
         out = {k: getattr(self, k) for k in _COLUMNS if k != "payload"}
         out["detail"] = json.loads(self.detail)
         out["bytes"] = len(self.payload)
@@ -170,6 +175,7 @@ class LedgerEntry:
 
     @property
     def payload_is_text(self) -> bool:
+        """Whether the payload is valid UTF-8 text."""
         try:
             self.payload.decode()
         except UnicodeDecodeError:
@@ -206,6 +212,7 @@ class Ledger:
 
     @classmethod
     def for_lab(cls, lab_dir: Path | str, *, create: bool = True) -> Ledger:
+        """The ledger of the lab directory ``lab_dir`` (``LAB_DIR/ledger.sqlite``)."""
         return cls(Path(lab_dir) / LEDGER_FILE_NAME, create=create)
 
     def _connect(self) -> sqlite3.Connection:
@@ -215,6 +222,7 @@ class Ledger:
         return db
 
     def entries(self) -> list[LedgerEntry]:
+        """Every entry, oldest first."""
         with contextlib.closing(self._connect()) as db:
             rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM releases ORDER BY seq").fetchall()
         return [LedgerEntry(*row) for row in rows]

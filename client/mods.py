@@ -31,6 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from fedarches.shared import protocol
 from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.errors import ConfigError, FedarchesError, PrivacyError, ProtocolError
+from fedarches.shared.wire import describe_content
 
 log = logging.getLogger("fedarches.client")
 
@@ -71,8 +72,10 @@ def egress_audit_mod(msg: Message, context: Context, call_next: Callable[[Messag
 
 
 def secure_sum_guard_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-    """Before SecAgg+ starts, refuse unless the lab's policy releases composition in a secure sum
-    over at least ``release.secure_sum_min_labs`` labs (the number the coordinator's setup announces).
+    """Before SecAgg+ starts, refuse unless the lab's policy allows this secure sum.
+
+    The policy must release composition in a secure sum over at least ``release.secure_sum_min_labs``
+    labs (the number the coordinator's setup announces).
     """
     from fedarches.shared.policy import PrivacyPolicy
 
@@ -153,7 +156,7 @@ def _audit(lab_dir: Path, msg: Message, reply: Message, *, verdict: str, copy: b
     if reply.has_error():
         entry["error"] = {"code": reply.error.code, "reason": reply.error.reason}
     else:
-        entry["records"] = protocol.describe_content(reply.content)
+        entry["records"] = describe_content(reply.content)
         if copy:
             entry["copy"] = str(_keep_copy(egress, msg, reply))
     line = json.dumps(entry, sort_keys=True) + "\n"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,13 @@ import pandas as pd
 
 from fedarches.client.lab import LabDir
 from fedarches.client.ledger import GENESIS_HASH, Ledger, Release, ReleaseContext, open_lab_ledger
-from fedarches.shared import dp
+from fedarches.shared import __version__, dp
 from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.adapters import Adapter
 from fedarches.shared.errors import PrivacyError
 from fedarches.shared.labels import LabelCounts, LabelStatistics, suppress
 from fedarches.shared.policy import PrivacyPolicy
+from fedarches.shared.protocol import Composition, LabInfo, MapReply
 
 MAP_REPLY = "map-reply"
 SECURE_SUM_COUNTS = "secure-sum-counts"
@@ -54,6 +55,11 @@ class MapRelease:
     entry_seq: int  # the entry this release wrote (or, retried, had written); 0 in a preview
     ledger_seq: int  # the ledger's newest entry after the release: the anchor the reply carries
     ledger_head: str  # that entry's hash (64 hex digits)
+
+    def to_reply(self, lab_name: str, n_epochs: int, composition: str, timings: Mapping[str, float]) -> MapReply:
+        """The round's reply carrying this release, the lab's name, its timings and its ledger anchor."""
+        info = LabInfo(lab_name, __version__, n_epochs, Composition(composition), self.ledger_seq, self.ledger_head)
+        return MapReply(info, dict(timings), self.adapter, self.label_statistics)
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,15 @@ class Releaser:
         context = ReleaseContext(lab=lab.name, coordinator=lab.superlink, run_id=str(run_id), round_id=round_id)
         return cls(policy, ledger, context, preview=preview)
 
+    def release_mapping(
+        self, result: Any, obs: pd.DataFrame, lab_name: str, timings: Mapping[str, float]
+    ) -> tuple[MapRelease, LabelCounts, MapReply]:
+        """Release a mapping result under the policy: what was released, the exact counts, and the reply."""
+        counts = self.exact_counts(result, obs)
+        released = self.map_reply(result.adapter, counts)
+        reply = released.to_reply(lab_name, int(result.n_epochs), self.policy.release.composition, timings)
+        return released, counts, reply
+
     def head(self) -> tuple[int, str]:
         """The ledger's newest entry, ``(seq, hash)``: what a mapping reply carries as its anchor."""
         return (0, GENESIS_HASH) if self.ledger is None else self.ledger.head()
@@ -85,6 +100,7 @@ class Releaser:
 
     @property
     def budget(self) -> tuple[float, float]:
+        """The policy's total (ε, δ) budget."""
         return self.policy.dp.budget_epsilon, self.policy.dp.budget_delta
 
     def exact_counts(self, result: Any, obs: pd.DataFrame | None) -> LabelCounts:
@@ -192,6 +208,7 @@ def _released_statistics(counts: LabelCounts, policy: PrivacyPolicy) -> tuple[La
 
 
 def noised_adapter(adapter: Adapter, policy: PrivacyPolicy) -> tuple[Adapter, dp.PrivacySpend]:
+    """The adapter clipped and noised as the policy says (unchanged when ``adapters.clip_norm`` is 0), and its cost."""
     if policy.adapters.clip_norm <= 0:
         return adapter, dp.NO_NOISE
     arrays, meta = adapter.to_arrays()

@@ -50,6 +50,7 @@ class JoinSettings:
     extra_mods: str = ""
 
     def node_config(self) -> dict[str, Any]:
+        """The SuperNode's node config: the lab's paths and settings, as written to ``node-config.toml``."""
         config: dict[str, Any] = {
             "lab-dir": str(self.lab.root),
             "data-path": str(Path(self.data_path).resolve()),

@@ -892,7 +892,7 @@ Start-up (not in the round time): SuperLink {fed["startup"]["superlink_s"]:.1f} 
 
 fedarches' `map_query` under each setting, one process, 2 threads, the three labs at each depth; accuracy over all
 labs and its gap in points to the scvi-tools tutorial setting ({BASELINE_SETTING!r}) run by the same code.
-"~N steps": epochs = min(100, max(2, ceil(N / steps per epoch))) (`fedarches.client.mapping.auto_max_epochs`).
+"~N steps": epochs = min(100, max(2, ceil(N / steps per epoch))) (`fedarches.client.options.auto_max_epochs`).
 Bold: the fastest setting within {TARGETS["accuracy_points"]} points of the tutorial setting at every depth
 ({pick or "none"}). Accuracy is not the only criterion: see the note at the top on the Unknown call.
 

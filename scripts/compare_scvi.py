@@ -35,7 +35,8 @@ import scipy.sparse as sp
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from fedarches.client.mapping import MappingOptions, auto_max_epochs, map_query
+from fedarches.client.mapping import MappingOptions, map_query
+from fedarches.client.options import auto_max_epochs
 from fedarches.server.reference import ReferenceOptions, build_reference
 from fedarches.shared._cli import text_table
 from fedarches.shared._training import quiet_training

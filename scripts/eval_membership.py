@@ -12,7 +12,7 @@ efficient leave-one-model-out evaluation:
 2. N models (``--n-models``, default 16), each trained on its own seeded random half of the pool,
    so every cell is IN for about half of the models, independently across models. Model m is
    ``fedarches.client.mapping.map_query`` on its IN cells with the federation's default round
-   settings (``max_epochs`` = ``DEFAULT_ROUND['max-epochs']``, 0 meaning automatic, seed
+   settings (``max_epochs`` = ``ROUND_DEFAULTS['max-epochs']``, 0 meaning automatic, seed
    ``--seed`` + m, 1 torch thread). Its adapter is what the lab would release. scvi-tools holds out
    10 % of a model's IN cells for validation; they still count as IN (they are in the lab's
    data); the JSON also reports the AUC with those cells left out of the evaluation.
@@ -73,8 +73,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from fedarches.client.mapping import MappingOptions, _load_query_model, map_query
 from fedarches.client.query import prepare_query
 from fedarches.client.release import noised_adapter
-from fedarches.server.coordinator import DEFAULT_ROUND
 from fedarches.server.reference import ReferenceOptions, build_reference
+from fedarches.server.settings import ROUND_DEFAULTS
 from fedarches.shared import __version__
 from fedarches.shared._cli import text_table
 from fedarches.shared._io import atomic_path, atomic_write_bytes
@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=DEMO, help="folder with reference.h5ad and the lab files")
     parser.add_argument("--n-models", type=int, default=16, help="models trained, each on half the pool (default 16)")
     parser.add_argument(
-        "--max-epochs", type=int, default=int(DEFAULT_ROUND["max-epochs"]), help="surgery epochs (federation default)"
+        "--max-epochs", type=int, default=int(ROUND_DEFAULTS["max-epochs"]), help="surgery epochs (federation default)"
     )
     parser.add_argument(
         "--noise-multipliers",
@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="noise multipliers σ (noise sd σ·C) besides 'as trained' and 'clip only'",
     )
     parser.add_argument("--mc-draws", type=int, default=16, help="Monte-Carlo passes averaged per cell loss")
-    parser.add_argument("--seed", type=int, default=int(DEFAULT_ROUND["seed"]), help="base seed (splits, training)")
+    parser.add_argument("--seed", type=int, default=int(ROUND_DEFAULTS["seed"]), help="base seed (splits, training)")
     parser.add_argument(
         "--pbmc",
         action="store_true",

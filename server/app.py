@@ -1,7 +1,7 @@
 """The coordinator's Flower ServerApp: one mapping round, then the report.
 
 Started by the SuperLink for each run that ``fedarches-server run-round`` submits; its settings
-come from the run config (see :class:`~fedarches.server.round.RoundSettings`). It logs to the
+come from the run config (see :class:`~fedarches.server.settings.RoundSettings`). It logs to the
 console (``flwr log``) and to ``ROUND_DIR/round.log``, which ``run-round`` follows.
 """
 
@@ -14,7 +14,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedarches.server.report import write_report
-from fedarches.server.round import RoundSettings, run_round
+from fedarches.server.round import run_round
+from fedarches.server.settings import RoundSettings
 from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.errors import FederationError
 

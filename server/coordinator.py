@@ -28,6 +28,7 @@ from typing import Any
 
 import tomli_w
 
+from fedarches.server.settings import ROUND_DEFAULTS
 from fedarches.shared import crypto, pki
 from fedarches.shared._io import atomic_write_bytes, read_toml
 from fedarches.shared.errors import ConfigError, UserInputError
@@ -38,17 +39,6 @@ LAB_CONFIG_NAME = "lab.toml"
 CONNECTION_NAME = "fedarches"
 DEFAULT_PORT = 8000
 LAB_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-DEFAULT_ROUND = {
-    "min-labs": 1,
-    "timeout": 3600.0,
-    "wait-for-labs": 60.0,
-    "max-epochs": 0,
-    "seed": 0,
-    "confidence-threshold": 0.5,
-    "min-count": 11,
-    "max-adapter-bytes": 1_048_576,
-    "secure-sum-timeout": 120.0,
-}
 
 
 _LAB_HINT = "restore the lab's lab.toml, or register the lab again with `fedarches-server add-lab NAME --overwrite`"
@@ -80,18 +70,22 @@ class CoordinatorDir:
 
     @property
     def config_path(self) -> Path:
+        """The coordinator's settings file, ``coordinator.toml``."""
         return self.root / CONFIG_NAME
 
     @property
     def config(self) -> dict[str, Any]:
+        """The parsed ``coordinator.toml``."""
         return read_toml(self.config_path, hint=f"restore {CONFIG_NAME}, or run `fedarches-server init` again")
 
     @property
     def host(self) -> str:
+        """The host the SuperLink binds to."""
         return str(self.config["superlink"]["host"])
 
     @property
     def port(self) -> int:
+        """The SuperLink's port."""
         return int(self.config["superlink"]["port"])
 
     @property
@@ -107,54 +101,67 @@ class CoordinatorDir:
 
     @property
     def round_defaults(self) -> dict[str, Any]:
-        return {**DEFAULT_ROUND, **self.config.get("round", {})}
+        """Round settings: the built-in defaults, overridden by the ``[round]`` table of ``coordinator.toml``."""
+        return {**ROUND_DEFAULTS, **self.config.get("round", {})}
 
     @property
     def pki_dir(self) -> Path:
+        """The directory of the consortium CA and the SuperLink's TLS certificate and key."""
         return self.root / "pki"
 
     @property
     def ca_cert(self) -> Path:
+        """The consortium CA certificate, which labs use to verify the SuperLink."""
         return self.pki_dir / "ca.crt"
 
     @property
     def server_cert(self) -> Path:
+        """The SuperLink's TLS certificate."""
         return self.pki_dir / "superlink.crt"
 
     @property
     def server_key(self) -> Path:
+        """The SuperLink's TLS private key."""
         return self.pki_dir / "superlink.key"
 
     @property
     def signing_key(self) -> Path:
+        """The Ed25519 private key that signs every bundle."""
         return self.root / "keys" / crypto.PRIVATE_KEY_NAME
 
     @property
     def signing_public_key(self) -> Path:
+        """The public half of the bundle-signing key, exported to every lab."""
         return self.root / "keys" / crypto.PUBLIC_KEY_NAME
 
     @property
     def labs_dir(self) -> Path:
+        """The lab registry: one directory per registered lab."""
         return self.root / "labs"
 
     @property
     def flwr_home(self) -> Path:
+        """``FLWR_HOME`` of the ``flwr`` CLI (its connection to this SuperLink)."""
         return self.root / "flwr"
 
     @property
     def database(self) -> Path:
+        """The SuperLink's state database (registrations, runs), kept across restarts."""
         return self.root / "state" / "superlink.db"
 
     @property
     def logs_dir(self) -> Path:
+        """The directory of the SuperLink log."""
         return self.root / "logs"
 
     @property
     def app_dir(self) -> Path:
+        """The directory of the Flower app that each round submits."""
         return self.root / "app"
 
     @property
     def rounds_dir(self) -> Path:
+        """The directory of the rounds' outputs, one directory per round."""
         return self.root / "rounds"
 
     def labs(self) -> dict[str, dict[str, Any]]:
@@ -165,6 +172,7 @@ class CoordinatorDir:
         return labs
 
     def lab(self, name: str) -> dict[str, Any]:
+        """The ``lab.toml`` settings of the registered lab ``name``; an error naming the known labs if none."""
         path = self.labs_dir / name / LAB_CONFIG_NAME
         if not path.is_file():
             msg = f"no lab named {name!r} in {self.root}; labs are {sorted(self.labs())}"
@@ -172,6 +180,7 @@ class CoordinatorDir:
         return read_toml(path, hint=_LAB_HINT)
 
     def update_lab(self, name: str, **values: Any) -> None:
+        """Set ``values`` in the ``lab.toml`` of the registered lab ``name``."""
         record = {**self.lab(name), **values}
         write_toml(self.labs_dir / name / LAB_CONFIG_NAME, record)
 
@@ -209,7 +218,7 @@ def init_coordinator(
                 "public-address": public_address or f"{hosts[0]}:{port}",
                 "tls-hosts": hosts,
             },
-            "round": dict(DEFAULT_ROUND),
+            "round": dict(ROUND_DEFAULTS),
         },
     )
     write_flwr_config(coord)

@@ -52,5 +52,6 @@ class PollingGrid:
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Send ``messages`` and return the replies received within ``timeout`` seconds (no limit if None)."""
         replies = exchange(self._grid, list(messages), 1e9 if timeout is None else timeout)
         return list(replies.values())

@@ -105,7 +105,7 @@ HVG_ATTEMPTS = ((0.3, True), (0.6, True), (1.0, True), (0.3, False))  # (loess s
 
 
 def _select_variable_genes(train: AnnData, n_top_genes: int, batch_key: str) -> None:
-    """scanpy's ``seurat_v3`` HVG selection per batch (the scvi-tools tutorials' choice).
+    """The ``seurat_v3`` HVG selection of scanpy, per batch (the scvi-tools tutorials' choice).
 
     Its loess fit (scikit-misc) fails on sparse, shallow batches (``ValueError: reciprocal condition
     number`` or ``near singularities``, e.g. a small batch thinned to 500 UMIs per cell). Then a wider

@@ -36,64 +36,19 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from fedarches.server.coordinator import CoordinatorDir
 from fedarches.server.messaging import POLL_S, exchange
 from fedarches.server.secure_sum import SecureSumResult, secure_sum
-from fedarches.server.validation import Accepted, Expected, PlainReply, validate_reply
+from fedarches.server.settings import RoundSettings
+from fedarches.server.validation import Accepted, Expected, validate_reply
 from fedarches.shared import protocol
 from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.adapters import Adapter
 from fedarches.shared.bundle import ReferenceBundle
 from fedarches.shared.errors import BundleError, BundleIntegrityError
 from fedarches.shared.labels import LabelStatistics
+from fedarches.shared.protocol import Composition, MapReply
 from fedarches.shared.quality import UNKNOWN_LABEL
+from fedarches.shared.wire import PlainContent
 
 log = logging.getLogger("fedarches.server")
-
-
-@dataclass(frozen=True)
-class RoundSettings:
-    """A round's settings (the Flower run config)."""
-
-    coordinator_dir: Path
-    bundle_dir: Path
-    round_dir: Path
-    round_id: str
-    min_labs: int = 1
-    timeout: float = 3600.0
-    wait_for_labs: float = 60.0
-    max_epochs: int = 0  # 0: each lab's automatic setting (fedarches.client.mapping.auto_max_epochs)
-    seed: int = 0
-    confidence_threshold: float = 0.5
-    min_count: int = 11
-    max_adapter_bytes: int = 1_048_576
-    secure_sum_timeout: float = 120.0
-
-    @classmethod
-    def from_run_config(cls, config: dict[str, Any]) -> RoundSettings:
-        return cls(
-            coordinator_dir=Path(str(config["coordinator-dir"])),
-            bundle_dir=Path(str(config["bundle-dir"])),
-            round_dir=Path(str(config["round-dir"])),
-            round_id=str(config["round-id"]),
-            min_labs=int(config["min-labs"]),
-            timeout=float(config["timeout"]),
-            wait_for_labs=float(config["wait-for-labs"]),
-            max_epochs=int(config["max-epochs"]),
-            seed=int(config["seed"]),
-            confidence_threshold=float(config["confidence-threshold"]),
-            min_count=int(config["min-count"]),
-            max_adapter_bytes=int(config["max-adapter-bytes"]),
-            secure_sum_timeout=float(config.get("secure-sum-timeout", 120.0)),
-        )
-
-    def train_config(self, bundle_id: str) -> dict[str, Any]:
-        return {
-            "round-id": self.round_id,
-            "bundle-id": bundle_id,
-            "max-epochs": self.max_epochs,
-            "seed": self.seed,
-            "confidence-threshold": self.confidence_threshold,
-            "min-count": self.min_count,
-            "max-adapter-bytes": self.max_adapter_bytes,
-        }
 
 
 @dataclass
@@ -108,16 +63,35 @@ class LabOutcome:
     bytes_to_lab: int = 0
     bytes_from_lab: int = 0
     reply_s: float | None = None
-    n_epochs: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    adapter: Adapter | None = None
-    label_statistics: LabelStatistics | None = None
-    composition: str = ""  # how the lab's policy releases composition: plain | secure-sum | none
+    reply: MapReply | None = None  # the accepted reply, decoded
     in_secure_sum: bool = False
-    ledger_head: str = ""  # hash of the lab's newest ledger entry, as its reply stated it
-    ledger_seq: int | None = None
+
+    @property
+    def adapter(self) -> Adapter | None:
+        """The accepted adapter, if the lab released one."""
+        return None if self.reply is None else self.reply.adapter
+
+    @property
+    def label_statistics(self) -> LabelStatistics | None:
+        """The accepted label statistics, if the lab released them."""
+        return None if self.reply is None else self.reply.label_statistics
+
+    @property
+    def composition(self) -> Composition | None:
+        """How the accepted lab's policy releases composition."""
+        return None if self.reply is None else self.reply.lab.composition
 
     def to_dict(self) -> dict[str, Any]:
+        """The lab's row of ``report.json``."""
+        accepted = {
+            "n_epochs": None,
+            "composition": "",
+            "ledger_head": "",
+            "ledger_seq": None,
+            "timings": {},
+            "adapter": None,
+            "label_statistics": None,
+        }
         return {
             "name": self.name,
             "node_id": self.node_id,
@@ -127,20 +101,8 @@ class LabOutcome:
             "bytes_to_lab": self.bytes_to_lab,
             "bytes_from_lab": self.bytes_from_lab,
             "reply_s": None if self.reply_s is None else round(self.reply_s, 2),
-            "n_epochs": self.n_epochs,
-            "timings": {k: round(v, 3) for k, v in self.timings.items()},
-            "adapter": None
-            if self.adapter is None
-            else {
-                "batches": list(self.adapter.batch_categories),
-                "tensors": self.adapter.describe(),
-                "bytes": self.adapter.nbytes,
-            },
-            "label_statistics": None if self.label_statistics is None else self.label_statistics.to_dict(),
-            "composition": self.composition,
+            **(accepted if self.reply is None else self.reply.summary()),
             "in_secure_sum": self.in_secure_sum,
-            "ledger_head": self.ledger_head,
-            "ledger_seq": self.ledger_seq,
         }
 
 
@@ -200,7 +162,7 @@ def run_round(grid: Grid, settings: RoundSettings, context: Context) -> RoundRes
         _validate(lab, replies.get(lab.name), expected, settings)
 
     accepted = [lab for lab in participants if lab.status == "accepted"]
-    summing = [lab for lab in accepted if lab.composition == "secure-sum"]
+    summing = [lab for lab in accepted if lab.composition == Composition.SECURE_SUM]
     if summing:
         tick = time.perf_counter()
         result.consortium_categories = [*bundle.label_categories, UNKNOWN_LABEL]
@@ -321,12 +283,13 @@ def _send_train(
     deadline: float,
 ) -> dict[str, Message]:
     bundle_record = None
+    request = settings.map_request(bundle.bundle_id).to_record()
     messages = []
     for lab in labs:
-        content = RecordDict({protocol.ROUND: protocol.round_config(settings.train_config(bundle.bundle_id))})
+        content = RecordDict({protocol.ROUND: request})
         if with_bundle[lab.name]:
             if bundle_record is None:
-                bundle_record = protocol.bundle_to_record(bundle.verified_files())
+                bundle_record = protocol.BundleTransfer(bundle.verified_files()).to_record()
             content[protocol.BUNDLE] = bundle_record
             lab.bundle_sent = True
         message = Message(content, dst_node_id=lab.node_id, message_type=protocol.MAP)
@@ -391,7 +354,7 @@ def _validate(lab: LabOutcome, reply: Message | None, expected: Expected, settin
         if reply.metadata.src_node_id != lab.node_id:
             _reject(lab, f"reply came from node {reply.metadata.src_node_id}, not the lab's")
             return
-        plain = plain_reply(reply.content)
+        plain = PlainContent.from_content(reply.content)
     except Exception as err:  # noqa: BLE001 - whatever fails to decode is this lab's rejection
         _reject(lab, f"malformed reply: {type(err).__name__}: {_peer_text(err)}")
         return
@@ -399,31 +362,13 @@ def _validate(lab: LabOutcome, reply: Message | None, expected: Expected, settin
     if not isinstance(verdict, Accepted):
         _reject(lab, verdict.reason)
         return
-    lab.adapter, lab.label_statistics, lab.composition = verdict.adapter, verdict.label_statistics, verdict.composition
-    lab.n_epochs, lab.timings = verdict.n_epochs, verdict.timings
-    lab.ledger_head, lab.ledger_seq = verdict.ledger_head, verdict.ledger_seq
+    lab.reply = verdict.reply
     lab.status, lab.reason = "accepted", ""
 
 
 def _reject(lab: LabOutcome, reason: str) -> None:
     lab.status, lab.reason = "rejected", reason
     log.warning("rejected %s: %s", lab.name, reason)
-
-
-def plain_reply(content: RecordDict) -> PlainReply:
-    """A reply's records as plain values (:class:`~fedarches.server.validation.PlainReply`).
-
-    Arrays are decoded with :func:`fedarches.shared.protocol.decode_array`; it raises on an array
-    that does not decode, which the caller turns into the lab's rejection.
-    """
-    return PlainReply(
-        configs={name: dict(record.items()) for name, record in content.config_records.items()},
-        arrays={
-            name: {key: protocol.decode_array(array) for key, array in record.items()}
-            for name, record in content.array_records.items()
-        },
-        metrics={name: dict(record.items()) for name, record in content.metric_records.items()},
-    )
 
 
 def reply_bytes(reply: Message) -> int:

@@ -15,7 +15,6 @@ integer vector per lab (cells per type, then low-confidence cells per type):
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 
 from fedarches.server.messaging import PollingGrid
+from fedarches.shared.protocol import SecureSumRequest
 
 log = logging.getLogger("fedarches.server")
 
@@ -107,7 +107,7 @@ def secure_sum(
     manager = SimpleClientManager()
     for node_id in node_ids:
         manager.register(GridClientProxy(node_id=node_id, grid=grid, run_id=grid.run.run_id))
-    strategy = _SumStrategy(node_ids, {"round-id": round_id, "categories": json.dumps(categories)})
+    strategy = _SumStrategy(node_ids, SecureSumRequest(round_id, tuple(categories)).to_config())
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=1), strategy=strategy, client_manager=manager)
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: 1})
     legacy.state.array_records[MAIN_PARAMS_RECORD] = recorddict_compat.parameters_to_arrayrecord(

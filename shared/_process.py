@@ -236,7 +236,7 @@ def adopt_orphans(*, on: bool = True) -> bool:
 
 
 def child_pids() -> list[int]:
-    """This process's running children (from ``/proc``; none found elsewhere)."""
+    """The running children of this process (from ``/proc``; none found elsewhere)."""
     me = os.getpid()
     return [i.pid for i in process_table().values() if i.ppid == me and i.state not in ("Z", "X", "x")]
 
@@ -289,8 +289,10 @@ def stop_processes(
 
 
 def _reap_adopted(tree: _Tree) -> None:
-    """Reap the exited processes this one adopted as their subreaper (its own children are reaped by their
-    ``Popen``: their status is not taken from it)."""
+    """Reap the exited processes this one adopted as their subreaper.
+
+    Its own children are reaped by their ``Popen``: their status is not taken from it.
+    """
     for info in tree.members.values():
         now = read_process(info.pid)
         if now is not None and now.start == info.start and now.state == "Z" and now.ppid == tree.me != info.ppid:
@@ -353,8 +355,10 @@ def leftover_group(started: ProcessInfo | None) -> list[int]:
 
 @contextlib.contextmanager
 def owning(process: Any, *, grace_s: float = 10.0) -> Iterator[None]:
-    """Within the block, ``process`` (a ``Popen``) counts among this command's processes; at the end its whole
-    tree is stopped (SIGTERM, then SIGKILL after ``grace_s``), whatever ended the block.
+    """Own ``process`` (a ``Popen``) within the block, and stop its whole tree at the end.
+
+    Within the block, ``process`` counts among this command's processes; at the end its whole tree is
+    stopped (SIGTERM, then SIGKILL after ``grace_s``), whatever ended the block.
 
     :class:`StopSignals` records what these processes started at the moment a signal arrives.
     """

@@ -232,7 +232,7 @@ class ReferenceBundle:
             signature = read_small(root, path, BUNDLE_KEYS.SIGNATURE, MAX_SIGNATURE_BYTES)
             if manifest_bytes is None:
                 msg = f"{path} has no {BUNDLE_KEYS.MANIFEST}: not a fedarches reference bundle"
-                raise BundleError(msg, hint="pass the directory written by `fedarches-server build-reference`")
+                raise BundleError(msg, hint="pass the bundle directory that fedarches' reference builder wrote")
             if signature is None:
                 msg = f"{path} is unsigned (no {BUNDLE_KEYS.SIGNATURE}); unsigned bundles are refused"
                 raise BundleIntegrityError(msg)

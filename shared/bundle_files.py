@@ -97,11 +97,13 @@ def _name_problem(name: object, *, allow_manifest: bool) -> str | None:
 
 
 def show(value: object) -> str:
+    """The ``repr`` of ``value`` for a message, cut to 80 characters."""
     text = repr(value)
     return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def shown_names(names: list[str]) -> str:
+    """The first ten of ``names``, comma-separated, and how many more there are."""
     shown = ", ".join(names[:10])
     return shown if len(names) <= 10 else f"{shown} and {len(names) - 10} more"
 
@@ -110,11 +112,12 @@ def shown_names(names: list[str]) -> str:
 
 
 def open_root(path: Path) -> int:
+    """A file descriptor of the bundle directory ``path``, or a :class:`BundleError` saying why not."""
     try:
         return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except (FileNotFoundError, NotADirectoryError):
         msg = f"{path} is not a directory; a reference bundle is a directory with a manifest.json"
-        raise BundleError(msg, hint="pass the directory written by `fedarches-server build-reference`") from None
+        raise BundleError(msg, hint="pass the bundle directory that fedarches' reference builder wrote") from None
     except OSError as err:
         msg = f"cannot open the bundle directory {path}: {err.strerror}"
         raise BundleError(msg, hint="check the directory's permissions") from None
@@ -241,6 +244,7 @@ def present_files(path: Path) -> list[str]:
 
 
 def check_sizes(listed: Mapping[str, ListedFile], path: Path, *, max_bytes: int, max_file_bytes: int) -> None:
+    """Refuse a manifest whose listed sizes exceed ``max_file_bytes`` for a file or ``max_bytes`` in all."""
     for name, entry in listed.items():
         if entry.size > max_file_bytes:
             msg = f"{name} in {path} is {entry.size} bytes by its manifest, over the limit of {max_file_bytes} per file"

@@ -1,5 +1,7 @@
-"""What a bundle's files must hold: the signed manifest and ``setup.json`` (strict schemas), the gene
-table, and the ``.npz`` arrays (plain arrays, no pickles, bounded size). Every parser raises
+"""What a bundle's files must hold, and the parsers that check it.
+
+The signed manifest and ``setup.json`` follow strict schemas, the gene table has fixed columns,
+and the ``.npz`` arrays are plain arrays (no pickles) of bounded size. Every parser raises
 :class:`~fedarches.shared.errors.BundleSchemaError` (or a :class:`~fedarches.shared.errors.BundleError`
 for a format this version cannot read), naming the file and the first problems.
 """
@@ -42,6 +44,8 @@ _Category = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 
 
 class FileEntry(_Strict):
+    """One file the manifest lists: its SHA-256 and its size in bytes."""
+
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
     size: int = Field(alias="bytes", ge=0)
 
@@ -130,6 +134,7 @@ def parse_manifest(data: bytes, path: Path) -> tuple[dict[str, Any], dict[str, F
 
 
 def parse_setup(data: bytes, what: str) -> dict[str, Any]:
+    """The bundle's ``setup.json``, checked against its schema."""
     raw = _parse_json_object(data, what)
     _validate(_Setup, raw, what)
     return raw
@@ -158,6 +163,7 @@ def _validate(model: type[BaseModel], raw: dict[str, Any], what: str) -> Any:
 
 
 def parse_genes(data: bytes) -> pd.DataFrame:
+    """The bundle's gene table: columns ``gene_id`` and ``gene_symbol``, unique non-empty ids."""
     what = f"{BUNDLE_KEYS.GENES} of the bundle"
     try:
         frame = pd.read_csv(io.BytesIO(data), sep="\t", dtype=str, keep_default_na=False, encoding="utf-8")
@@ -223,6 +229,7 @@ def parse_embedding(data: bytes | None, n_labels: int) -> dict[str, np.ndarray] 
 
 
 def parse_summary(data: bytes | None) -> ReferenceSummary | None:
+    """The bundle's reference summary (None when the bundle has none)."""
     if data is None:
         return None
     what = f"{BUNDLE_KEYS.SUMMARY} of the bundle"

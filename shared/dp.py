@@ -38,6 +38,7 @@ class PrivacySpend:
     sensitivity: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The spend's fields as a dict."""
         return asdict(self)
 
 

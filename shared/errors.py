@@ -80,7 +80,7 @@ class CryptoError(FedarchesError):
     """A key file is missing, unreadable or of the wrong type."""
 
     exit_code = 30
-    hint = "create keys with `fedarches-server keygen --out DIR`"
+    hint = "check the key file's path and permissions; a key pair that was never made must be created first"
 
 
 class PrivacyError(FedarchesError):
@@ -101,14 +101,14 @@ class FederationError(FedarchesError):
     """The federation could not do what was asked: SuperLink unreachable, a run failed."""
 
     exit_code = 40
-    hint = "check that `fedarches-server serve` is running and see its log under COORD_DIR/logs/"
+    hint = "check that the coordinator's SuperLink is running and reachable; its log is under COORD_DIR/logs/"
 
 
 class ConfigError(UserInputError):
     """A coordinator or lab directory is missing, incomplete or inconsistent."""
 
     exit_code = 13
-    hint = "create it with `fedarches-server init` (coordinator) or `fedarches-server add-lab` (lab)"
+    hint = "create the coordinator directory again, or ask the atlas maintainers for the lab's export again"
 
 
 class OutputPathError(UserInputError):
@@ -158,7 +158,7 @@ class LedgerAnchorError(UserInputError):
     exit_code = 35
     hint = (
         "pass the report.json the coordinator wrote for a round this lab took part in "
-        "(COORD_DIR/rounds/ROUND/report.json), or a receipt from `fedarches-client ledger --receipt`"
+        "(COORD_DIR/rounds/ROUND/report.json), or a receipt this lab's ledger wrote earlier"
     )
 
 
@@ -168,7 +168,7 @@ class BundleSchemaError(BundleError):
     exit_code = 23
     hint = (
         "the bundle was written by an incompatible or faulty fedarches: ask the atlas maintainers to "
-        "rebuild it with `fedarches-server build-reference` and the same fedarches version as the labs"
+        "rebuild the reference bundle with the same fedarches version as the labs"
     )
 
 

@@ -97,7 +97,7 @@ def label_transfer_metrics(
 
 
 def annotated_calls(adata: AnnData, truth_key: str = "cell_type") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(truth, predicted, confidence)`` of an AnnData that :func:`~fedarches.client.mapping.map_query` annotated."""
+    """``(truth, predicted, confidence)`` of an AnnData that the lab's mapping annotated."""
     obs = adata.obs
     return (
         obs[truth_key].astype(str).to_numpy(),

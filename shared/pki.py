@@ -27,6 +27,7 @@ from fedarches.shared.crypto import read_key_file
 from fedarches.shared.errors import CryptoError
 
 _CURVE = ec.SECP384R1()
+_NODE_PUBLIC_KEY_HINT = "pass the public key (supernode.pub) of the lab's node key pair"
 CA_DAYS = 3650
 SERVER_DAYS = 825
 
@@ -140,15 +141,15 @@ def create_node_keys(private_path: Path, public_path: Path) -> str:
 
 def load_node_public_key(path: Path) -> bytes:
     """Read and check a SuperNode public key (OpenSSH line, EC on a NIST curve); return its line."""
-    data = read_key_file(Path(path), "public", hint="pass the .pub file written by `fedarches-client keygen`").strip()
+    data = read_key_file(Path(path), "public", hint=_NODE_PUBLIC_KEY_HINT).strip()
     try:
         key = serialization.load_ssh_public_key(data)
     except (ValueError, TypeError) as err:
         msg = f"{path} is not an OpenSSH public key"
-        raise CryptoError(msg, hint="pass the .pub file written by `fedarches-client keygen`") from err
+        raise CryptoError(msg, hint=_NODE_PUBLIC_KEY_HINT) from err
     if not isinstance(key, ec.EllipticCurvePublicKey):
         msg = f"{path} holds a {type(key).__name__}; Flower node authentication needs an EC key (NIST curve)"
-        raise CryptoError(msg, hint="create one with `fedarches-client keygen`")
+        raise CryptoError(msg, hint="pass the supernode.pub of a node key pair that fedarches made (an EC key)")
     return data
 
 

@@ -1,8 +1,8 @@
 """A lab's privacy policy: what may leave the lab, and under which guarantee.
 
 The policy lives in ``LAB_DIR/policy.toml``; every key is optional and the defaults are the safe
-choice. The client enforces it on every release (see :mod:`fedarches.client.release`); an unknown
-key or a bad value is refused, never ignored, so a typo cannot weaken the policy silently:
+choice. The lab enforces it on every release it makes; an unknown key or a bad value is refused,
+never ignored, so a typo cannot weaken the policy silently:
 
 - types are strict: ``true`` is not a count, ``"1"`` is not a number (an integer is fine where a
   number is expected: ``epsilon = 1``); ``inf`` and ``nan`` are refused everywhere;
@@ -52,6 +52,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedarches.shared.errors import ConfigError, PrivacyError
+from fedarches.shared.labels import DEFAULT_MIN_COUNT
 from fedarches.shared.paths import kind_of_mode
 
 POLICY_FILE_NAME = "policy.toml"
@@ -75,7 +76,7 @@ class _Section(BaseModel):
 class ReleasePolicy(_Section):
     """Which label statistics leave, and how small a count may be."""
 
-    min_count: int = Field(11, ge=1, le=_MAX_INT, description="k: counts below it are never released")
+    min_count: int = Field(DEFAULT_MIN_COUNT, ge=1, le=_MAX_INT, description="k: counts below it are never released")
     composition: Literal["plain", "secure-sum", "none"] = Field(
         "secure-sum", description="per-lab composition in the clear, only inside a secure sum, or not at all"
     )
@@ -177,7 +178,7 @@ class PrivacyPolicy(_Section):
             problems = "; ".join(_problem(e) for e in err.errors())
             msg = f"{source} is refused: {problems}"
             raise ConfigError(
-                msg, hint="`fedarches-client policy show --defaults` prints every key with its default"
+                msg, hint="correct or remove the keys named; every key is optional, and its default is the safe choice"
             ) from err
 
     @classmethod
@@ -196,6 +197,7 @@ class PrivacyPolicy(_Section):
         return cls.from_toml(_read_policy_text(path), source=str(path))
 
     def to_toml_dict(self) -> dict[str, Any]:
+        """The policy as a dict of TOML tables, every key included."""
         return self.model_dump()
 
     def overrides(self) -> dict[str, Any]:
@@ -235,10 +237,7 @@ class PrivacyPolicy(_Section):
         return {"composition": composition, "differential privacy": dp, "adapters": adapters}
 
 
-_HINT_FILE = (
-    "make LAB_DIR/policy.toml a UTF-8 TOML file (`fedarches-client policy init` writes one with every key), "
-    "or remove it to use the defaults"
-)
+_HINT_FILE = "make LAB_DIR/policy.toml a UTF-8 TOML file, or remove it to use the defaults"
 
 
 def _read_policy_text(path: Path) -> str:

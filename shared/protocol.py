@@ -1,55 +1,45 @@
-"""What travels between coordinator and labs, as Flower records, and what a lab may send.
+"""The messages between the coordinator and the labs: one typed definition each, with its records.
 
-Coordinator → lab
-    ``train.map`` message (:data:`MAP`): ``ConfigRecord`` :data:`ROUND` (bundle id, training options) and, only
-    when the coordinator has no record of the lab holding that bundle, ``ArrayRecord``
-    :data:`BUNDLE` (each bundle file as uint8). A bundle travels once, not every round; a lab
-    that lost its copy answers with error code ``LAB_ERROR_CODE_BASE + 20`` and gets it again.
+Coordinator → lab, message type :data:`MAP` (``train.map``)
+    :class:`MapRequest` (the round's settings, record :data:`ROUND`) and, only when the coordinator
+    has no record of the lab holding the bundle, :class:`BundleTransfer` (record :data:`BUNDLE`). A
+    lab that lost its copy answers with error code ``LAB_ERROR_CODE_BASE + 20`` and gets it again.
 
-    ``train`` messages (:data:`SECURE_SUM`): Flower's SecAgg+ protocol, four stages, adding up the
-    labs' label-count vectors (see :mod:`fedarches.server.secure_sum`).
+Lab → coordinator, reply to :data:`MAP`
+    :class:`MapReply`: :class:`LabInfo` (record :data:`LAB`), timings (:data:`TIMINGS`), the adapter
+    (:data:`ADAPTER` and :data:`ADAPTER_META`) unless the lab's policy keeps it in, and label
+    statistics (:data:`LABEL_STATS`) exactly when the lab releases composition as
+    :attr:`Composition.PLAIN`.
 
-Lab → coordinator (the egress allow-list, :data:`ALLOWED_REPLIES`)
-    ``train.map`` reply: ``ArrayRecord`` :data:`ADAPTER` (float tensors of the new batch columns)
-    and ``ConfigRecord`` :data:`ADAPTER_META` (where each slice sits), unless the lab's policy
-    keeps adapters in; ``ConfigRecord`` :data:`LABEL_STATS` (suppressed, optionally noised label
-    statistics, JSON) only when the lab's policy releases per-lab composition; ``ConfigRecord``
-    :data:`LAB` (name, version, epochs trained, how it releases composition) and ``MetricRecord``
-    :data:`TIMINGS` (seconds).
-    ``train`` replies: SecAgg+ keys, encrypted shares and the masked count vector (bytes, in
-    the ``secaggplus_configs`` record), plus Flower's empty legacy fit-result records.
+Secure sum, message type :data:`SECURE_SUM` (``train``)
+    Flower's SecAgg+ protocol in four stages adds up the labs' label-count vectors.
+    :class:`SecureSumRequest` is what the coordinator asks for (round, type order);
+    :data:`SECURE_SUM_REPLY_RECORDS` what a lab's stage replies may hold.
 
-:func:`check_egress` enforces the allow-list on every message a lab sends.
+The egress allow-list (:data:`ALLOWED_REPLIES`, enforced on every message a lab sends by
+:func:`check_egress`) and the coordinator's decoding (:meth:`MapReply.from_plain`) both derive from
+these definitions: a new field of a reply is a change to its definition here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-from flwr.common.constant import SType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from fedarches.shared._constants import MAX_BUNDLE_BYTES, MAX_BUNDLE_ENTRIES, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES
-from fedarches.shared._json import strict_loads
 from fedarches.shared.adapters import Adapter
 from fedarches.shared.bundle_files import check_file_names
-from fedarches.shared.errors import (
-    AdapterError,
-    BundleIntegrityError,
-    BundleSizeError,
-    PrivacyError,
-    ProtocolError,
-)
+from fedarches.shared.errors import AdapterError, BundleIntegrityError, BundleSizeError, PrivacyError, ProtocolError
 from fedarches.shared.labels import LabelStatistics
+from fedarches.shared.wire import PlainContent, RecordRule, check_content, check_records, decode_array, peer_json, shown
 
 MAP = "train.map"
 SECURE_SUM = "train"  # Flower's SecAgg+ workflow sends plain ``train`` messages
@@ -63,150 +53,306 @@ ADAPTER_META = "fedarches.adapter-meta"
 LABEL_STATS = "fedarches.label-stats"
 LAB = "fedarches.lab"
 TIMINGS = "fedarches.timings"
-
-ROUND_KEYS = ("round-id", "bundle-id", "max-epochs", "seed", "confidence-threshold", "min-count", "max-adapter-bytes")
-
-
-@dataclass(frozen=True)
-class RecordRule:
-    """One record a lab may send: its kind and the keys it may hold (None: any float tensors)."""
-
-    kind: str
-    keys: frozenset[str] | None
-    allow_bytes: bool = False
-
-
 SECAGG_RECORD = RECORD_KEY_CONFIGS  # "secaggplus_configs"
-_SECAGG_REPLY_KEYS = frozenset({"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"})
 
-ALLOWED_REPLIES: dict[str, dict[str, RecordRule]] = {
-    MAP: {
-        ADAPTER: RecordRule("array", None),
-        ADAPTER_META: RecordRule("config", frozenset({"format", "bundle-id", "batch-categories", "slices"})),
-        LABEL_STATS: RecordRule("config", frozenset({"json"})),
-        LAB: RecordRule(
-            "config",
-            frozenset({"lab-name", "fedarches-version", "n-epochs", "composition", "ledger-seq", "ledger-head"}),
-        ),
-        TIMINGS: RecordRule(
-            "metric",
-            frozenset({"validate_s", "surgery_setup_s", "train_s", "predict_s", "total_s", "receive_bundle_s"}),
-        ),
-    },
-    SECURE_SUM: {
-        SECAGG_RECORD: RecordRule("config", _SECAGG_REPLY_KEYS, allow_bytes=True),
-        "fitres.parameters": RecordRule("array", frozenset()),
-        "fitres.metrics": RecordRule("config", frozenset()),
-        "fitres.num_examples": RecordRule("metric", frozenset({"num_examples"})),
-        "fitres.status": RecordRule("config", frozenset({"code", "message"})),
-    },
-}
-_KINDS = {"array": ArrayRecord, "config": ConfigRecord, "metric": MetricRecord}
-
-
-def bundle_to_record(files: Mapping[str, bytes]) -> ArrayRecord:
-    """A bundle's files (manifest and signature included, see ``ReferenceBundle.verified_files``) as uint8 arrays."""
-    return ArrayRecord(array_dict={name: Array(np.frombuffer(data, dtype=np.uint8)) for name, data in files.items()})
-
-
-def record_to_files(record: ArrayRecord, *, max_bytes: int = MAX_BUNDLE_BYTES) -> dict[str, bytes]:
-    """Inverse of :func:`bundle_to_record`: file name → bytes (not yet verified; see ``LabDir.store_bundle``).
-
-    The names must follow the bundle's rules (:func:`~fedarches.shared.bundle.check_file_names`;
-    ``manifest.json`` and ``manifest.sig`` travel too), each file must be a 1-D ``uint8`` array, and
-    all of them at most ``max_bytes`` plus the manifest and signature. Raises only
-    :class:`~fedarches.shared.errors.FedarchesError`: :class:`BundlePathError`,
-    :class:`BundleSizeError` or :class:`BundleIntegrityError`.
-    """
-    names = check_file_names(record.keys(), allow_manifest=True)
-    if len(names) > MAX_BUNDLE_ENTRIES:
-        msg = f"the bundle sent holds {len(names)} files; a bundle holds a handful"
-        raise BundleSizeError(msg, hint=_BAD_BUNDLE_HINT)
-    limit = max_bytes + MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES
-    total = sum(len(record[name].data) for name in names)
-    if total > limit:
-        msg = f"the bundle sent holds {total} bytes, over the limit of {limit}"
-        raise BundleSizeError(msg, hint=_BAD_BUNDLE_HINT)
-    files = {}
-    for name in names:
-        try:
-            values = decode_array(record[name])
-        except (TypeError, ValueError, EOFError, OSError) as err:
-            msg = f"bundle file {name} cannot be decoded ({str(err)[:200]})"
-            raise BundleIntegrityError(msg, hint=_BAD_BUNDLE_HINT) from None
-        if values.dtype != np.uint8 or values.ndim != 1:
-            msg = f"bundle file {name} arrived as a {values.dtype} array of shape {values.shape}, not bytes"
-            raise BundleIntegrityError(msg, hint=_BAD_BUNDLE_HINT)
-        files[name] = values.tobytes()
-    return files
-
-
+MAX_VERSION_CHARS = 64
+MAX_EPOCHS = 1_000_000
+MAX_LEDGER_SEQ = 2**63 - 1
+_ROUND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_BUNDLE_ID = re.compile(r"^[0-9a-f]{16}$")
+_LEDGER_HEAD = re.compile(r"[0-9a-f]{64}")
 _BAD_BUNDLE_HINT = "the coordinator sent a malformed bundle and nothing was stored; tell the atlas maintainers"
 
 
-def adapter_to_records(adapter: Adapter) -> dict[str, ArrayRecord | ConfigRecord]:
-    """The adapter as an ArrayRecord of tensors plus a ConfigRecord saying where each slice sits."""
-    arrays, meta = adapter.to_arrays()
-    return {
-        ADAPTER: ArrayRecord(array_dict={name: Array(np.ascontiguousarray(v)) for name, v in arrays.items()}),
-        ADAPTER_META: ConfigRecord(
-            {
-                "format": meta["format"],
-                "bundle-id": meta["bundle_id"],
-                "batch-categories": list(meta["batch_categories"]),
-                "slices": json.dumps(meta["slices"], sort_keys=True),
-            }
-        ),
+class Composition(StrEnum):
+    """How a lab's policy releases the composition of its cells."""
+
+    PLAIN = "plain"  # per-lab label statistics, suppressed below k
+    SECURE_SUM = "secure-sum"  # only inside a SecAgg+ sum over labs
+    NONE = "none"  # not at all
+
+
+def _wire(name: str) -> str:
+    """A field's key on the wire: ``round_id`` → ``round-id``."""
+    return name.replace("_", "-")
+
+
+# --- coordinator → lab --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MapRequest:
+    """The round's settings, as the coordinator sends them and a lab reads them (record :data:`ROUND`).
+
+    Attributes
+    ----------
+    round_id, bundle_id
+        The round, and the bundle to map against.
+    max_epochs
+        Surgery epochs; 0 lets each lab choose from its query's size.
+    seed
+        Seed of every lab's surgery.
+    confidence_threshold
+        Cells below it are flagged low-confidence.
+    min_count
+        The smallest k the coordinator accepts in label statistics. The lab's own policy decides
+        what it releases; a lab whose k is smaller refuses before mapping.
+    max_adapter_bytes
+        The largest adapter the coordinator accepts.
+    """
+
+    round_id: str
+    bundle_id: str
+    max_epochs: int
+    seed: int
+    confidence_threshold: float
+    min_count: int
+    max_adapter_bytes: int
+
+    def to_record(self) -> ConfigRecord:
+        """The settings as a :class:`~flwr.app.ConfigRecord`, checked as a lab will check them."""
+        record = ConfigRecord({_wire(f.name): getattr(self, f.name) for f in fields(self)})
+        MapRequest.from_record(record)  # a coordinator never sends what a lab would refuse
+        return record
+
+    @classmethod
+    def from_record(cls, record: Any) -> MapRequest:
+        """Parse :data:`ROUND`; raise :class:`ProtocolError` naming the first bad field (never anything else)."""
+        if not isinstance(record, Mapping):
+            msg = f"the round message has no {ROUND!r} record"
+            raise ProtocolError(msg)
+        try:
+            values = dict(record)
+            return cls(**{f.name: _ROUND_CHECKS[f.name](values, _wire(f.name)) for f in fields(cls)})
+        except ProtocolError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a hostile record must become a ProtocolError, whatever it holds
+            msg = f"the round settings are malformed ({type(err).__name__})"
+            raise ProtocolError(msg) from None
+
+
+ROUND_KEYS = tuple(_wire(f.name) for f in fields(MapRequest))
+
+
+@dataclass(frozen=True)
+class BundleTransfer:
+    """A signed bundle's files (manifest and signature included) travelling as uint8 arrays (:data:`BUNDLE`)."""
+
+    files: Mapping[str, bytes]
+
+    def to_record(self) -> ArrayRecord:
+        """The files as an :class:`~flwr.app.ArrayRecord` of 1-D ``uint8`` arrays."""
+        return ArrayRecord(
+            array_dict={name: Array(np.frombuffer(data, dtype=np.uint8)) for name, data in self.files.items()}
+        )
+
+    @classmethod
+    def from_record(cls, record: ArrayRecord, *, max_bytes: int = MAX_BUNDLE_BYTES) -> BundleTransfer:
+        """Read the files (not yet verified; the lab's bundle store verifies them before keeping any).
+
+        The names must follow the bundle's rules (:func:`~fedarches.shared.bundle_files.check_file_names`),
+        each file must be a 1-D ``uint8`` array, and all of them at most ``max_bytes`` plus the
+        manifest and signature. Raises only :class:`BundlePathError`, :class:`BundleSizeError` or
+        :class:`BundleIntegrityError`.
+        """
+        names = check_file_names(record.keys(), allow_manifest=True)
+        if len(names) > MAX_BUNDLE_ENTRIES:
+            msg = f"the bundle sent holds {len(names)} files; a bundle holds a handful"
+            raise BundleSizeError(msg, hint=_BAD_BUNDLE_HINT)
+        limit = max_bytes + MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES
+        total = sum(len(record[name].data) for name in names)
+        if total > limit:
+            msg = f"the bundle sent holds {total} bytes, over the limit of {limit}"
+            raise BundleSizeError(msg, hint=_BAD_BUNDLE_HINT)
+        files = {}
+        for name in names:
+            try:
+                values = decode_array(record[name])
+            except (TypeError, ValueError, EOFError, OSError) as err:
+                msg = f"bundle file {name} cannot be decoded ({str(err)[:200]})"
+                raise BundleIntegrityError(msg, hint=_BAD_BUNDLE_HINT) from None
+            if values.dtype != np.uint8 or values.ndim != 1:
+                msg = f"bundle file {name} arrived as a {values.dtype} array of shape {values.shape}, not bytes"
+                raise BundleIntegrityError(msg, hint=_BAD_BUNDLE_HINT)
+            files[name] = values.tobytes()
+        return cls(files)
+
+
+# --- lab → coordinator --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    """Who replies and how (record :data:`LAB`); the ledger anchor is optional."""
+
+    lab_name: str
+    fedarches_version: str
+    n_epochs: int
+    composition: Composition
+    ledger_seq: int | None = None  # the lab's newest ledger entry: an anchor kept outside the lab
+    ledger_head: str = ""  # that entry's hash
+
+    def to_record(self) -> ConfigRecord:
+        """The record, without the ledger fields when there is no anchor."""
+        values = {_wire(f.name): getattr(self, f.name) for f in fields(self)}
+        values["composition"] = str(self.composition)
+        return ConfigRecord({k: v for k, v in values.items() if v is not None and v != ""})
+
+    @classmethod
+    def from_values(cls, info: Mapping[str, Any]) -> LabInfo:
+        """Parse the record's values; raise :class:`ProtocolError` naming the first bad one."""
+        missing = [_wire(f.name) for f in fields(cls) if f.name in _LAB_REQUIRED and _wire(f.name) not in info]
+        if missing:
+            msg = f"record {LAB} lacks {missing}"
+            raise ProtocolError(msg)
+        name = info["lab-name"]
+        if not isinstance(name, str) or not name:
+            msg = f"lab-name {shown(name)} is not a non-empty string"
+            raise ProtocolError(msg)
+        composition = info["composition"]
+        if composition not in tuple(Composition):
+            msg = f"composition {shown(composition)} is not one of {[str(c) for c in Composition]}"
+            raise ProtocolError(msg)
+        head = info.get("ledger-head", "")
+        if "ledger-head" in info and (not isinstance(head, str) or not _LEDGER_HEAD.fullmatch(head)):
+            msg = f"ledger-head {shown(head)} is not 64 lowercase hexadecimal characters"
+            raise ProtocolError(msg)
+        seq = info.get("ledger-seq")
+        return cls(
+            lab_name=name,
+            fedarches_version=_short_text(info["fedarches-version"], "fedarches-version", MAX_VERSION_CHARS),
+            n_epochs=_bounded_int(info["n-epochs"], "n-epochs", 0, MAX_EPOCHS),
+            composition=Composition(composition),
+            ledger_seq=None if seq is None else _bounded_int(seq, "ledger-seq", 1, MAX_LEDGER_SEQ),
+            ledger_head=head,
+        )
+
+
+_LAB_REQUIRED = ("lab_name", "fedarches_version", "n_epochs", "composition")
+TIMING_KEYS = ("validate_s", "surgery_setup_s", "train_s", "predict_s", "total_s", "receive_bundle_s")
+ADAPTER_META_KEYS = ("format", "bundle-id", "batch-categories", "slices")
+
+
+@dataclass(frozen=True)
+class MapReply:
+    """What a lab sends after mapping: who it is, its timings, and what its policy released.
+
+    Attributes
+    ----------
+    lab
+        Name, version, epochs trained, how composition is released, ledger anchor.
+    timings
+        Seconds per phase (:data:`TIMING_KEYS`).
+    adapter
+        The new batch columns surgery trained; None when the policy keeps adapters in.
+    label_statistics
+        Suppressed (optionally noised) label statistics; present exactly when
+        ``lab.composition`` is :attr:`Composition.PLAIN`.
+    """
+
+    lab: LabInfo
+    timings: Mapping[str, float]
+    adapter: Adapter | None = None
+    label_statistics: LabelStatistics | None = None
+
+    RECORDS: ClassVar[dict[str, RecordRule]] = {
+        LAB: RecordRule("config", frozenset(_wire(f.name) for f in fields(LabInfo))),
+        TIMINGS: RecordRule("metric", frozenset(TIMING_KEYS)),
+        ADAPTER: RecordRule("array", None),
+        ADAPTER_META: RecordRule("config", frozenset(ADAPTER_META_KEYS)),
+        LABEL_STATS: RecordRule("config", frozenset({"json"})),
     }
 
+    def to_content(self) -> RecordDict:
+        """The reply's records."""
+        content = RecordDict({LAB: self.lab.to_record(), TIMINGS: MetricRecord(dict(self.timings))})
+        if self.adapter is not None:
+            arrays, meta = self.adapter.to_arrays()
+            content[ADAPTER] = ArrayRecord(
+                array_dict={name: Array(np.ascontiguousarray(v)) for name, v in arrays.items()}
+            )
+            content[ADAPTER_META] = ConfigRecord(
+                {
+                    "format": meta["format"],
+                    "bundle-id": meta["bundle_id"],
+                    "batch-categories": list(meta["batch_categories"]),
+                    "slices": json.dumps(meta["slices"], sort_keys=True),
+                }
+            )
+        if self.label_statistics is not None:
+            content[LABEL_STATS] = ConfigRecord({"json": json.dumps(self.label_statistics.to_dict(), sort_keys=True)})
+        return content
 
-MAX_META_CHARS = 1_000_000  # the adapter's slices and the label statistics travel as JSON text of at most this
+    @classmethod
+    def from_plain(cls, reply: PlainContent) -> MapReply:
+        """Decode a reply in plain form: only its records, each well formed.
+
+        What it means for a round (the lab's name against the registry, the adapter against the
+        bundle, the label statistics' k against the round's) is the coordinator's to judge.
+
+        Raises
+        ------
+        ProtocolError
+            A record that is not the reply's, of the wrong kind, with unknown keys or bad values.
+        AdapterError
+            An adapter or label statistics that do not decode.
+        PrivacyError
+            Label statistics that release a count below their own k.
+        """
+        check_records(reply, cls.RECORDS)
+        if LAB not in reply.configs:
+            msg = f"reply carries no {LAB} record"
+            raise ProtocolError(msg)
+        lab = LabInfo.from_values(reply.configs[LAB])
+        has_arrays, has_meta = ADAPTER in reply.arrays, ADAPTER_META in reply.configs
+        if has_arrays != has_meta:
+            msg = f"reply carries {ADAPTER if has_arrays else ADAPTER_META} without its counterpart"
+            raise ProtocolError(msg)
+        adapter = _adapter(reply.arrays[ADAPTER], reply.configs[ADAPTER_META]) if has_arrays else None
+        stats = None
+        if lab.composition == Composition.PLAIN:
+            if LABEL_STATS not in reply.configs:
+                msg = "lab releases composition as 'plain' but sent no label statistics"
+                raise ProtocolError(msg)
+            stats = decode_label_statistics(reply.configs[LABEL_STATS])
+        elif LABEL_STATS in reply.configs:
+            msg = f"lab says it releases composition as {str(lab.composition)!r} but sent per-lab statistics"
+            raise ProtocolError(msg)
+        return cls(lab, _timings(reply.metrics.get(TIMINGS, {})), adapter, stats)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe summary for a report: adapter shapes (no values), statistics, timings, lab info."""
+        return {
+            "n_epochs": self.lab.n_epochs,
+            "composition": str(self.lab.composition),
+            "ledger_head": self.lab.ledger_head,
+            "ledger_seq": self.lab.ledger_seq,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "adapter": None
+            if self.adapter is None
+            else {
+                "batches": list(self.adapter.batch_categories),
+                "tensors": self.adapter.describe(),
+                "bytes": self.adapter.nbytes,
+            },
+            "label_statistics": None if self.label_statistics is None else self.label_statistics.to_dict(),
+        }
 
 
-def decode_array(array: Array) -> np.ndarray:
-    """An :class:`~flwr.app.Array`'s values; raise :class:`ValueError` unless it is a plain ``.npy`` of its size.
-
-    The ``.npy`` header is read first and must describe exactly the bytes that follow, so a header
-    claiming a huge shape allocates nothing; object arrays (pickles) are never loaded.
-    """
-    if array.stype != SType.NUMPY:
-        msg = f"array is serialized as {str(array.stype)[:40]!r}, not numpy.ndarray"
-        raise ValueError(msg)
-    data = bytes(array.data)
-    buffer = io.BytesIO(data)
-    version = np.lib.format.read_magic(buffer)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(buffer)
-    elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(buffer)
-    else:
-        msg = f".npy format version {version} is not accepted"
-        raise ValueError(msg)
-    if dtype.hasobject:
-        msg = "array holds Python objects"
-        raise ValueError(msg)
-    size = math.prod(shape) * dtype.itemsize
-    if size != len(data) - buffer.tell():
-        msg = f"array header describes {size} bytes, but {len(data) - buffer.tell()} follow"
-        raise ValueError(msg)
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
-def adapter_from_fields(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Adapter:
-    """Rebuild an :class:`Adapter` from its tensors and the plain values of its :data:`ADAPTER_META` record.
-
-    Raise :class:`AdapterError` when the metadata is malformed (missing or extra fields, slices
-    that are not strict JSON, batch categories that are not a list of strings).
-    """
-    if not isinstance(meta, Mapping):
-        msg = f"adapter metadata must be a record, got {type(meta).__name__}"
+def _adapter(arrays: Any, meta: Any) -> Adapter:
+    """An :class:`Adapter` from its tensors and the plain values of its :data:`ADAPTER_META` record."""
+    if not isinstance(arrays, Mapping):
+        msg = f"adapter tensors are a {type(arrays).__name__}, not a record"
         raise AdapterError(msg)
-    fields = {"format", "bundle-id", "batch-categories", "slices"}
-    if set(meta) != fields:
-        msg = f"adapter metadata must hold exactly {sorted(fields)}, got {sorted(map(str, meta))[:10]}"
+    not_arrays = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+    if not_arrays:
+        msg = f"adapter tensor {shown(not_arrays[0])} is not an array"
+        raise AdapterError(msg)
+    if not isinstance(meta, Mapping) or set(meta) != set(ADAPTER_META_KEYS):
+        msg = f"adapter metadata must hold exactly {sorted(ADAPTER_META_KEYS)}"
         raise AdapterError(msg)
     try:
-        slices = _strict_json(meta["slices"], "adapter slices")
+        slices = peer_json(meta["slices"], "adapter slices")
     except ValueError as err:
         msg = f"adapter metadata is malformed ({err})"
         raise AdapterError(msg) from err
@@ -221,208 +367,100 @@ def adapter_from_fields(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any
     )
 
 
-def adapter_from_records(content: RecordDict) -> Adapter:
-    """Rebuild an :class:`Adapter` from a lab's reply; raise :class:`AdapterError` when malformed."""
-    if ADAPTER not in content.array_records or ADAPTER_META not in content.config_records:
-        msg = "reply carries no adapter"
-        raise AdapterError(msg)
-    try:
-        arrays = {name: decode_array(array) for name, array in content.array_records[ADAPTER].items()}
-    except (TypeError, ValueError) as err:
-        msg = f"adapter tensors cannot be decoded ({err})"
-        raise AdapterError(msg) from err
-    return adapter_from_fields(arrays, dict(content.config_records[ADAPTER_META]))
+def decode_label_statistics(record: Mapping[str, Any]) -> LabelStatistics:
+    """Parse the :data:`LABEL_STATS` record's values, and check that no released count is below its own k.
 
-
-def label_stats_to_record(stats: LabelStatistics) -> ConfigRecord:
-    """Label statistics as a one-field ConfigRecord (JSON; suppressed values are the string ``suppressed``)."""
-    return ConfigRecord({"json": json.dumps(stats.to_dict(), sort_keys=True)})
-
-
-def label_stats_from_record(record: Mapping[str, Any], *, min_count: int) -> LabelStatistics:
-    """Parse and check label statistics: every released count must be at least ``min_count``.
-
-    ``record`` is the :data:`LABEL_STATS` config record (or a dict of its values). Raise
-    :class:`AdapterError` when it is malformed, :class:`PrivacyError` when it releases too much.
+    Raise :class:`AdapterError` when it is malformed, :class:`PrivacyError` when a count is below k.
     """
     try:
-        if set(record) != {"json"}:
-            msg = f"the record must hold exactly 'json', got {sorted(map(str, record))[:10]}"
+        if not isinstance(record, Mapping) or set(record) != {"json"}:
+            msg = "the record must hold exactly 'json'"
             raise ValueError(msg)
-        stats = LabelStatistics.from_dict(_strict_json(record["json"], "label statistics"))
+        stats = LabelStatistics.from_dict(peer_json(record["json"], "label statistics"))
     except (TypeError, ValueError) as err:
         msg = f"label statistics are malformed ({err})"
         raise AdapterError(msg, hint="the lab runs an incompatible fedarches version") from err
-    if stats.min_count < min_count:
-        msg = f"label statistics were suppressed below k={stats.min_count}, the round requires k>={min_count}"
-        raise PrivacyError(msg, hint="the lab must map again with --min-count at least the round's")
-    k = stats.min_count  # at least the round's: a count between the two would belie the lab's own k
     for t in stats.types:
         for value in (t.n_cells, t.n_low_confidence):
-            if value is not None and value < k:
-                msg = f"label statistics release a count of {value} for {t.cell_type[:60]!r}, below k={k}"
+            if value is not None and value < stats.min_count:
+                msg = f"label statistics release {value} for {t.cell_type[:60]!r}, a count below k={stats.min_count}"
                 raise PrivacyError(msg)
     return stats
 
 
-def _strict_json(text: Any, what: str) -> Any:
-    """Parse JSON text from a peer (:func:`~fedarches.shared._json.strict_loads`, at most :data:`MAX_META_CHARS`)."""
-    if not isinstance(text, str):
-        msg = f"{what} must be JSON text, got {type(text).__name__}"
-        raise ValueError(msg)
-    return strict_loads(text, what, max_chars=MAX_META_CHARS)
-
-
-def describe_content(content: RecordDict) -> dict[str, Any]:
-    """A JSON-safe description of a message's content: record kinds, array shapes, bytes and sha256, config values."""
-    out: dict[str, Any] = {}
-    for name, record in content.items():
-        if isinstance(record, ArrayRecord):
-            arrays = {k: a.numpy() for k, a in record.items()}
-            out[name] = {
-                "kind": "array",
-                "arrays": {
-                    k: {
-                        "shape": list(v.shape),
-                        "dtype": str(v.dtype),
-                        "bytes": int(v.nbytes),
-                        "sha256": hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest(),
-                    }
-                    for k, v in arrays.items()
-                },
-                "bytes": int(sum(v.nbytes for v in arrays.values())),
-            }
-        elif isinstance(record, MetricRecord):
-            out[name] = {"kind": "metric", "values": dict(record)}
-        else:
-            out[name] = {"kind": "config", "values": {k: _jsonable(v) for k, v in record.items()}}
+def _timings(record: Any) -> dict[str, float]:
+    if not isinstance(record, Mapping):
+        msg = f"timings are a {type(record).__name__}, not a record"
+        raise ProtocolError(msg)
+    out = {}
+    for key, value in record.items():
+        if type(value) not in (int, float) or not np.isfinite(value) or value < 0:
+            msg = f"timing {shown(key)} is {shown(value)}, not a finite, non-negative number of seconds"
+            raise ProtocolError(msg)
+        out[str(key)] = float(value)
     return out
 
 
-def check_egress(message_type: str, content: RecordDict, *, max_array_bytes: int) -> None:
-    """Raise :class:`PrivacyError` unless ``content`` holds only what the allow-list permits.
+# --- the secure sum -----------------------------------------------------------------------------------
 
-    Every record must be allow-listed for ``message_type`` with its kind and keys; arrays must be
-    floating point and hold at most ``max_array_bytes`` in all; config values must be scalars or
-    lists of scalars (no bytes).
-    """
+
+@dataclass(frozen=True)
+class SecureSumRequest:
+    """What the coordinator asks a secure sum for: the round and the order of the cell types summed."""
+
+    round_id: str
+    categories: tuple[str, ...]
+
+    def to_config(self) -> dict[str, str]:
+        """The settings as the config of SecAgg+'s ``train`` messages."""
+        return {"round-id": self.round_id, "categories": json.dumps(list(self.categories))}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SecureSumRequest:
+        """Parse the settings; :class:`ProtocolError` unless the types are distinct non-empty strings.
+
+        A repeated type would count the same cells twice.
+        """
+        round_id = _text(config, "round-id", pattern=_ROUND_ID)
+        raw = _field(config, "categories")
+        try:
+            categories = peer_json(raw, "the secure sum's categories")
+        except ValueError:
+            categories = None
+        if (
+            not isinstance(categories, list)
+            or not 0 < len(categories) <= 100_000
+            or not all(isinstance(c, str) and 0 < len(c) <= 1_000 for c in categories)
+            or len(set(categories)) != len(categories)
+        ):
+            msg = "the secure sum's 'categories' is not a JSON list of distinct cell-type names"
+            raise ProtocolError(msg)
+        return cls(round_id, tuple(categories))
+
+
+SECURE_SUM_REPLY_RECORDS: dict[str, RecordRule] = {  # Flower's SecAgg+ stages and legacy fit-result records
+    SECAGG_RECORD: RecordRule(
+        "config", frozenset({"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"}), allow_bytes=True
+    ),
+    "fitres.parameters": RecordRule("array", frozenset()),
+    "fitres.metrics": RecordRule("config", frozenset()),
+    "fitres.num_examples": RecordRule("metric", frozenset({"num_examples"})),
+    "fitres.status": RecordRule("config", frozenset({"code", "message"})),
+}
+
+ALLOWED_REPLIES: dict[str, dict[str, RecordRule]] = {MAP: MapReply.RECORDS, SECURE_SUM: SECURE_SUM_REPLY_RECORDS}
+
+
+def check_egress(message_type: str, content: RecordDict, *, max_array_bytes: int) -> None:
+    """Raise :class:`PrivacyError` unless ``content`` holds only what :data:`ALLOWED_REPLIES` permits."""
     rules = ALLOWED_REPLIES.get(message_type)
     if rules is None:
         msg = f"a lab never answers {message_type!r} messages"
         raise PrivacyError(msg)
-    total = 0
-    for name, record in content.items():
-        rule = rules.get(name)
-        if rule is None:
-            msg = f"record {name!r} is not on the egress allow-list for {message_type!r} replies"
-            raise PrivacyError(msg)
-        if not isinstance(record, _KINDS[rule.kind]):
-            msg = f"record {name!r} must be a {rule.kind} record"
-            raise PrivacyError(msg)
-        if rule.keys is not None:
-            extra = set(record) - rule.keys
-            if extra:
-                msg = f"record {name!r} carries keys outside the allow-list: {sorted(extra)}"
-                raise PrivacyError(msg)
-        if isinstance(record, ArrayRecord):
-            for key, array in record.items():
-                values = array.numpy()
-                if not np.issubdtype(values.dtype, np.floating):
-                    msg = f"array {key!r} in {name!r} is {values.dtype}; only float tensors may leave"
-                    raise PrivacyError(msg)
-                total += values.nbytes
-        elif isinstance(record, ConfigRecord):
-            for key, value in record.items():
-                holds_bytes = isinstance(value, bytes) or (
-                    isinstance(value, list) and any(isinstance(v, bytes) for v in value)
-                )
-                if holds_bytes and rule.allow_bytes:
-                    total += len(value) if isinstance(value, bytes) else sum(len(v) for v in value)  # type: ignore[arg-type]
-                elif holds_bytes:
-                    msg = f"config value {name}.{key} holds raw bytes; only text and numbers may leave"
-                    raise PrivacyError(msg)
-    if total > max_array_bytes:
-        msg = f"reply holds {total} bytes of arrays, over the egress limit of {max_array_bytes}"
-        raise PrivacyError(msg)
+    check_content(content, rules, what=repr(message_type), max_array_bytes=max_array_bytes)
 
 
-def round_config(values: Mapping[str, Any]) -> ConfigRecord:
-    """The coordinator's round settings as a ConfigRecord (keys in :data:`ROUND_KEYS`)."""
-    missing = [k for k in ROUND_KEYS if k not in values]
-    if missing:
-        msg = f"round configuration lacks {missing}"
-        raise ValueError(msg)
-    return ConfigRecord({k: values[k] for k in ROUND_KEYS})
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-@dataclass(frozen=True)
-class RoundConfig:
-    """The coordinator's ``train.map`` settings, as a lab reads them (checked: they come over the network)."""
-
-    round_id: str
-    bundle_id: str
-    max_epochs: int
-    seed: int
-    confidence_threshold: float
-    min_count: int
-    max_adapter_bytes: int
-
-    @classmethod
-    def from_record(cls, record: Any) -> RoundConfig:
-        """Parse :data:`ROUND`; raise :class:`ProtocolError` naming the first bad field (never anything else)."""
-        if not isinstance(record, Mapping):
-            msg = f"the round message has no {ROUND!r} record"
-            raise ProtocolError(msg)
-        values = dict(record)
-        try:
-            return cls(
-                round_id=_text(values, "round-id", pattern=_ROUND_ID),
-                bundle_id=_text(values, "bundle-id", pattern=_BUNDLE_ID),
-                max_epochs=_whole(values, "max-epochs", 0, 100_000),
-                seed=_whole(values, "seed", 0, 2**32 - 1),
-                confidence_threshold=_fraction(values, "confidence-threshold"),
-                min_count=_whole(values, "min-count", 1, 1_000_000_000),
-                max_adapter_bytes=_whole(values, "max-adapter-bytes", 1, 1 << 30),
-            )
-        except ProtocolError:
-            raise
-        except Exception as err:  # noqa: BLE001 - a hostile record must become a ProtocolError, whatever it holds
-            msg = f"the round settings are malformed ({type(err).__name__})"
-            raise ProtocolError(msg) from None
-
-
-def secure_sum_settings(config: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """The round id and type order of a secure-sum request; :class:`ProtocolError` unless well formed.
-
-    The types must be distinct non-empty strings: a repeated type would count the same cells twice.
-    """
-    round_id = _text(config, "round-id", pattern=_ROUND_ID)
-    raw = _field(config, "categories")
-    try:
-        categories = _strict_json(raw, "the secure sum's categories")
-    except ValueError:
-        categories = None
-    if (
-        not isinstance(categories, list)
-        or not 0 < len(categories) <= 100_000
-        or not all(isinstance(c, str) and 0 < len(c) <= 1_000 for c in categories)
-        or len(set(categories)) != len(categories)
-    ):
-        msg = "the secure sum's 'categories' is not a JSON list of distinct cell-type names"
-        raise ProtocolError(msg)
-    return round_id, categories
-
-
-_ROUND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_BUNDLE_ID = re.compile(r"^[0-9a-f]{16}$")
+# --- field checks (what arrives is hostile until checked) ---------------------------------------------
 
 
 def _field(values: Mapping[str, Any], key: str) -> Any:
@@ -435,27 +473,50 @@ def _field(values: Mapping[str, Any], key: str) -> Any:
 def _text(values: Mapping[str, Any], key: str, *, pattern: re.Pattern[str]) -> str:
     value = _field(values, key)
     if not isinstance(value, str) or not pattern.match(value):
-        msg = f"round setting {key!r} is {_shown(value)}, which is not a valid {key}"
+        msg = f"round setting {key!r} is {shown(value, 40)}, which is not a valid {key}"
         raise ProtocolError(msg)
     return value
 
 
-def _whole(values: Mapping[str, Any], key: str, low: int, high: int) -> int:
-    value = _field(values, key)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        msg = f"round setting {key!r} is {_shown(value)}; it must be a whole number from {low} to {high}"
-        raise ProtocolError(msg)
-    return value
+def _whole(low: int, high: int) -> Callable[[Mapping[str, Any], str], int]:
+    def check(values: Mapping[str, Any], key: str) -> int:
+        value = _field(values, key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            msg = f"round setting {key!r} is {shown(value, 40)}; it must be a whole number from {low} to {high}"
+            raise ProtocolError(msg)
+        return value
+
+    return check
 
 
 def _fraction(values: Mapping[str, Any], key: str) -> float:
     value = _field(values, key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
-        msg = f"round setting {key!r} is {_shown(value)}; it must be a number from 0 to 1"
+        msg = f"round setting {key!r} is {shown(value, 40)}; it must be a number from 0 to 1"
         raise ProtocolError(msg)
     return float(value)
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+_ROUND_CHECKS: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
+    "round_id": lambda v, k: _text(v, k, pattern=_ROUND_ID),
+    "bundle_id": lambda v, k: _text(v, k, pattern=_BUNDLE_ID),
+    "max_epochs": _whole(0, 100_000),
+    "seed": _whole(0, 2**32 - 1),
+    "confidence_threshold": _fraction,
+    "min_count": _whole(1, 1_000_000_000),
+    "max_adapter_bytes": _whole(1, 1 << 30),
+}
+
+
+def _bounded_int(value: Any, what: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        msg = f"{what} must be an integer from {low} to {high}, got {shown(value)}"
+        raise ProtocolError(msg)
+    return value
+
+
+def _short_text(value: Any, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= limit or not value.isprintable():
+        msg = f"{what} must be a printable string of 1 to {limit} characters, got {shown(value)}"
+        raise ProtocolError(msg)
+    return value

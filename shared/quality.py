@@ -60,6 +60,7 @@ class ReferenceSummary:
 
     @property
     def nbytes(self) -> int:
+        """Size of the summary's arrays (means, precisions, distance quantiles) in bytes."""
         return int(self.means.nbytes + self.precisions.nbytes + self.distance_quantiles.nbytes)
 
     def to_bytes(self) -> bytes:
@@ -83,6 +84,7 @@ class ReferenceSummary:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ReferenceSummary:
+        """The summary that :meth:`to_bytes` wrote."""
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             meta = json.loads(npz["meta"].tobytes())
             return cls(

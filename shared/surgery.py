@@ -71,7 +71,9 @@ def grown_tensors(bundle: ReferenceBundle, reference_shapes: Mapping[str, tuple[
                 + (f", {sorted(odd)[:3]} by more than one column per batch" if odd else "")
                 + "; fedarches adapters need one new column per batch in at least one tensor"
             )
-            raise AdapterError(msg, hint="build the reference with `fedarches-server build-reference`")
+            raise AdapterError(
+                msg, hint="rebuild the reference with fedarches' reference builder (scArches architecture)"
+            )
         _grown_cache[bundle.bundle_id] = grown
     return dict(_grown_cache[bundle.bundle_id])
 

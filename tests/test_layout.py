@@ -34,3 +34,19 @@ def test_packages_import_only_what_their_role_may(package: str) -> None:
         if module.startswith(FORBIDDEN[package])
     ]
     assert offenders == []
+
+
+ROLE_NAMES = ("fedarches-client", "fedarches-server", "fedarches.client", "fedarches.server")
+
+
+def test_shared_names_no_role() -> None:
+    """Not even in a hint or a docstring: what shared/ says holds for whichever role runs it."""
+    offenders = [
+        f"{path.relative_to(ROOT).as_posix()}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "shared").rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if any(name in line for name in ROLE_NAMES)
+    ]
+    assert offenders == [], "shared/ names a role (a command or module of the client or server):\n" + "\n".join(
+        offenders
+    )

@@ -45,6 +45,7 @@ class PEAKVIBackend(ModelBackend):
     def train_reference(
         self, train: AnnData, *, batch_key: str, labels_key: str | None, options: ReferenceTraining
     ) -> Any:
+        """Register ``train`` and train PeakVI on it (scArches' architecture, ``n_layers`` per encoder and decoder)."""
         cls = self.model_cls()
         cls.setup_anndata(train, batch_key=batch_key, labels_key=labels_key)
         model = cls(
@@ -59,7 +60,7 @@ class PEAKVIBackend(ModelBackend):
 
     @staticmethod
     def arches_kwargs() -> dict[str, Any]:
-        """scArches' architecture (layer norm, no batch norm, covariates encoded), PeakVI's dropout (0.1).
+        """The architecture of scArches (layer norm, no batch norm, covariates encoded), PeakVI's dropout (0.1).
 
         PeakVI's hidden layers are narrow (``sqrt(n_peaks)`` units: 20 for 400 peaks), and there scVI's
         0.2 dropout cost accuracy on synthetic peaks (0.80-0.92 against 0.83-0.96 at 0.1, three seeds).

@@ -185,7 +185,7 @@ class ModelBackend:
         """Put the extra inputs into the query AnnData where the registry expects them (zeros when absent)."""
 
     def load_query(self, query: AnnData, model_dir: Path) -> Any:
-        """scArches surgery set-up: ``load_query_data`` with the decoder's batch-norm frozen."""
+        """The scArches surgery set-up: ``load_query_data`` with the decoder's batch-norm frozen."""
         return self.model_cls().load_query_data(query, str(model_dir), freeze_batchnorm_decoder=True)
 
     def surgery_train_kwargs(self, learning_rate: float) -> dict[str, Any]:
@@ -269,7 +269,9 @@ class ModelBackend:
                 f"surgery on this {self.model_class} reference grows tensors {outside[:3]} that the {self.name} "
                 "backend does not allow to leave a lab"
             )
-            raise AdapterError(msg, hint="build the reference with `fedarches-server build-reference`")
+            raise AdapterError(
+                msg, hint="rebuild the reference with fedarches' reference builder (scArches architecture)"
+            )
 
     @staticmethod
     def reference_batch_codes(model: Any, adata: AnnData | MuData) -> np.ndarray:

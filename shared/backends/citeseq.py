@@ -235,7 +235,9 @@ class TOTALVIBackend(CITEseqBackend):
         """The reference's ``obs[labels_key]``, ``'Unknown'`` and NaN unlabeled (totalVI registers no labels)."""
         if labels_key is None or labels_key not in adata.obs:
             msg = f"a {self.model_class} model records no cell types, and the reference data has no labels column"
-            raise UserInputError(msg, hint="build the reference with `fedarches-server build-reference --labels-key`")
+            raise UserInputError(
+                msg, hint="build the reference with a labels key (the reference data's cell-type column)"
+            )
         values = adata.obs[labels_key].astype(object)
         labelled = values.notna().to_numpy() & (values.astype(str) != UNLABELED_CATEGORY).to_numpy()
         known = sorted({str(v) for v in values[labelled]})
@@ -262,7 +264,7 @@ class TOTALANVIBackend(CITEseqBackend):
         )
 
     def surgery_train_kwargs(self, learning_rate: float) -> dict[str, Any]:
-        """totalANVI's ``train`` (scANVI's) takes the learning rate in ``plan_kwargs``; no adversarial loss."""
+        """The ``train`` of totalANVI (scANVI's) takes the learning rate in ``plan_kwargs``; no adversarial loss."""
         return {"plan_kwargs": {"weight_decay": 0.0, "lr": learning_rate, "scale_adversarial_loss": 0.0}}
 
 

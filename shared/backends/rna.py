@@ -32,6 +32,7 @@ class SCANVIBackend(ModelBackend):
     def train_reference(
         self, train: AnnData, *, batch_key: str, labels_key: str | None, options: ReferenceTraining
     ) -> Any:
+        """Train scVI on ``train``, then scANVI from it with the reference's labels."""
         vae = SCVIBackend().train_reference(train, batch_key=batch_key, labels_key=labels_key, options=options)
         return self._train_classifier(
             self.model_cls().from_scvi_model(vae, unlabeled_category=UNLABELED_CATEGORY), options

@@ -329,11 +329,8 @@ def test_an_rna_only_h5mu_maps_onto_a_totalvi_bundle_in_the_cli_and_the_clientap
     # the ClientApp's train.map handler, as the lab's SuperNode calls it in a round (the bundle already held)
     lab_dir.store_bundle(bundle.bundle_id, bundle.verified_files())
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 11, 1  # what a ClientApp process has
-    settings = {"round-id": "r1", "bundle-id": bundle.bundle_id, "max-epochs": 5, "seed": 0}
-    settings |= {"confidence-threshold": 0.5, "min-count": 5, "max-adapter-bytes": 10_000_000}
-    message = Message(
-        RecordDict({protocol.ROUND: protocol.round_config(settings)}), dst_node_id=11, message_type=protocol.MAP
-    )
+    request = protocol.MapRequest("r1", bundle.bundle_id, 5, 0, 0.5, min_count=5, max_adapter_bytes=10_000_000)
+    message = Message(RecordDict({protocol.ROUND: request.to_record()}), dst_node_id=11, message_type=protocol.MAP)
     node = {"lab-dir": str(lab_dir.root), "data-path": str(query), "out-dir": str(tmp_path / "round"), "threads": 1}
     reply = map_lab(message, Context(run_id=7, node_id=11, node_config=node, state=RecordDict(), run_config={}))
     assert not reply.has_error() and protocol.LAB in reply.content

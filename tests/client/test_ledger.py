@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedarches.client.app import map_reply_content
 from fedarches.client.cli import app as cli_app
 from fedarches.client.lab import LabDir
 from fedarches.client.ledger import (
@@ -515,7 +514,7 @@ def toy_counts() -> LabelCounts:
 
 
 def _lab_record(released) -> dict:
-    content = map_reply_content(released, "lab_a", 10, "secure-sum", {"total_s": 1.0})
+    content = released.to_reply("lab_a", 10, "secure-sum", {"total_s": 1.0}).to_content()
     protocol.check_egress(protocol.MAP, content, max_array_bytes=1_048_576)
     return dict(content.config_records[protocol.LAB])
 

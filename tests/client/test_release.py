@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedarches.client.app import map_reply_content
 from fedarches.client.ledger import Ledger, ReleaseContext
 from fedarches.client.release import Releaser, read_exact_counts, write_exact_counts
 from fedarches.shared import protocol
@@ -56,7 +55,7 @@ MODES = {
 def test_every_mode_passes_egress_and_is_recorded(tmp_path: Path, adapter: Adapter, counts: LabelCounts, mode) -> None:
     rel = releaser(tmp_path, MODES[mode])
     released = rel.map_reply(adapter, counts)
-    content = map_reply_content(released, "lab_a", 10, rel.policy.release.composition, {"total_s": 1.0})
+    content = released.to_reply("lab_a", 10, rel.policy.release.composition, {"total_s": 1.0}).to_content()
     protocol.check_egress(protocol.MAP, content, max_array_bytes=1_048_576)
     (entry,) = rel.ledger.entries()
     assert entry.kind == "map-reply" and entry.sha256

@@ -8,11 +8,18 @@ from pathlib import Path
 import numpy as np
 
 from fedarches.server.report import ledger_anchor, plot_composition, render_html, report_dict, write_report
-from fedarches.server.round import LabOutcome, RoundResult, RoundSettings
+from fedarches.server.round import LabOutcome, RoundResult
 from fedarches.server.secure_sum import SecureSumResult
+from fedarches.server.settings import RoundSettings
 from fedarches.shared import crypto
 from fedarches.shared.bundle import ReferenceBundle, write_bundle
-from fedarches.shared.labels import compute_label_statistics
+from fedarches.shared.labels import LabelStatistics, compute_label_statistics
+from fedarches.shared.protocol import Composition, LabInfo, MapReply
+
+
+def reply(lab: str, composition: str, stats: LabelStatistics | None = None) -> MapReply:
+    """An accepted reply of ``lab``: no adapter, statistics only when composition is plain."""
+    return MapReply(LabInfo(lab, "0.1.0", 3, Composition(composition)), {"total_s": 2.0}, None, stats)
 
 
 def test_report_marks_suppressed_counts_and_dropped_labs(tmp_path: Path, toy_contents, keys) -> None:
@@ -21,11 +28,11 @@ def test_report_marks_suppressed_counts_and_dropped_labs(tmp_path: Path, toy_con
     confidence = np.r_[np.full(30, 0.9), np.full(4, 0.4), np.full(7, 0.8)]
     stats = compute_label_statistics(predicted, confidence, confidence < 0.5, ["T", "B", "NK"])
     labs = [
-        LabOutcome("lab_a", 1, status="accepted", label_statistics=stats, bytes_to_lab=500, bytes_from_lab=7000),
+        LabOutcome("lab_a", 1, "accepted", reply=reply("lab_a", "plain", stats), bytes_to_lab=500, bytes_from_lab=7000),
         LabOutcome("lab_b", 2, status="dropped", reason="SuperNode went offline during the round"),
         LabOutcome("lab_c", 3, status="rejected", reason="adapter tensor 'x' holds non-finite or non-float values"),
-        LabOutcome("lab_d", 4, status="accepted", composition="secure-sum", in_secure_sum=True),
-        LabOutcome("lab_e", 5, status="accepted", composition="secure-sum", in_secure_sum=True),
+        LabOutcome("lab_d", 4, status="accepted", reply=reply("lab_d", "secure-sum"), in_secure_sum=True),
+        LabOutcome("lab_e", 5, status="accepted", reply=reply("lab_e", "secure-sum"), in_secure_sum=True),
     ]
     settings = RoundSettings(tmp_path, bundle.path, tmp_path / "round", "r1", min_labs=1)
     result = RoundResult(settings, bundle, labs, started="2026-11-23T00:00:00+00:00", status="completed", message="ok")
@@ -59,9 +66,9 @@ def test_report_shows_each_labs_ledger_anchor(tmp_path: Path, toy_contents, keys
     """Each lab's newest ledger entry (seq and full hash) is shown per lab; a lab whose reply carried none is not."""
     bundle = ReferenceBundle.open(write_bundle(tmp_path / "b", toy_contents, crypto.load_private_key(keys[0])), keys[1])
     labs = [
-        LabOutcome("lab_a", 1, status="accepted", composition="secure-sum"),
+        LabOutcome("lab_a", 1, status="accepted", reply=reply("lab_a", "secure-sum")),
         LabOutcome("lab_b", 2, status="dropped", reason="SuperNode went offline during the round"),
-        LabOutcome("lab_<c>", 3, status="accepted", composition="none"),
+        LabOutcome("lab_<c>", 3, status="accepted", reply=reply("lab_<c>", "none")),
     ]
     settings = RoundSettings(tmp_path, bundle.path, tmp_path / "round", "r7", min_labs=1)
     result = RoundResult(settings, bundle, labs, started="2026-11-23T00:00:00+00:00", status="completed", message="ok")

@@ -15,23 +15,26 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedarches.server import validation
-from fedarches.server.round import LabOutcome, RoundSettings, _log_arrival, _validate, plain_reply
-from fedarches.server.validation import Accepted, Expected, PlainReply, Rejected, validate_reply
+from fedarches.server.round import LabOutcome, _log_arrival, _validate
+from fedarches.server.settings import RoundSettings
+from fedarches.server.validation import Accepted, Expected, Rejected, validate_reply
 from fedarches.shared import protocol
 from fedarches.shared.adapters import MAX_ABS_VALUE, Adapter, TensorSlice
 from fedarches.shared.dp import PrivacySpend
 from fedarches.shared.labels import LabelStatistics, compute_label_statistics
+from fedarches.shared.wire import PlainContent
 
 LAB = "lab_a"
 BUNDLE_ID = "0123456789abcdef"
 REFERENCE = {"enc.w": (4, 6), "dec.w": (3, 5), "dec.b": (3,), "bn.mean": (4,)}
 GROWN = {"enc.w": 1, "dec.w": 1}
 HEAD = "ab" * 32
+LAB_KEYS = protocol.MapReply.RECORDS[protocol.LAB].keys
 EXPECTED = Expected(
     bundle_id=BUNDLE_ID,
     reference_shapes=REFERENCE,
@@ -67,25 +70,19 @@ def make_stats(privacy: dict[str, Any] | None = None) -> LabelStatistics:
 def make_content(
     adapter: Adapter | None = None, stats: LabelStatistics | None = None, composition: str = "plain", **lab: Any
 ) -> RecordDict:
-    """A reply as ``client.app.map_reply_content`` builds it."""
-    content = RecordDict(
-        {
-            protocol.LAB: ConfigRecord(
-                {"lab-name": LAB, "fedarches-version": "0.1.0", "n-epochs": 3, "composition": composition, **lab}
-            ),
-            protocol.TIMINGS: MetricRecord({"train_s": 1.5, "total_s": 2.0}),
-        }
-    )
-    for name, record in protocol.adapter_to_records(adapter or make_adapter()).items():
-        content[name] = record
-    if composition == "plain":
-        content[protocol.LABEL_STATS] = protocol.label_stats_to_record(stats or make_stats())
+    """A reply as a lab builds it (:class:`~fedarches.shared.protocol.MapReply`), with ``lab`` record overrides."""
+    info = protocol.LabInfo(LAB, "0.1.0", 3, protocol.Composition.PLAIN)
+    label_statistics = (stats or make_stats()) if composition == "plain" else None
+    content = protocol.MapReply(info, {"train_s": 1.5, "total_s": 2.0}, adapter or make_adapter(), label_statistics)
+    content = content.to_content()
+    for key, value in {"composition": composition, **lab}.items():
+        content[protocol.LAB][key] = value
     return content
 
 
-def reply(mutate: Callable[[dict[str, dict[str, Any]]], None] | None = None, **kwargs: Any) -> PlainReply:
+def reply(mutate: Callable[[dict[str, dict[str, Any]]], None] | None = None, **kwargs: Any) -> PlainContent:
     """The plain form of a valid reply, with ``mutate`` applied to {"configs"|"arrays"|"metrics": records}."""
-    plain = plain_reply(make_content(**kwargs))
+    plain = PlainContent.from_content(make_content(**kwargs))
     parts = {
         "configs": copy.deepcopy(dict(plain.configs)),
         "arrays": copy.deepcopy(dict(plain.arrays)),
@@ -93,7 +90,7 @@ def reply(mutate: Callable[[dict[str, dict[str, Any]]], None] | None = None, **k
     }
     if mutate is not None:
         mutate(parts)
-    return PlainReply(**parts)
+    return PlainContent(**parts)
 
 
 def reason(plain: Any, expected: Any = EXPECTED, lab: Any = LAB) -> str:
@@ -229,23 +226,24 @@ def test_adapter_size_limit() -> None:
 def test_a_valid_reply_is_accepted_with_everything_it_carries() -> None:
     verdict = validate_reply(reply(**{"ledger-head": HEAD, "ledger-seq": 4}), EXPECTED, lab=LAB)
     assert isinstance(verdict, Accepted)
-    assert verdict.adapter is not None and verdict.adapter.batch_categories == (LAB,)
-    assert set(verdict.adapter.tensors) == set(GROWN)
-    assert verdict.label_statistics == make_stats()
-    assert (verdict.composition, verdict.n_epochs, verdict.fedarches_version) == ("plain", 3, "0.1.0")
-    assert verdict.timings == {"train_s": 1.5, "total_s": 2.0}
-    assert (verdict.ledger_head, verdict.ledger_seq) == (HEAD, 4)
+    decoded = verdict.reply
+    assert decoded.adapter is not None and decoded.adapter.batch_categories == (LAB,)
+    assert set(decoded.adapter.tensors) == set(GROWN)
+    assert decoded.label_statistics == make_stats()
+    assert (decoded.lab.composition, decoded.lab.n_epochs, decoded.lab.fedarches_version) == ("plain", 3, "0.1.0")
+    assert decoded.timings == {"train_s": 1.5, "total_s": 2.0}
+    assert (decoded.lab.ledger_head, decoded.lab.ledger_seq) == (HEAD, 4)
     without_anchor = validate_reply(reply(), EXPECTED, lab=LAB)  # labs before the ledger anchor send none
     assert isinstance(without_anchor, Accepted)
-    assert (without_anchor.ledger_head, without_anchor.ledger_seq) == ("", None)
+    assert (without_anchor.reply.lab.ledger_head, without_anchor.reply.lab.ledger_seq) == ("", None)
 
 
 def test_several_batches_and_no_adapter_are_fine() -> None:
     several = validate_reply(reply(adapter=make_adapter(("lab_a/p1", "lab_a/p2", "lab_a"))), EXPECTED, lab=LAB)
-    assert isinstance(several, Accepted) and several.adapter is not None
+    assert isinstance(several, Accepted) and several.reply.adapter is not None
     kept_in = reply(lambda p: (p["arrays"].pop(protocol.ADAPTER), p["configs"].pop(protocol.ADAPTER_META)))
     verdict = validate_reply(kept_in, EXPECTED, lab=LAB)
-    assert isinstance(verdict, Accepted) and verdict.adapter is None
+    assert isinstance(verdict, Accepted) and verdict.reply.adapter is None
 
 
 LABEL_CASES = [
@@ -325,14 +323,14 @@ def test_a_privacy_claim_must_fit_its_mechanism(claim: dict[str, Any], message: 
 def test_real_privacy_claims_are_accepted() -> None:
     for claim in (laplace(), gaussian(), None):
         verdict = validate_reply(reply(stats=make_stats(privacy=claim)), EXPECTED, lab=LAB)
-        assert isinstance(verdict, Accepted) and verdict.label_statistics is not None
-        assert verdict.label_statistics.privacy == claim
+        assert isinstance(verdict, Accepted) and verdict.reply.label_statistics is not None
+        assert verdict.reply.label_statistics.privacy == claim
 
 
 LAB_CASES = [
     pytest.param(lambda p: p["configs"].pop(protocol.LAB), "carries no fedarches.lab record", id="no-lab-record"),
     pytest.param(lab_field("lab-name", "lab_b"), "names lab 'lab_b'", id="other-lab"),
-    pytest.param(lab_field("lab-name", ["lab_a"]), "names lab ['lab_a']", id="name-list"),
+    pytest.param(lab_field("lab-name", ["lab_a"]), "lab-name ['lab_a'] is not a non-empty string", id="name-list"),
     pytest.param(lambda p: p["configs"][protocol.LAB].pop("n-epochs"), "lacks ['n-epochs']", id="no-epochs"),
     pytest.param(lab_field("n-epochs", True), "integer from 0", id="bool-epochs"),
     pytest.param(lab_field("n-epochs", 3.0), "integer from 0", id="float-epochs"),
@@ -386,6 +384,9 @@ class Hostile(dict):
     def get(self, *_: Any) -> Any:
         raise RuntimeError("boom")
 
+    def __getitem__(self, _: Any) -> Any:
+        raise RuntimeError("boom")
+
 
 class Liar:
     """A value that cannot even be compared or shown."""
@@ -405,9 +406,9 @@ class Liar:
         (None, EXPECTED, LAB, "not a reply"),
         (reply(), None, LAB, "malformed reply: AttributeError"),
         (reply(), EXPECTED, None, "not a string"),
-        (PlainReply(configs=[1, 2]), EXPECTED, LAB, "config records are a list"),  # type: ignore[arg-type]
-        (PlainReply(configs={protocol.LAB: Hostile({"lab-name": LAB})}), EXPECTED, LAB, "RuntimeError: boom"),
-        (reply(lab_field("lab-name", Liar())), EXPECTED, LAB, "malformed reply: OverflowError"),
+        (PlainContent(configs=[1, 2]), EXPECTED, LAB, "config records are a list"),  # type: ignore[arg-type]
+        (PlainContent(configs={protocol.LAB: Hostile(dict.fromkeys(LAB_KEYS))}), EXPECTED, LAB, "RuntimeError: boom"),
+        (reply(lab_field("lab-name", Liar())), EXPECTED, LAB, "lab-name <Liar> is not a non-empty string"),
         (reply(lab_field("n-epochs", Liar())), EXPECTED, LAB, "n-epochs must be an integer from 0"),
     ],
 )
@@ -426,7 +427,7 @@ def test_the_validator_knows_every_key_a_lab_may_send() -> None:
     for name, rule in protocol.ALLOWED_REPLIES[protocol.MAP].items():
         if rule.keys is not None and name != protocol.ADAPTER_META:
             records = full.metrics if rule.kind == "metric" else full.configs
-            assert set(records.get(name, {})) <= rule.keys | validation.LEDGER_KEYS
+            assert set(records.get(name, {})) <= rule.keys
     assert isinstance(validate_reply(full, EXPECTED, lab=LAB), Accepted)
 
 
@@ -498,7 +499,7 @@ def test_a_malformed_reply_rejects_only_its_lab(task_identity: None, change: Cal
     _validate(honest, lab_reply(make_content(**{"ledger-head": HEAD, "ledger-seq": 9}), 2), EXPECTED, settings)
     assert hostile.status == "rejected" and hostile.reason and hostile.adapter is None
     assert honest.status == "accepted" and honest.adapter is not None and honest.label_statistics is not None
-    assert (honest.n_epochs, honest.ledger_head, honest.ledger_seq) == (3, HEAD, 9)
+    assert (honest.reply.lab.n_epochs, honest.reply.lab.ledger_head, honest.reply.lab.ledger_seq) == (3, HEAD, 9)
     assert honest.to_dict()["ledger_head"] == HEAD and honest.to_dict()["ledger_seq"] == 9
 
 
@@ -532,13 +533,13 @@ def test_a_real_labs_reply_is_accepted_against_the_real_surgery_probe(demo_bundl
     """The probe's grown tensors are exactly those a real lab's surgery grows: honest replies pass."""
     from fedarches.client.mapping import MappingOptions, map_query
 
-    expected = Expected.for_bundle(demo_bundle)
+    expected = Expected.for_bundle(demo_bundle, min_count=11, max_adapter_bytes=1_048_576)
     adata = lab_a.copy()
     adata.obs["sample"] = np.where(np.arange(adata.n_obs) % 2 == 0, "s1", "s2")
     options = MappingOptions(max_epochs=2, threads=1, progress_bar=False)
     result = map_query(adata, demo_bundle, batch_key="sample", lab_name=LAB, options=options)
     assert set(result.adapter.tensors) == set(expected.grown)
     content = make_content(result.adapter, result.label_statistics)
-    verdict = validate_reply(plain_reply(content), expected, lab=LAB)
+    verdict = validate_reply(PlainContent.from_content(content), expected, lab=LAB)
     assert isinstance(verdict, Accepted), verdict
-    assert verdict.adapter is not None and verdict.adapter.batch_categories == ("lab_a/s1", "lab_a/s2")
+    assert verdict.reply.adapter is not None and verdict.reply.adapter.batch_categories == ("lab_a/s1", "lab_a/s2")

@@ -20,20 +20,19 @@ from typing import Any
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
-from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedarches.server.round import LabOutcome, RoundSettings, _log_arrival, _validate, plain_reply
+from fedarches.server.round import LabOutcome, _log_arrival, _validate
+from fedarches.server.settings import RoundSettings
 from fedarches.server.validation import (
-    COMPOSITIONS,
     MAX_BATCH_NAME_CHARS,
     MAX_BATCHES,
     MAX_COUNT,
     Accepted,
     Expected,
-    PlainReply,
     Rejected,
     validate_reply,
 )
@@ -42,6 +41,9 @@ from fedarches.shared.adapters import FLOAT_DTYPES, MAX_ABS_VALUE, Adapter, Tens
 from fedarches.shared.dp import PrivacySpend
 from fedarches.shared.labels import SUPPRESSED, LabelStatistics, compute_label_statistics
 from fedarches.shared.quality import UNKNOWN_LABEL
+from fedarches.shared.wire import PlainContent
+
+COMPOSITIONS = tuple(str(c) for c in protocol.Composition)
 
 LAB = "lab_a"
 BUNDLE_ID = "0123456789abcdef"
@@ -143,34 +145,25 @@ def valid_stats(draw: st.DrawFn) -> LabelStatistics:
 
 
 def content_of(adapter: Adapter | None, stats: LabelStatistics | None, composition: str, **lab: Any) -> RecordDict:
-    content = RecordDict(
-        {
-            protocol.LAB: ConfigRecord(
-                {"lab-name": LAB, "fedarches-version": "0.1.0", "n-epochs": 7, "composition": composition, **lab}
-            ),
-            protocol.TIMINGS: MetricRecord({"train_s": 1.0, "total_s": 2.5}),
-        }
-    )
-    if adapter is not None:
-        for name, record in protocol.adapter_to_records(adapter).items():
-            content[name] = record
-    if stats is not None:
-        content[protocol.LABEL_STATS] = protocol.label_stats_to_record(stats)
+    info = protocol.LabInfo(LAB, "0.1.0", 7, protocol.Composition(composition))
+    content = protocol.MapReply(info, {"train_s": 1.0, "total_s": 2.5}, adapter, stats).to_content()
+    for key, value in lab.items():
+        content[protocol.LAB][key] = value
     return content
 
 
 @st.composite
-def valid_replies(draw: st.DrawFn) -> PlainReply:
+def valid_replies(draw: st.DrawFn) -> PlainContent:
     composition = draw(st.sampled_from(COMPOSITIONS))
     adapter = draw(st.none() | valid_adapters())
     stats = draw(valid_stats()) if composition == "plain" else None
     anchor = draw(
         st.fixed_dictionaries({}, optional={"ledger-head": st.just("0f" * 32), "ledger-seq": st.integers(1, 2**63 - 1)})
     )
-    return plain_reply(content_of(adapter, stats, composition, **anchor))
+    return PlainContent.from_content(content_of(adapter, stats, composition, **anchor))
 
 
-def _parts(plain: PlainReply) -> dict[str, dict[str, Any]]:
+def _parts(plain: PlainContent) -> dict[str, dict[str, Any]]:
     return {
         "configs": copy.deepcopy(dict(plain.configs)),
         "arrays": copy.deepcopy(dict(plain.arrays)),
@@ -308,15 +301,15 @@ def _mutate(draw: st.DrawFn, parts: dict[str, dict[str, Any]]) -> None:
 
 
 @st.composite
-def mutated_replies(draw: st.DrawFn) -> PlainReply:
+def mutated_replies(draw: st.DrawFn) -> PlainContent:
     parts = _parts(draw(valid_replies()))
     for _ in range(draw(st.integers(1, 4))):
         _mutate(draw, parts)
-    return PlainReply(**parts)
+    return PlainContent(**parts)
 
 
 plain_junk = st.builds(
-    PlainReply,
+    PlainContent,
     configs=st.dictionaries(record_names, st.dictionaries(record_keys, junk, max_size=5) | junk, max_size=5) | junk,
     arrays=st.dictionaries(record_names, st.dictionaries(record_keys, junk_arrays | junk, max_size=4) | junk) | junk,
     metrics=st.dictionaries(record_names, st.dictionaries(record_keys, scalars, max_size=4) | junk) | junk,
@@ -325,7 +318,7 @@ plain_junk = st.builds(
 # -- the oracle: what an accepted reply must satisfy, checked independently of the validator -------------------------
 
 
-def assert_sound(verdict: Accepted | Rejected, plain: PlainReply, expected: Expected = EXPECTED) -> None:
+def assert_sound(verdict: Accepted | Rejected, plain: PlainContent, expected: Expected = EXPECTED) -> None:
     """``verdict`` is a verdict; when it accepts, everything accepted is well formed."""
     assert isinstance(verdict, Accepted | Rejected)
     if isinstance(verdict, Rejected):
@@ -334,11 +327,12 @@ def assert_sound(verdict: Accepted | Rejected, plain: PlainReply, expected: Expe
     lab = plain.configs[protocol.LAB]
     lab_keys = protocol.ALLOWED_REPLIES[protocol.MAP][protocol.LAB].keys
     assert lab["lab-name"] == LAB and lab_keys is not None and set(lab) <= lab_keys | {"ledger-head", "ledger-seq"}
-    assert type(verdict.n_epochs) is int and verdict.n_epochs >= 0
-    assert verdict.composition in COMPOSITIONS
-    assert all(type(v) is float and math.isfinite(v) and v >= 0 for v in verdict.timings.values())
+    decoded = verdict.reply
+    assert type(decoded.lab.n_epochs) is int and decoded.lab.n_epochs >= 0
+    assert decoded.lab.composition in COMPOSITIONS
+    assert all(type(v) is float and math.isfinite(v) and v >= 0 for v in decoded.timings.values())
     assert set(plain.configs) | set(plain.arrays) | set(plain.metrics) <= set(protocol.ALLOWED_REPLIES[protocol.MAP])
-    adapter = verdict.adapter
+    adapter = decoded.adapter
     assert (adapter is None) == (protocol.ADAPTER not in plain.arrays)
     if adapter is not None:
         batches = adapter.batch_categories
@@ -353,8 +347,8 @@ def assert_sound(verdict: Accepted | Rejected, plain: PlainReply, expected: Expe
             shape[t.axis] = len(batches)
             assert t.values.shape == tuple(shape) and t.values.dtype in FLOAT_DTYPES
             assert np.isfinite(t.values).all() and float(np.abs(t.values).max()) <= MAX_ABS_VALUE
-    stats = verdict.label_statistics
-    assert (stats is not None) == (verdict.composition == "plain")
+    stats = decoded.label_statistics
+    assert (stats is not None) == (decoded.lab.composition == "plain")
     if stats is not None:
         assert type(stats.min_count) is int and stats.min_count >= expected.min_count
         names = [t.cell_type for t in stats.types]
@@ -376,7 +370,7 @@ def assert_sound(verdict: Accepted | Rejected, plain: PlainReply, expected: Expe
 
 @FAST
 @given(plain=valid_replies())
-def test_every_well_formed_reply_is_accepted(plain: PlainReply) -> None:
+def test_every_well_formed_reply_is_accepted(plain: PlainContent) -> None:
     verdict = validate_reply(plain, EXPECTED, lab=LAB)
     assert isinstance(verdict, Accepted), verdict
     assert_sound(verdict, plain)
@@ -384,7 +378,7 @@ def test_every_well_formed_reply_is_accepted(plain: PlainReply) -> None:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plain=mutated_replies())
-def test_a_mutated_reply_never_raises_and_nothing_malformed_is_accepted(plain: PlainReply) -> None:
+def test_a_mutated_reply_never_raises_and_nothing_malformed_is_accepted(plain: PlainContent) -> None:
     assert_sound(validate_reply(plain, EXPECTED, lab=LAB), plain)
 
 
@@ -392,7 +386,7 @@ def test_a_mutated_reply_never_raises_and_nothing_malformed_is_accepted(plain: P
 @given(plain=plain_junk | junk, lab=st.just(LAB) | junk)
 def test_random_structures_never_raise(plain: Any, lab: Any) -> None:
     verdict = validate_reply(plain, EXPECTED, lab=lab)
-    honest_form = isinstance(lab, str) and lab == LAB and isinstance(plain, PlainReply)
+    honest_form = isinstance(lab, str) and lab == LAB and isinstance(plain, PlainContent)
     assert isinstance(verdict, Rejected) or honest_form
     if honest_form:
         assert_sound(verdict, plain)
@@ -403,7 +397,7 @@ def test_random_structures_never_raise(plain: Any, lab: Any) -> None:
 def test_an_adapter_must_carry_exactly_the_tensors_that_grow(adapter: Adapter, grown: dict[str, int]) -> None:
     """Against any other claim of which tensors grow (and along which axis), the same adapter is refused."""
     grown = {k: a for k, a in grown.items() if a < len(REFERENCE[k])}
-    plain = plain_reply(content_of(adapter, None, "none"))
+    plain = PlainContent.from_content(content_of(adapter, None, "none"))
     verdict = validate_reply(plain, replace(EXPECTED, grown=grown, max_adapter_bytes=10**6), lab=LAB)
     assert isinstance(verdict, Accepted) == (grown == GROWN)
 
@@ -450,7 +444,8 @@ def test_whatever_bytes_an_array_carries_only_its_lab_is_rejected(data: bytes, s
     assert honest.status == "accepted"
     assert hostile.status in ("accepted", "rejected") and hostile.reason.isprintable()
     if hostile.status == "accepted":  # the bytes happened to decode to a well-formed tensor
-        assert_sound(validate_reply(plain_reply(content), EXPECTED, lab=LAB), plain_reply(content))
+        plain = PlainContent.from_content(content)
+        assert_sound(validate_reply(plain, EXPECTED, lab=LAB), plain)
 
 
 def _grown_shape(name: str, n_new: int) -> tuple[int, ...]:
@@ -520,7 +515,7 @@ def test_an_accepted_adapter_always_merges_into_an_atlas_scvi_tools_loads(
     @given(data=st.data())
     def check(data: st.DataObject) -> None:
         adapter = data.draw(real_adapters(expected))
-        plain = plain_reply(content_of(adapter, None, "none"))
+        plain = PlainContent.from_content(content_of(adapter, None, "none"))
         verdict = validate_reply(plain, expected, lab=LAB)
         assert_sound(verdict, plain, expected)
         outcomes.append(type(verdict).__name__)

@@ -595,24 +595,25 @@ def test_record_round_trip(bundle_dir: Path, keys) -> None:
     files = _bundle_files(bundle_dir)
     sent = ReferenceBundle.open(bundle_dir, keys[1]).verified_files()
     assert sent == files  # the verified bytes are the bundle's files, manifest and signature included
-    assert protocol.record_to_files(protocol.bundle_to_record(sent)) == files
+    assert protocol.BundleTransfer.from_record(protocol.BundleTransfer(sent).to_record()).files == files
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "model//model.pt", "a\\b", ".ssh", "model/../../x"])
 def test_record_names_follow_the_bundle_rules(name: str) -> None:
     with pytest.raises(BundlePathError, match="bundle file name"):
-        protocol.record_to_files(_record({"manifest.json": b"{}", name: b"x"}))
+        protocol.BundleTransfer.from_record(_record({"manifest.json": b"{}", name: b"x"}))
 
 
 def test_record_arrays_must_be_bytes_and_within_the_limit() -> None:
     with pytest.raises(BundleIntegrityError, match=r"arrived as a float32 array"):
-        protocol.record_to_files(ArrayRecord({"genes.tsv": Array(np.zeros(3, np.float32))}))
+        protocol.BundleTransfer.from_record(ArrayRecord({"genes.tsv": Array(np.zeros(3, np.float32))}))
     with pytest.raises(BundleIntegrityError, match=r"arrived as a uint8 array of shape \(2, 2\)"):
-        protocol.record_to_files(ArrayRecord({"genes.tsv": Array(np.zeros((2, 2), np.uint8))}))
+        protocol.BundleTransfer.from_record(ArrayRecord({"genes.tsv": Array(np.zeros((2, 2), np.uint8))}))
     with pytest.raises(BundleSizeError, match="over the limit"):
-        protocol.record_to_files(_record({"genes.tsv": b"x" * (2 * 1024**2)}), max_bytes=1)  # + manifest allowance
+        big = _record({"genes.tsv": b"x" * (2 * 1024**2)})
+        protocol.BundleTransfer.from_record(big, max_bytes=1)  # + manifest allowance
     with pytest.raises(BundleSizeError, match="holds 100 files"):
-        protocol.record_to_files(_record({f"f{i}": b"" for i in range(100)}))
+        protocol.BundleTransfer.from_record(_record({f"f{i}": b"" for i in range(100)}))
 
 
 @pytest.fixture

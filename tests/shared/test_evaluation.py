@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from fedarches.client.mapping import auto_max_epochs
+from fedarches.client.options import auto_max_epochs
 from fedarches.shared.evaluation import (
     label_transfer_metrics,
     metrics_per_lab,

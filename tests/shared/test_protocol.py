@@ -1,6 +1,8 @@
-"""The egress allow-list and the record forms of adapters and label statistics."""
+"""The typed messages: their records, the egress allow-list derived from them, strict decoding."""
 
 from __future__ import annotations
+
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -8,8 +10,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedarches.shared import protocol
 from fedarches.shared.adapters import Adapter, TensorSlice
-from fedarches.shared.errors import AdapterError, BundlePathError, PrivacyError
+from fedarches.shared.errors import AdapterError, BundlePathError, PrivacyError, ProtocolError
 from fedarches.shared.labels import compute_label_statistics
+from fedarches.shared.wire import PlainContent, decode_array
 
 
 @pytest.fixture
@@ -26,18 +29,19 @@ def reply(adapter: Adapter) -> RecordDict:
     stats = compute_label_statistics(
         ["T"] * 20 + ["B"] * 3 + ["NK"] * 8, np.ones(31), np.zeros(31, bool), ["T", "B", "NK"]
     )
-    return RecordDict(
-        {
-            **protocol.adapter_to_records(adapter),
-            protocol.LABEL_STATS: protocol.label_stats_to_record(stats),
-            protocol.LAB: ConfigRecord({"lab-name": "lab_a", "fedarches-version": "0", "n-epochs": 3}),
-            protocol.TIMINGS: MetricRecord({"train_s": 1.0}),
-        }
-    )
+    info = protocol.LabInfo("lab_a", "0", 3, protocol.Composition.PLAIN, ledger_seq=4, ledger_head="a" * 64)
+    return protocol.MapReply(info, {"train_s": 1.0}, adapter, stats).to_content()
 
 
-def test_adapter_round_trips_through_records(adapter: Adapter) -> None:
-    back = protocol.adapter_from_records(reply(adapter))
+def decode(content: RecordDict) -> protocol.MapReply:
+    return protocol.MapReply.from_plain(PlainContent.from_content(content))
+
+
+def test_a_reply_round_trips_through_its_records(adapter: Adapter) -> None:
+    decoded = decode(reply(adapter))
+    assert decoded.lab == protocol.LabInfo("lab_a", "0", 3, protocol.Composition.PLAIN, 4, "a" * 64)
+    assert decoded.timings == {"train_s": 1.0} and decoded.label_statistics.min_count == 11
+    back = decoded.adapter
     assert back.bundle_id == adapter.bundle_id and back.batch_categories == adapter.batch_categories
     for name, t in adapter.tensors.items():
         np.testing.assert_array_equal(back.tensors[name].values, t.values)
@@ -66,22 +70,45 @@ def test_anything_else_is_refused(adapter: Adapter, change, message: str) -> Non
         protocol.check_egress(protocol.MAP, content, max_array_bytes=1024)
 
 
-def test_label_statistics_below_k_are_refused_at_the_coordinator(adapter: Adapter) -> None:
+def test_label_statistics_releasing_a_count_below_their_own_k_do_not_decode(adapter: Adapter) -> None:
     record = reply(adapter)[protocol.LABEL_STATS]
-    stats = protocol.label_stats_from_record(record, min_count=11)
+    stats = protocol.decode_label_statistics(record)
     assert stats.types[1].n_cells is None  # B: 3 cells, suppressed
-    forged = ConfigRecord({"json": record["json"].replace('"min_count": 11', '"min_count": 2')})
-    with pytest.raises(PrivacyError, match="suppressed below"):
-        protocol.label_stats_from_record(forged, min_count=11)
     leaking = ConfigRecord({"json": record["json"].replace('"suppressed"', "3", 1)})
     with pytest.raises(PrivacyError, match="below k"):
-        protocol.label_stats_from_record(leaking, min_count=11)
+        protocol.decode_label_statistics(leaking)
+
+
+def test_the_allow_list_is_derived_from_the_reply_definition() -> None:
+    rules = protocol.ALLOWED_REPLIES[protocol.MAP]
+    assert rules is protocol.MapReply.RECORDS
+    assert rules[protocol.LAB].keys == {f.name.replace("_", "-") for f in fields(protocol.LabInfo)}
+    assert rules[protocol.TIMINGS].keys == set(protocol.TIMING_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.pop(protocol.LABEL_STATS), "sent no label statistics"),
+        (lambda c: c.pop(protocol.ADAPTER_META), "without its counterpart"),
+        (lambda c: c[protocol.LAB].__setitem__("composition", "public"), "not one of"),
+        (lambda c: c[protocol.LAB].__setitem__("n-epochs", True), "n-epochs"),
+        (lambda c: c[protocol.LAB].__setitem__("ledger-head", "x"), "ledger-head"),
+        (lambda c: c[protocol.TIMINGS].__setitem__("train_s", -1.0), "non-negative"),
+        (lambda c: c.__setitem__("extra", ConfigRecord({"a": 1})), "not one a lab may send"),
+    ],
+)
+def test_a_reply_that_breaks_its_definition_is_a_protocol_error(adapter: Adapter, change, message: str) -> None:
+    content = reply(adapter)
+    change(content)
+    with pytest.raises(ProtocolError, match=message):
+        decode(content)
 
 
 def test_bundle_file_names_cannot_escape() -> None:
     record = ArrayRecord({"../../etc/passwd": Array(np.zeros(3, np.uint8))})
     with pytest.raises(BundlePathError, match="escapes"):
-        protocol.record_to_files(record)
+        protocol.BundleTransfer.from_record(record)
 
 
 def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
@@ -94,7 +121,7 @@ def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
 
 def test_decode_array_reads_only_plain_arrays_of_their_stated_size() -> None:
     values = np.arange(6, dtype=np.float32).reshape(2, 3)
-    np.testing.assert_array_equal(protocol.decode_array(Array(values)), values)
+    np.testing.assert_array_equal(decode_array(Array(values)), values)
     forged = [
         (Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=_npy_header((10**12,))), "describes"),
         (Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=_npy_header((2,)) + b"\0" * 12), "describes"),
@@ -105,10 +132,10 @@ def test_decode_array_reads_only_plain_arrays_of_their_stated_size() -> None:
     ]
     for array, message in forged:
         with pytest.raises(ValueError, match=message):
-            protocol.decode_array(array)
+            decode_array(array)
 
 
-def test_adapter_from_records_turns_every_decoding_failure_into_an_adapter_error(adapter: Adapter) -> None:
+def test_every_decoding_failure_of_an_adapter_is_a_fedarches_error(adapter: Adapter) -> None:
     cases = [
         lambda c: c[protocol.ADAPTER].__setitem__(
             "decoder.w", Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=b"")
@@ -122,8 +149,8 @@ def test_adapter_from_records_turns_every_decoding_failure_into_an_adapter_error
     for change in cases:
         content = reply(adapter)
         change(content)
-        with pytest.raises(AdapterError):
-            protocol.adapter_from_records(content)
+        with pytest.raises((AdapterError, ProtocolError)):
+            decode(content)
 
 
 @pytest.mark.parametrize(
@@ -154,6 +181,6 @@ def test_adapter_from_records_turns_every_decoding_failure_into_an_adapter_error
 )
 def test_label_statistics_are_parsed_strictly(text: str, message: str) -> None:
     with pytest.raises(AdapterError, match=message):
-        protocol.label_stats_from_record(ConfigRecord({"json": text}), min_count=11)
+        protocol.decode_label_statistics(ConfigRecord({"json": text}))
     with pytest.raises(AdapterError, match="exactly 'json'"):
-        protocol.label_stats_from_record({"json": "{}", "more": "{}"}, min_count=11)
+        protocol.decode_label_statistics({"json": "{}", "more": "{}"})

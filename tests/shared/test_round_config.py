@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedarches.shared.errors import ProtocolError
-from fedarches.shared.protocol import ROUND_KEYS, RoundConfig, secure_sum_settings
+from fedarches.shared.protocol import ROUND_KEYS, MapRequest, SecureSumRequest
 
 GOOD = {
     "round-id": "round-20261202-0001",
@@ -23,7 +23,7 @@ GOOD = {
 
 
 def test_a_well_formed_round_config_is_read() -> None:
-    config = RoundConfig.from_record(GOOD)
+    config = MapRequest.from_record(GOOD)
     assert (config.round_id, config.bundle_id, config.min_count) == ("round-20261202-0001", "0123456789abcdef", 11)
     assert set(GOOD) == set(ROUND_KEYS)
 
@@ -45,15 +45,15 @@ def test_a_well_formed_round_config_is_read() -> None:
 )
 def test_each_malformed_field_is_named(key: str, value: object, message: str) -> None:
     with pytest.raises(ProtocolError, match=message) as info:
-        RoundConfig.from_record({**GOOD, key: value})
+        MapRequest.from_record({**GOOD, key: value})
     assert key in str(info.value) and info.value.exit_code == 46
 
 
 def test_a_missing_record_or_field_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match=r"no 'fedarches\.round' record"):
-        RoundConfig.from_record(None)
+        MapRequest.from_record(None)
     with pytest.raises(ProtocolError, match="lack 'seed'"):
-        RoundConfig.from_record({k: v for k, v in GOOD.items() if k != "seed"})
+        MapRequest.from_record({k: v for k, v in GOOD.items() if k != "seed"})
 
 
 _values = st.one_of(
@@ -71,13 +71,22 @@ _values = st.one_of(
 @given(st.dictionaries(st.sampled_from([*ROUND_KEYS, "other"]), _values) | st.builds(lambda: GOOD))
 def test_any_record_parses_or_is_a_protocol_error(record: dict) -> None:
     try:
-        RoundConfig.from_record(record)
+        MapRequest.from_record(record)
     except ProtocolError:
         pass
 
 
 def test_secure_sum_types_must_be_distinct_names() -> None:
-    assert secure_sum_settings({"round-id": "r1", "categories": json.dumps(["T", "B"])}) == ("r1", ["T", "B"])
+    request = SecureSumRequest.from_config({"round-id": "r1", "categories": json.dumps(["T", "B"])})
+    assert request == SecureSumRequest("r1", ("T", "B"))
+    assert SecureSumRequest.from_config(request.to_config()) == request
     for bad in ('["T", "T"]', "[]", '["T", 1]', "{", '"T"', 7):
         with pytest.raises(ProtocolError):
-            secure_sum_settings({"round-id": "r1", "categories": bad})
+            SecureSumRequest.from_config({"round-id": "r1", "categories": bad})
+
+
+def test_a_request_is_checked_before_it_is_sent_and_round_trips() -> None:
+    request = MapRequest.from_record(GOOD)
+    assert MapRequest.from_record(request.to_record()) == request
+    with pytest.raises(ProtocolError, match="min-count"):
+        MapRequest(**{**request.__dict__, "min_count": 0}).to_record()

@@ -167,6 +167,7 @@ class LoopbackFederation:
         raise FederationError(msg)
 
     def online_nodes(self) -> set[int]:
+        """The Flower node ids of the SuperNodes that the SuperLink lists as online."""
         payload = superlink.flwr(self.coord, "supernode", "list")
         return {int(n["node-id"]) for n in payload.get("nodes", []) if n.get("status") == "online"}
 
@@ -278,9 +279,11 @@ class LoopbackFederation:
         return process
 
     def _cli(self, command: list[str], *, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run a command to its end. Unlike ``subprocess.run``, an exception here (a stop signal) does not
-        SIGKILL it: it stays among the running commands, and :meth:`stop` gives it SIGTERM (``run-round``
-        then cancels its round)."""
+        """Run a command to its end.
+
+        Unlike ``subprocess.run``, an exception here (a stop signal) does not SIGKILL it: it stays among
+        the running commands, and :meth:`stop` gives it SIGTERM (``run-round`` then cancels its round).
+        """
         pipe = subprocess.PIPE if capture else None
         process = subprocess.Popen(
             [own_executable(command[0]), *command[1:]], env=self._env(), stdout=pipe, stderr=pipe, text=True

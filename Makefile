@@ -22,7 +22,10 @@ DEMO_ARGS ?=
 demo: $(STAMP)
 	FEDARCHES_PARENT_PID=$$PPID exec $(PY) scripts/demo.py $(DEMO_OUT) $(DEMO_ARGS)
 
+# the checks first (seconds): ruff (numpy docstrings on), then the import contracts in pyproject.toml
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
@@ -30,6 +33,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 compare: $(STAMP)
 	$(PY) scripts/compare_scvi.py

@@ -1,1 +1,66 @@
-"""The lab: local scArches mapping of its own data, its privacy policy and ledger, and its SuperNode."""
+"""The lab: local scArches mapping of its own data, its privacy policy and ledger, and its SuperNode.
+
+The lab's Python API; ``fedarches-client`` is a thin command line over it. Names load on first
+use, so importing the package does not import torch or scvi-tools.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedarches.client.egress_preview import Preview, preview
+    from fedarches.client.lab import LabDir, keygen
+    from fedarches.client.ledger import Ledger, verify_lab_ledger
+    from fedarches.client.mapping import MappingResult, map_query
+    from fedarches.client.options import MappingOptions, auto_max_epochs
+    from fedarches.client.outputs import MappingOutputs, write_mapping_outputs
+    from fedarches.client.release import Releaser
+    from fedarches.client.supernode import JoinSettings, run_supernode
+
+_API = {  # where each name of __all__ lives (tests/test_layout.py checks that they agree)
+    "JoinSettings": "supernode",
+    "LabDir": "lab",
+    "Ledger": "ledger",
+    "MappingOptions": "options",
+    "MappingOutputs": "outputs",
+    "MappingResult": "mapping",
+    "Preview": "egress_preview",
+    "Releaser": "release",
+    "auto_max_epochs": "options",
+    "keygen": "lab",
+    "map_query": "mapping",
+    "preview": "egress_preview",
+    "run_supernode": "supernode",
+    "verify_lab_ledger": "ledger",
+    "write_mapping_outputs": "outputs",
+}
+__all__ = [
+    "JoinSettings",
+    "LabDir",
+    "Ledger",
+    "MappingOptions",
+    "MappingOutputs",
+    "MappingResult",
+    "Preview",
+    "Releaser",
+    "auto_max_epochs",
+    "keygen",
+    "map_query",
+    "preview",
+    "run_supernode",
+    "verify_lab_ledger",
+    "write_mapping_outputs",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -293,43 +293,22 @@ def preview(
     """
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
-        from fedarches.client.lab import LabDir
-        from fedarches.client.mapping import MappingOptions, map_query
-        from fedarches.client.mods import EGRESS_LIMIT_BYTES
-        from fedarches.client.release import Releaser
-        from fedarches.shared import protocol
-        from fedarches.shared.bundle import ReferenceBundle
-        from fedarches.shared.datafiles import query_obs, read_query
-        from fedarches.shared.wire import describe_content
+        from fedarches.client import preview as make_preview
 
-        lab = LabDir.open(lab_dir)
-        opened = ReferenceBundle.open(bundle, lab.trusted_key)
-        adata = read_query(data)
-        options = MappingOptions(
+        shown = make_preview(
+            lab_dir,
+            bundle,
+            data,
+            batch_key=batch_key,
+            layer=layer,
             max_epochs=max_epochs,
             seed=seed,
             threads=threads,
             progress_bar=not quiet,
-            max_adapter_bytes=EGRESS_LIMIT_BYTES,
         )
-        releaser = Releaser.for_lab(lab, run_id="preview", round_id="preview", preview=True)
-        result = map_query(
-            adata,
-            opened,
-            batch_key=batch_key,
-            layer=layer,
-            lab_name=lab.name,
-            options=options,
-            min_count=releaser.policy.release.min_count,
-        )
-        timings = {k: float(v) for k, v in result.timings.items()}
-        _, _, reply = releaser.release_mapping(result, query_obs(adata), lab.name, timings)
-        content = reply.to_content()
-        composition = releaser.policy.release.composition
-        protocol.check_egress(protocol.MAP, content, max_array_bytes=EGRESS_LIMIT_BYTES)
-        print_policy(releaser.policy, lab.root)
-        print_egress(describe_content(content), n_cells=adata.n_obs)
-        if releaser.policy.dp.enabled and composition == "plain":
+        print_policy(shown.policy, Path(lab_dir))
+        print_egress(shown.description, n_cells=shown.n_cells)
+        if shown.policy.dp.enabled and shown.reply.lab.composition == "plain":
             Console().print("noise above was drawn for this preview only; a round draws its own and records it")
 
 

@@ -18,10 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from fedarches.shared import __version__, protocol
+from fedarches.shared.wire import PlainContent
+
+FACTS = "bench.facts"
 client_app = ClientApp()
 server_app = ServerApp()
 RESULT: dict[str, Any] = {}
@@ -32,7 +36,6 @@ SPEC: dict[str, Any] = {}
 def map_lab(msg: Message, context: Context) -> Message:
     """One lab: map its cells onto the bundle, reply with the adapter and what it measured."""
     import anndata as ad
-    import numpy as np
 
     from fedarches.client.mapping import MappingOptions, map_query
     from fedarches.shared.bundle import ReferenceBundle
@@ -44,17 +47,14 @@ def map_lab(msg: Message, context: Context) -> Message:
     path = json.loads(str(config["labs"]))[lab]
     bundle = ReferenceBundle.open(Path(str(config["bundle"])), Path(str(config["trust"])))
     adata = ad.read_h5ad(path)
-    result = map_query(adata, bundle, lab_name=f"lab{lab:03d}", options=MappingOptions(threads=1, progress_bar=False))
-    arrays, meta = result.adapter.to_arrays()
+    name = f"lab{lab:03d}"
+    result = map_query(adata, bundle, lab_name=name, options=MappingOptions(threads=1, progress_bar=False))
     metrics = label_transfer_metrics(*annotated_calls(adata), bundle.label_categories)
     facts = {"lab": lab, "accuracy": metrics["accuracy"], "n_cells": int(adata.n_obs),
              "map_s": result.timings["total_s"], "handler_s": time.perf_counter() - start}  # fmt: skip
-    content = RecordDict(
-        {
-            "adapter": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
-            "meta": ConfigRecord({"meta": json.dumps(meta), "facts": json.dumps(facts)}),
-        }
-    )
+    info = protocol.LabInfo(name, __version__, result.n_epochs, protocol.Composition.NONE)
+    content = protocol.MapReply(info, result.timings, result.adapter).to_content()  # what a real lab's reply holds
+    content[FACTS] = ConfigRecord({"json": json.dumps(facts)})  # the benchmark's own measurements, beside it
     return Message(content, reply_to=msg)
 
 
@@ -62,7 +62,6 @@ def map_lab(msg: Message, context: Context) -> Message:
 def coordinate(grid: Grid, context: Context) -> None:
     """Send every lab a train message, wait for all replies, merge the adapters."""
     from fedarches.server.merge import merge_adapters
-    from fedarches.shared.adapters import Adapter
     from fedarches.shared.bundle import ReferenceBundle
 
     n_labs = len(SPEC["labs"])
@@ -80,11 +79,10 @@ def coordinate(grid: Grid, context: Context) -> None:
         if reply.has_error():
             RESULT.setdefault("errors", []).append(str(reply.error.reason)[:300])
             continue
-        meta = json.loads(str(reply.content.config_records["meta"]["meta"]))
-        arrays = {k: v.numpy() for k, v in reply.content.array_records["adapter"].items()}
-        fact = json.loads(str(reply.content.config_records["meta"]["facts"]))
+        fact = json.loads(str(reply.content.config_records.pop(FACTS)["json"]))
+        decoded = protocol.MapReply.from_plain(PlainContent.from_content(reply.content))
         facts.append(fact)
-        adapters.append((f"lab{fact['lab']:03d}", Adapter.from_arrays(arrays, meta)))
+        adapters.append((decoded.lab.lab_name, decoded.adapter))
     tick = time.perf_counter()
     bundle = ReferenceBundle.open(Path(SPEC["bundle"]), Path(SPEC["trust"]))
     atlas = merge_adapters(bundle, adapters, Path(SPEC["workdir"]) / "atlas", Path(SPEC["signing_key"]))

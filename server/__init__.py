@@ -1,1 +1,67 @@
-"""The coordinator: reference bundles, the lab registry, the SuperLink, federated rounds and their reports."""
+"""The coordinator: reference bundles, the lab registry, the SuperLink, federated rounds and their reports.
+
+The coordinator's Python API; ``fedarches-server`` is a thin command line over it. Names load on
+first use, so importing the package does not import torch or scvi-tools.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedarches.server.coordinator import CoordinatorDir, add_lab, init_coordinator
+    from fedarches.server.merge import merge_adapters
+    from fedarches.server.reference import ReferenceOptions, build_reference, import_reference
+    from fedarches.server.report import write_report
+    from fedarches.server.service import cancel_round, follow_round, serve, start_round
+    from fedarches.server.settings import ROUND_DEFAULTS, RoundSettings
+    from fedarches.server.validation import Expected, validate_reply
+
+_API = {  # where each name of __all__ lives (tests/test_layout.py checks that they agree)
+    "CoordinatorDir": "coordinator",
+    "Expected": "validation",
+    "ROUND_DEFAULTS": "settings",
+    "ReferenceOptions": "reference",
+    "RoundSettings": "settings",
+    "add_lab": "coordinator",
+    "build_reference": "reference",
+    "cancel_round": "service",
+    "follow_round": "service",
+    "import_reference": "reference",
+    "init_coordinator": "coordinator",
+    "merge_adapters": "merge",
+    "serve": "service",
+    "start_round": "service",
+    "validate_reply": "validation",
+    "write_report": "report",
+}
+__all__ = [
+    "ROUND_DEFAULTS",
+    "CoordinatorDir",
+    "Expected",
+    "ReferenceOptions",
+    "RoundSettings",
+    "add_lab",
+    "build_reference",
+    "cancel_round",
+    "follow_round",
+    "import_reference",
+    "init_coordinator",
+    "merge_adapters",
+    "serve",
+    "start_round",
+    "validate_reply",
+    "write_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return __all__

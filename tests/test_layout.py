@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,27 @@ def test_shared_names_no_role() -> None:
     assert offenders == [], "shared/ names a role (a command or module of the client or server):\n" + "\n".join(
         offenders
     )
+
+
+@pytest.mark.parametrize("role", ["fedarches.client", "fedarches.server"])
+def test_each_role_exposes_its_python_api(role: str) -> None:
+    module = importlib.import_module(role)
+    assert sorted(module.__all__) == sorted(module._API)
+    for name in module.__all__:
+        assert getattr(module, name) is getattr(importlib.import_module(f"{role}.{module._API[name]}"), name)
+    with pytest.raises(AttributeError, match="no attribute"):
+        module.not_a_name
+
+
+def test_importing_the_roles_loads_neither_torch_nor_scvi_tools() -> None:
+    code = "import sys, fedarches.client, fedarches.server; print(sorted({'torch', 'scvi'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_import_contracts_hold() -> None:
+    """The contracts in pyproject.toml ([tool.importlinter]); `make test` runs them before pytest as well."""
+    linter = Path(sys.executable).with_name("lint-imports")
+    out = subprocess.run([str(linter), "--no-cache"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "0 broken" in out.stdout

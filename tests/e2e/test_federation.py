@@ -30,6 +30,7 @@ import pytest
 from fedarches.shared import protocol
 from fedarches.shared._process import free_port, own_executable
 from fedarches.shared.bundle import ReferenceBundle
+from fedarches.shared.surgery import adapter_bytes_per_batch
 from fedarches.testing.loopback import LoopbackFederation
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -85,12 +86,13 @@ def test_round_completes_and_merges_every_lab(first_round, federation) -> None:
     assert {lab["name"]: lab["status"] for lab in first_round["labs"]} == dict.fromkeys(LABS, "accepted")
     atlas = ReferenceBundle.open(first_round["atlas"]["path"], fed.coord.signing_public_key)
     assert atlas.batch_categories == [*bundle.batch_categories, *LABS]
+    per_batch = adapter_bytes_per_batch(bundle, bundle.reference_state())  # one new batch per lab
     for lab in first_round["labs"]:
         # first round: the whole bundle travels once; the reply is a few KB
         assert lab["bundle_sent"]
         assert lab["bytes_to_lab"] >= bundle.size_bytes
         assert lab["bytes_from_lab"] < 20_000
-        assert lab["adapter"]["bytes"] == 2560
+        assert lab["adapter"]["bytes"] == per_batch == sum(t["bytes"] for t in lab["adapter"]["tensors"])
     report = Path(first_round["atlas"]["path"]).parent
     html = (report / "report.html").read_text()
     assert all(name in html for name in LABS) and "suppressed" in html and "SecAgg+" in html

@@ -1,14 +1,14 @@
 """Pushing messages and pulling their replies, polling faster than Flower's ``send_and_receive``.
 
 Flower 1.41's ``Grid.send_and_receive`` sleeps 3 s between pulls; a SecAgg+ sum makes four such
-exchanges in a row. :class:`PollingGrid` gives the legacy workflow the same Grid with this
-module's 1-second polling.
+exchanges in a row. :class:`PollingGrid` gives Flower's strategy loop and the legacy SecAgg+
+workflow the same Grid with this module's 1-second polling.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import Message
@@ -43,15 +43,20 @@ def exchange(grid: Grid, messages: list[Message], timeout: float, on_reply: Any 
 
 
 class PollingGrid:
-    """A :class:`Grid` whose ``send_and_receive`` polls every :data:`POLL_S` seconds."""
+    """A :class:`Grid` whose ``send_and_receive`` polls every :data:`POLL_S` seconds.
 
-    def __init__(self, grid: Grid) -> None:
+    ``on_reply(node_id, reply)``, when given, is called as each reply arrives, with the node the
+    message was sent to.
+    """
+
+    def __init__(self, grid: Grid, *, on_reply: Callable[[int, Message], None] | None = None) -> None:
         self._grid = grid
+        self._on_reply = on_reply
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Send ``messages`` and return the replies received within ``timeout`` seconds (no limit if None)."""
-        replies = exchange(self._grid, list(messages), 1e9 if timeout is None else timeout)
+        replies = exchange(self._grid, list(messages), 1e9 if timeout is None else timeout, on_reply=self._on_reply)
         return list(replies.values())

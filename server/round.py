@@ -1,4 +1,10 @@
-"""One mapping round over a Flower :class:`~flwr.serverapp.Grid`: the coordinator's logic.
+"""One mapping round as a Flower :class:`~flwr.serverapp.strategy.Strategy`, driven by Flower's own loop.
+
+:func:`run_round` hands :class:`MappingRound` to ``Strategy.start`` for one server round:
+``configure_train`` does steps 1-2, Flower sends and collects (step 3), ``aggregate_train`` does
+steps 4-6. What a reply means is judged in the Flower-free :mod:`fedarches.server.validation`,
+the atlas is merged in :mod:`fedarches.server.merge`, and SecAgg+'s legacy plumbing stays in
+:mod:`fedarches.server.secure_sum`.
 
 1. Wait (``wait-for-labs`` seconds at most) until every registered lab's SuperNode is online.
    A node whose id is not a registered lab's is left out.
@@ -23,18 +29,20 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedarches.server.coordinator import CoordinatorDir
-from fedarches.server.messaging import POLL_S, exchange
+from fedarches.server.messaging import POLL_S, PollingGrid
 from fedarches.server.secure_sum import SecureSumResult, secure_sum
 from fedarches.server.settings import RoundSettings
 from fedarches.server.validation import Accepted, Expected, validate_reply
@@ -123,54 +131,141 @@ class RoundResult:
 
 
 def run_round(grid: Grid, settings: RoundSettings, context: Context) -> RoundResult:
-    """Run one round; always returns a result (the caller writes the report), never raises for a lab's failure."""
-    from fedarches.server.merge import merge_adapters
+    """Run one round through Flower's strategy loop; always returns a result, never raises for a lab's failure."""
+    strategy = MappingRound(settings, context)
+    polling = PollingGrid(grid, on_reply=strategy.on_reply)
+    strategy.start(polling, ArrayRecord(), num_rounds=1, timeout=settings.timeout)
+    return strategy.result
 
-    coord = CoordinatorDir.open(settings.coordinator_dir)
-    bundle = ReferenceBundle.open(settings.bundle_dir, coord.signing_public_key)
-    labs = {
-        name: LabOutcome(name=name, node_id=int(info.get("node-id", 0)))
-        for name, info in coord.labs().items()
-        if info.get("registered")
-    }
-    result = RoundResult(settings, bundle, list(labs.values()), started=datetime.now(UTC).isoformat(timespec="seconds"))
-    by_node = {lab.node_id: lab for lab in labs.values()}
-    log.info(
-        "round %s: bundle %s, %d registered labs: %s", settings.round_id, bundle.bundle_id, len(labs), ", ".join(labs)
-    )
 
-    tick = time.perf_counter()  # what replies are checked against; surgery's shape probe fails before any lab works
-    expected = Expected.for_bundle(bundle, min_count=settings.min_count, max_adapter_bytes=settings.max_adapter_bytes)
-    result.phases["surgery_probe_s"] = time.perf_counter() - tick
+class MappingRound(Strategy):
+    """The coordinator's round: the bundle out where it is missing, labs' adapters in, one merged atlas.
 
-    tick = time.perf_counter()
-    online = _wait_for_nodes(grid, set(by_node), settings.wait_for_labs)
-    result.phases["wait_for_labs_s"] = time.perf_counter() - tick
-    for node_id in online - set(by_node):
-        log.warning("node %d is online but not a registered lab; it is left out", node_id)
-    participants = sorted((by_node[n] for n in online & set(by_node)), key=lambda lab: lab.name)
-    for lab in labs.values():
-        if lab.node_id not in online:
-            lab.reason = "SuperNode not online when the round started"
-    log.info("%d of %d labs online: %s", len(participants), len(labs), ", ".join(p.name for p in participants))
+    Parameters
+    ----------
+    settings
+        The round's settings (:class:`~fedarches.server.settings.RoundSettings`).
+    context
+        The ServerApp's Flower context (the secure sum's legacy workflow needs it).
+    """
 
-    tick = time.perf_counter()
-    held = {lab.name: [str(b) for b in coord.lab(lab.name).get("bundles", [])] for lab in participants}
-    replies = _train_labs(grid, participants, held, bundle, settings, deadline=time.monotonic() + settings.timeout)
-    result.phases["train_s"] = time.perf_counter() - tick
-    for lab in participants:
-        _validate(lab, replies.get(lab.name), expected, settings)
+    def __init__(self, settings: RoundSettings, context: Context) -> None:
+        self.settings = settings
+        self.context = context
+        self.coord = CoordinatorDir.open(settings.coordinator_dir)
+        bundle = ReferenceBundle.open(settings.bundle_dir, self.coord.signing_public_key)
+        labs = [
+            LabOutcome(name=name, node_id=int(info.get("node-id", 0)))
+            for name, info in self.coord.labs().items()
+            if info.get("registered")
+        ]
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        self.result = RoundResult(settings, bundle, labs, started=started)
+        self.participants: list[LabOutcome] = []
+        self.held: dict[str, list[str]] = {}
+        self._by_node = {lab.node_id: lab for lab in labs}
+        self._expected: Expected | None = None
+        self._grid: Grid | None = None
+        self._sent: list[tuple[Message, LabOutcome]] = []
+        self._sent_at = 0.0
+        self._deadline = 0.0
 
-    accepted = [lab for lab in participants if lab.status == "accepted"]
-    summing = [lab for lab in accepted if lab.composition == Composition.SECURE_SUM]
-    if summing:
+    def summary(self) -> None:
+        """Log what the round will do."""
+        bundle, labs = self.result.bundle, self.result.labs
+        log.info(
+            "round %s: bundle %s, %d registered labs: %s",
+            self.settings.round_id,
+            bundle.bundle_id,
+            len(labs),
+            ", ".join(lab.name for lab in labs),
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Wait for the labs, then one ``train.map`` message per online lab; the bundle only where it is missing."""
+        settings, result, bundle = self.settings, self.result, self.result.bundle
+        self._grid = grid
+        tick = time.perf_counter()  # what replies are checked against; surgery's shape probe fails before any lab works
+        self._expected = Expected.for_bundle(
+            bundle, min_count=settings.min_count, max_adapter_bytes=settings.max_adapter_bytes
+        )
+        result.phases["surgery_probe_s"] = time.perf_counter() - tick
+
         tick = time.perf_counter()
-        result.consortium_categories = [*bundle.label_categories, UNKNOWN_LABEL]
+        online = _wait_for_nodes(grid, set(self._by_node), settings.wait_for_labs)
+        result.phases["wait_for_labs_s"] = time.perf_counter() - tick
+        for node_id in online - set(self._by_node):
+            log.warning("node %d is online but not a registered lab; it is left out", node_id)
+        self.participants = sorted((self._by_node[n] for n in online & set(self._by_node)), key=lambda lab: lab.name)
+        for lab in result.labs:
+            if lab.node_id not in online:
+                lab.reason = "SuperNode not online when the round started"
+        names = ", ".join(p.name for p in self.participants)
+        log.info("%d of %d labs online: %s", len(self.participants), len(result.labs), names)
+        self.held = {lab.name: _held_bundles(self.coord, lab.name) for lab in self.participants}
+        self._sent_at = time.monotonic()
+        self._deadline = self._sent_at + settings.timeout
+        with_bundle = {lab.name: bundle.bundle_id not in self.held[lab.name] for lab in self.participants}
+        messages = _train_messages(self.participants, with_bundle, bundle, settings)
+        self._sent = list(zip(messages, self.participants, strict=True))
+        return messages
+
+    def on_reply(self, node_id: int, reply: Message) -> None:
+        """Log a reply as it arrives and note when; never raises."""
+        lab = self._by_node.get(node_id)
+        if lab is not None:
+            _log_arrival(lab, reply, self._sent_at)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Judge every reply, resend the bundle to labs that lost it, sum composition securely, merge the atlas."""
+        settings, result, bundle = self.settings, self.result, self.result.bundle
+        assert self._grid is not None and self._expected is not None
+        by_name = _replies_by_lab(replies, self._sent)
+        resend = [lab for lab in self.participants if not lab.bundle_sent and _lacks_bundle(by_name.get(lab.name))]
+        if resend:
+            log.info("resending bundle %s to %s", bundle.bundle_id, ", ".join(lab.name for lab in resend))
+            messages = _train_messages(resend, dict.fromkeys((lab.name for lab in resend), True), bundle, settings)
+            again = self._grid.send_and_receive(messages, timeout=max(0.0, self._deadline - time.monotonic()))
+            by_name.update(_replies_by_lab(again, list(zip(messages, resend, strict=True))))
+        result.phases["train_s"] = time.monotonic() - self._sent_at
+        for lab in self.participants:
+            _validate(lab, by_name.get(lab.name), self._expected, settings)
+        accepted = [lab for lab in self.participants if lab.status == "accepted"]
+        self._secure_sum([lab for lab in accepted if lab.composition == Composition.SECURE_SUM])
+        for lab in accepted:  # it verified and used this bundle: later rounds send only the id
+            if bundle.bundle_id not in self.held[lab.name]:
+                self.coord.update_lab(lab.name, bundles=[*self.held[lab.name], bundle.bundle_id][-5:])
+        self._merge(accepted)
+        log.info("round %s %s: %s", settings.round_id, result.status, result.message)
+        return None, MetricRecord({"accepted": len(accepted), "participants": len(self.participants)})
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """No federated evaluation: each lab scores its own cells locally."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Nothing to aggregate (no evaluation messages are sent)."""
+        return None
+
+    def _secure_sum(self, summing: list[LabOutcome]) -> None:
+        """The consortium's label counts over ``summing`` through SecAgg+; the coordinator learns only the total."""
+        if not summing:
+            return
+        settings, result = self.settings, self.result
+        assert self._grid is not None
+        tick = time.perf_counter()
+        result.consortium_categories = [*result.bundle.label_categories, UNKNOWN_LABEL]
         log.info("secure sum (SecAgg+) of label counts over %s", ", ".join(lab.name for lab in summing))
         try:
             result.consortium_counts = secure_sum(
-                grid,
-                context,
+                self._grid,
+                self.context,
                 [lab.node_id for lab in summing],
                 round_id=settings.round_id,
                 categories=result.consortium_categories,
@@ -184,34 +279,35 @@ def run_round(grid: Grid, settings: RoundSettings, context: Context) -> RoundRes
         _write_secure_sum(settings.round_dir, result, summing)
         result.phases["secure_sum_s"] = time.perf_counter() - tick
         outcome = result.consortium_counts
-        log.info(
-            "secure sum: %s",
-            f"total over {len(outcome.contributors)} labs" if outcome.total is not None else outcome.message,
-        )
-    for lab in accepted:  # it verified and used this bundle: later rounds send only the id
-        if bundle.bundle_id not in held[lab.name]:
-            coord.update_lab(lab.name, bundles=[*held[lab.name], bundle.bundle_id][-5:])
-    adapters = [(lab.name, lab.adapter) for lab in accepted if lab.adapter is not None]
-    if len(accepted) < settings.min_labs or not accepted:
-        result.status = "failed"
-        result.message = f"{len(accepted)} labs accepted, fewer than --min-labs {settings.min_labs}; no atlas written"
-    elif not adapters:
-        result.status = "failed"
-        result.message = f"{len(accepted)} labs accepted, but none released an adapter; no atlas written"
-    else:
-        tick = time.perf_counter()
-        result.atlas = merge_adapters(
-            bundle,
-            adapters,
-            settings.round_dir / "atlas",
-            coord.signing_key,
-            round_id=settings.round_id,
-        )
-        result.phases["merge_s"] = time.perf_counter() - tick
-        result.status = "completed"
-        result.message = f"merged {len(accepted)} labs into atlas {result.atlas.bundle_id}"
-    log.info("round %s %s: %s", settings.round_id, result.status, result.message)
-    return result
+        what = f"total over {len(outcome.contributors)} labs" if outcome.total is not None else outcome.message
+        log.info("secure sum: %s", what)
+
+    def _merge(self, accepted: list[LabOutcome]) -> None:
+        """Merge the accepted adapters into a new signed atlas, when enough labs were accepted."""
+        from fedarches.server.merge import merge_adapters
+
+        settings, result, n = self.settings, self.result, len(accepted)
+        adapters = [(lab.name, lab.adapter) for lab in accepted if lab.adapter is not None]
+        if n < settings.min_labs or not accepted:
+            result.status = "failed"
+            result.message = f"{n} labs accepted, fewer than --min-labs {settings.min_labs}; no atlas written"
+        elif not adapters:
+            result.status = "failed"
+            result.message = f"{len(accepted)} labs accepted, but none released an adapter; no atlas written"
+        else:
+            tick = time.perf_counter()
+            atlas_dir = settings.round_dir / "atlas"
+            result.atlas = merge_adapters(
+                result.bundle, adapters, atlas_dir, self.coord.signing_key, round_id=settings.round_id
+            )
+            result.phases["merge_s"] = time.perf_counter() - tick
+            result.status = "completed"
+            result.message = f"merged {len(accepted)} labs into atlas {result.atlas.bundle_id}"
+
+
+def _held_bundles(coord: CoordinatorDir, name: str) -> list[str]:
+    """Ids of the bundles the registry records lab ``name`` as holding."""
+    return [str(b) for b in coord.lab(name).get("bundles", [])]
 
 
 def _write_secure_sum(round_dir: Path, result: RoundResult, asked: list[LabOutcome]) -> None:
@@ -238,50 +334,10 @@ def _wait_for_nodes(grid: Grid, expected: set[int], wait_s: float) -> set[int]:
         time.sleep(POLL_S)
 
 
-def _train_labs(
-    grid: Grid,
-    labs: list[LabOutcome],
-    held: dict[str, list[str]],
-    bundle: ReferenceBundle,
-    settings: RoundSettings,
-    *,
-    deadline: float,
-) -> dict[str, Message]:
-    """Send ``train`` to every lab, with the bundle only where the coordinator has no record of it.
-
-    A lab that answers that it lacks the bundle (or that its copy fails verification) gets it
-    resent once, within the same deadline.
-    """
-    start = time.monotonic()
-    first = _send_train(
-        grid,
-        labs,
-        {lab.name: bundle.bundle_id not in held[lab.name] for lab in labs},
-        bundle,
-        settings,
-        start,
-        deadline,
-    )
-    resend = [lab for lab in labs if not lab.bundle_sent and _lacks_bundle(first.get(lab.name))]
-    if resend:
-        log.info("resending bundle %s to %s", bundle.bundle_id, ", ".join(lab.name for lab in resend))
-        first.update(
-            _send_train(
-                grid, resend, dict.fromkeys((lab.name for lab in resend), True), bundle, settings, start, deadline
-            )
-        )
-    return first
-
-
-def _send_train(
-    grid: Grid,
-    labs: list[LabOutcome],
-    with_bundle: dict[str, bool],
-    bundle: ReferenceBundle,
-    settings: RoundSettings,
-    start: float,
-    deadline: float,
-) -> dict[str, Message]:
+def _train_messages(
+    labs: list[LabOutcome], with_bundle: dict[str, bool], bundle: ReferenceBundle, settings: RoundSettings
+) -> list[Message]:
+    """One ``train.map`` message per lab: the round's settings, and the bundle where ``with_bundle`` says so."""
     bundle_record = None
     request = settings.map_request(bundle.bundle_id).to_record()
     messages = []
@@ -303,11 +359,24 @@ def _send_train(
             "with bundle" if with_bundle[lab.name] else f"bundle {bundle.bundle_id} held since an earlier round",
             size,
         )
-    by_node = {lab.node_id: lab for lab in labs}
-    replies = exchange(
-        grid, messages, max(0.0, deadline - time.monotonic()), on_reply=lambda n, r: _log_arrival(by_node[n], r, start)
-    )
-    return {lab.name: replies[lab.node_id] for lab in labs if lab.node_id in replies}
+    return messages
+
+
+def _replies_by_lab(replies: Iterable[Message], sent: list[tuple[Message, LabOutcome]]) -> dict[str, Message]:
+    """The replies keyed by the lab each message was sent to (through the id it replies to, set when pushed).
+
+    Who actually sent a reply is checked when it is judged (:func:`_validate`).
+    """
+    lab_of = {message.metadata.message_id: lab.name for message, lab in sent}
+    out = {}
+    for reply in replies:
+        try:
+            name = lab_of.get(reply.metadata.reply_to_message_id)
+        except Exception:  # noqa: BLE001 - a reply without readable metadata answers for no lab
+            continue
+        if name is not None:
+            out[name] = reply
+    return out
 
 
 def _lacks_bundle(reply: Message | None) -> bool:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fedarches.client.options import MAX_SURGERY_EPOCHS, SURGERY_STEPS, MappingOptions
 from fedarches.shared._cli import CountsLayer, Debug, Quiet, console, handle_errors, setup_logging
+from fedarches.shared._constants import ADATA_KEYS, AnnDataKeys
 from fedarches.shared.labels import DEFAULT_MIN_COUNT
 
 app = typer.Typer(
@@ -134,7 +135,7 @@ def map_command(
             overlap["query_source"],
             overlap["reference_column"],
         )
-        print_summary(adata, confidence_threshold=confidence_threshold)
+        print_summary(adata, confidence_threshold=confidence_threshold, keys=result.keys)
         console.print(
             f"wrote [bold]{out}[/bold] ({result.n_epochs} epochs, {result.timings['total_s']:.1f} s); "
             f"plots: {', '.join(str(p) for p in plots)}"
@@ -151,27 +152,25 @@ def _other_modalities(data: object) -> str:
     return "".join(f" (+ modality {name}: {m.n_vars} features)" for name, m in mods.items() if name != "rna")
 
 
-def print_summary(adata: object, *, confidence_threshold: float) -> None:
-    """Print a table of predicted cell types to stdout."""
-    from fedarches.shared._constants import ADATA_KEYS
-
+def print_summary(adata: object, *, confidence_threshold: float, keys: AnnDataKeys = ADATA_KEYS) -> None:
+    """Print a table of predicted cell types to stdout (``keys``: where the mapping wrote)."""
     obs = adata.obs  # type: ignore[attr-defined]
     table = Table(title=f"predicted cell types ({len(obs)} cells)")
-    has_unknown = ADATA_KEYS.UNKNOWN in obs
+    has_unknown = keys.UNKNOWN in obs
     columns = ["cell type", "cells", "share", "mean confidence", f"low confidence (< {confidence_threshold})"]
     for column in columns + (["Unknown (not in the atlas)"] if has_unknown else []):
         table.add_column(column, justify="left" if column == "cell type" else "right")
-    grouped = obs.groupby(ADATA_KEYS.PREDICTION, observed=True)
+    grouped = obs.groupby(keys.PREDICTION, observed=True)
     for cell_type, group in grouped:
         row = [
             str(cell_type),
             str(len(group)),
             f"{len(group) / len(obs):.1%}",
-            f"{group[ADATA_KEYS.CONFIDENCE].mean():.3f}",
-            str(int(group[ADATA_KEYS.LOW_CONFIDENCE].sum())),
+            f"{group[keys.CONFIDENCE].mean():.3f}",
+            str(int(group[keys.LOW_CONFIDENCE].sum())),
         ]
         if has_unknown:
-            row.append(str(int(group[ADATA_KEYS.UNKNOWN].sum())))
+            row.append(str(int(group[keys.UNKNOWN].sum())))
         table.add_row(*row)
     Console().print(table)
 

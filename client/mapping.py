@@ -19,9 +19,9 @@ import pandas as pd
 from fedarches.client.options import MappingOptions, auto_max_epochs
 from fedarches.client.query import MIN_GENE_FRACTION, PreparedQuery, prepare_query
 from fedarches.shared import __version__
-from fedarches.shared._constants import ADATA_KEYS
+from fedarches.shared._constants import ADATA_KEYS, AnnDataKeys
 from fedarches.shared._process import peak_rss_bytes
-from fedarches.shared._training import quiet_training, torch_threads
+from fedarches.shared._training import quiet_training, scoped_seed, torch_threads
 from fedarches.shared.adapters import Adapter, apply_adapters, check_reference_unchanged, extract_adapter
 from fedarches.shared.backends import backend_for
 from fedarches.shared.embedding import place_on_reference
@@ -64,6 +64,8 @@ class MappingResult:
     cell_confidence: np.ndarray | None = None
     cell_low_confidence: np.ndarray | None = None
     label_categories: tuple[str, ...] = ()
+    keys: AnnDataKeys = ADATA_KEYS  # where the annotations were written (``key_added``)
+    adata: Any = None  # the annotated copy, with ``copy=True``
 
     def label_counts(self, keep: np.ndarray | None = None) -> LabelCounts:
         """Exact per-type counts over all cells, or over the cells ``keep`` marks."""
@@ -87,8 +89,13 @@ def map_query(
     confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
     min_count: int = DEFAULT_MIN_COUNT,
     min_gene_fraction: float = MIN_GENE_FRACTION,
+    key_added: str | None = None,
+    copy: bool = False,
 ) -> MappingResult:
-    """Map ``adata`` onto ``bundle`` with scArches surgery and annotate it in place.
+    """Map ``adata`` onto ``bundle`` with scArches surgery and annotate it, like a scanpy tool.
+
+    Global state is left as it was found: the random seed is scoped (``scvi.settings.seed``
+    and the generators it seeds are restored afterwards), and so is the number of torch threads.
 
     Reference weights stay frozen (``weight_decay=0``, decoder batch-norm frozen); only the
     query's new batch columns train. Afterwards every reference tensor is checked to be
@@ -117,10 +124,17 @@ def map_query(
         Label statistics suppress counts below this.
     min_gene_fraction
         Refuse queries with fewer of the reference's genes than this share.
+    key_added
+        Write every annotation under ``{key_added}_{key}`` (``obs``, ``obsm`` and ``uns`` alike, as
+        ``sc.pp.neighbors`` does), so that mappings onto several bundles can sit side by side.
+        The names used are in ``MappingResult.keys``.
+    copy
+        Annotate a copy and return it as ``MappingResult.adata``; ``adata`` itself is left unchanged.
 
     Returns
     -------
-    The adapter, label statistics and run facts. Sets in ``adata``:
+    The adapter, label statistics and run facts (what is not written into ``adata``), plus the
+    annotated copy when ``copy``. Sets in ``adata`` (names shown without ``key_added``):
 
     ``obs['predicted_cell_type']`` : categorical
         Predicted reference cell type.
@@ -145,6 +159,10 @@ def map_query(
         extra inputs (totalVI: ``n_reference_proteins``, ``n_present``, ``missing``, ``rna_only``).
     """
     options = options or MappingOptions()
+    if copy:
+        adata = adata.copy()
+    keys = ADATA_KEYS.added(key_added)
+    named = dict(zip(ADATA_KEYS, keys, strict=True))  # default name -> the name written
     backend = backend_for(bundle)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -153,10 +171,12 @@ def map_query(
     )
     timings["validate_s"] = time.perf_counter() - start
 
-    with quiet_training(), torch_threads(options.threads), tempfile.TemporaryDirectory() as tmp:
-        import scvi
-
-        scvi.settings.seed = options.seed
+    with (
+        quiet_training(),
+        torch_threads(options.threads),
+        scoped_seed(options.seed),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         tick = time.perf_counter()
         model = _load_query_model(prepared, bundle, Path(tmp))
         reference_state = bundle.reference_state()
@@ -195,7 +215,7 @@ def map_query(
     labels = np.asarray(bundle.label_categories)
     predicted = labels[probabilities.argmax(axis=1)]
     raw_confidence = probabilities.max(axis=1).astype(np.float32)
-    latent_key = backend.latent_key
+    latent_key = f"{key_added}_{backend.latent_key}" if key_added else backend.latent_key
     quality = _mapping_quality(bundle, latent, probabilities)
     empty = prepared.empty_cells
     if ADATA_KEYS.UNKNOWN in quality:  # a cell with no counts carries no information: it is not a known type
@@ -203,18 +223,18 @@ def map_query(
     confidence = quality.get(ADATA_KEYS.CONFIDENCE, raw_confidence)
     low = confidence < confidence_threshold
 
-    adata.obs[ADATA_KEYS.PREDICTION] = pd.Categorical(predicted, categories=bundle.label_categories)
-    adata.obs[ADATA_KEYS.CONFIDENCE] = confidence
-    adata.obs[ADATA_KEYS.LOW_CONFIDENCE] = low
+    adata.obs[keys.PREDICTION] = pd.Categorical(predicted, categories=bundle.label_categories)
+    adata.obs[keys.CONFIDENCE] = confidence
+    adata.obs[keys.LOW_CONFIDENCE] = low
     for key, values in quality.items():
-        adata.obs[key] = values
-    adata.obs[ADATA_KEYS.RAW_CONFIDENCE] = raw_confidence
+        adata.obs[named[key]] = values
+    adata.obs[keys.RAW_CONFIDENCE] = raw_confidence
     adata.obsm[latent_key] = latent
     for key, value in cell_outputs.items():
-        adata.obsm[key] = value
+        adata.obsm[named.get(key, f"{key_added}_{key}" if key_added else key)] = value
     embedding = bundle.embedding
     if embedding is not None:
-        adata.obsm[ADATA_KEYS.REF_UMAP] = place_on_reference(latent, embedding["latent"], embedding["umap"])
+        adata.obsm[keys.REF_UMAP] = place_on_reference(latent, embedding["latent"], embedding["umap"])
     categories = list(bundle.label_categories)
     counted = predicted
     if ADATA_KEYS.UNKNOWN in quality:  # Unknown cells are counted as Unknown, not as their nearest type
@@ -222,7 +242,7 @@ def map_query(
         categories.append(UNKNOWN_LABEL)
     statistics = suppress(LabelCounts.from_cells(counted, confidence, low, categories), min_count=min_count)
     timings["total_s"] = time.perf_counter() - start
-    adata.uns[ADATA_KEYS.UNS] = {
+    adata.uns[keys.UNS] = {
         "bundle_id": bundle.bundle_id,
         "model_class": bundle.model_class,
         "backend": backend.name,
@@ -238,6 +258,7 @@ def map_query(
             "seed": options.seed,
             "confidence_threshold": confidence_threshold,
             "latent_key": latent_key,
+            "key_added": key_added or "",
         },
         "counts_source": prepared.counts_source,
         "gene_overlap": prepared.gene_overlap.to_dict(),
@@ -262,6 +283,8 @@ def map_query(
         cell_confidence=np.asarray(confidence, dtype=float),
         cell_low_confidence=np.asarray(low, dtype=bool),
         label_categories=tuple(categories),
+        keys=keys,
+        adata=adata if copy else None,
     )
 
 

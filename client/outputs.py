@@ -134,7 +134,9 @@ def write_mapping_outputs(
             plots = []
             if outputs.plots_dir is not None:
                 staging = staged.directory(outputs.plots_dir)
-                plotted = plot_mapping(adata, bundle, staging, confidence_threshold=confidence_threshold)
+                plotted = plot_mapping(
+                    adata, bundle, staging, confidence_threshold=confidence_threshold, keys=result.keys
+                )
                 plots = [outputs.plots_dir / p.name for p in plotted]
             if outputs.adapter is not None:
                 staged.file(outputs.adapter).write_bytes(result.adapter.to_bytes())

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
-from fedarches.shared._constants import ADATA_KEYS
+from fedarches.shared._constants import ADATA_KEYS, AnnDataKeys
 from fedarches.shared._io import write_atomically
 
 if TYPE_CHECKING:
@@ -24,36 +25,39 @@ if TYPE_CHECKING:
     from fedarches.shared.bundle import ReferenceBundle
     from fedarches.shared.quality import ReferenceSummary
 
-
-"""``obsm`` key of the denoised protein values (a DataFrame, one column per reference protein; totalVI)."""
 MAX_PROTEIN_PANELS = 6
 ISOTYPE_CONTROL = re.compile(r"igg|isotype|control", re.IGNORECASE)
 """Names of isotype-control antibodies (``IgG1``, ``IgG2a_control``): background, never plotted."""
 
 
 def plot_mapping(
-    adata: AnnData | MuData, bundle: ReferenceBundle, out_dir: Path, *, confidence_threshold: float
+    adata: AnnData | MuData,
+    bundle: ReferenceBundle,
+    out_dir: Path,
+    *,
+    confidence_threshold: float,
+    keys: AnnDataKeys = ADATA_KEYS,
 ) -> list[Path]:
     """Write ``reference_embedding.png``, ``confidence_histogram.png`` and the others that apply; return their paths.
 
     ``mapping_distance.png`` needs the bundle's reference summary; ``protein_panels.png`` needs
-    ``obsm['denoised_protein']`` (a totalVI mapping).
+    ``obsm['denoised_protein']`` (a totalVI mapping). ``keys`` are where the mapping wrote
+    (``MappingResult.keys``). Figures are drawn without pyplot, so the caller's matplotlib backend
+    and open figures are left as they were.
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    confidence = adata.obs[ADATA_KEYS.CONFIDENCE].to_numpy()
-    predicted = adata.obs[ADATA_KEYS.PREDICTION]
+    confidence = adata.obs[keys.CONFIDENCE].to_numpy()
+    predicted = adata.obs[keys.PREDICTION]
     embedding = bundle.embedding
-    if embedding is not None and ADATA_KEYS.REF_UMAP in adata.obsm:
+    if embedding is not None and keys.REF_UMAP in adata.obsm:
         ref = embedding["umap"]
-        query = adata.obsm[ADATA_KEYS.REF_UMAP]
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), constrained_layout=True)
+        query = adata.obsm[keys.REF_UMAP]
+        fig = Figure(figsize=(13, 5.5), layout="constrained")
+        axes = fig.subplots(1, 2)
         for ax in axes:
             ax.scatter(ref[:, 0], ref[:, 1], s=6, c="#d0d0d0", linewidths=0, label="reference")
             ax.set_xticks([])
@@ -89,21 +93,22 @@ def plot_mapping(
                 linewidths=0.8,
                 label=f"low confidence (< {confidence_threshold})",
             )
-        if ADATA_KEYS.UNKNOWN in adata.obs and adata.obs[ADATA_KEYS.UNKNOWN].any():
-            unknown = adata.obs[ADATA_KEYS.UNKNOWN].to_numpy(dtype=bool)
+        if keys.UNKNOWN in adata.obs and adata.obs[keys.UNKNOWN].any():
+            unknown = adata.obs[keys.UNKNOWN].to_numpy(dtype=bool)
             axes[1].scatter(
                 query[unknown, 0], query[unknown, 1], s=22, marker="x", c="black", linewidths=0.8,
                 label=f"Unknown: not in the atlas ({unknown.sum()})",
             )  # fmt: skip
         if axes[1].get_legend_handles_labels()[0]:
             axes[1].legend(fontsize=8, loc="best", frameon=False)
-        fig.colorbar(points, ax=axes[1], label=ADATA_KEYS.CONFIDENCE)
+        fig.colorbar(points, ax=axes[1], label=keys.CONFIDENCE)
         axes[1].set_title("query on the reference, by prediction confidence")
         paths.append(_save(fig, out_dir / "reference_embedding.png"))
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
     ax.hist(confidence, bins=np.linspace(0, 1, 41), color="#4c72b0")
     ax.axvline(confidence_threshold, color="crimson", linestyle="--", label=f"threshold {confidence_threshold}")
-    ax.set_xlabel(ADATA_KEYS.CONFIDENCE)
+    ax.set_xlabel(keys.CONFIDENCE)
     ax.set_ylabel("cells")
     ax.set_title(
         f"prediction confidence ({int((confidence < confidence_threshold).sum())} of {len(confidence)} cells low)"
@@ -111,11 +116,11 @@ def plot_mapping(
     ax.legend(frameon=False)
     paths.append(_save(fig, out_dir / "confidence_histogram.png"))
     summary = bundle.reference_summary
-    if summary is not None and ADATA_KEYS.MAPPING_DISTANCE in adata.obs:
-        paths.append(_plot_distances(adata, summary, out_dir / "mapping_distance.png"))
-    if ADATA_KEYS.DENOISED_PROTEIN in adata.obsm:
+    if summary is not None and keys.MAPPING_DISTANCE in adata.obs:
+        paths.append(_plot_distances(adata, summary, out_dir / "mapping_distance.png", keys))
+    if keys.DENOISED_PROTEIN in adata.obsm:
         umap = bundle.embedding["umap"] if bundle.embedding is not None else None
-        proteins = plot_proteins(adata, out_dir / "protein_panels.png", reference_umap=umap)
+        proteins = plot_proteins(adata, out_dir / "protein_panels.png", reference_umap=umap, keys=keys)
         if proteins is not None:
             paths.append(proteins)
     return paths
@@ -134,7 +139,12 @@ def informative_proteins(denoised: pd.DataFrame, n: int = MAX_PROTEIN_PANELS) ->
 
 
 def plot_proteins(
-    adata: AnnData | MuData, path: Path, *, reference_umap: np.ndarray | None = None, n: int = MAX_PROTEIN_PANELS
+    adata: AnnData | MuData,
+    path: Path,
+    *,
+    reference_umap: np.ndarray | None = None,
+    n: int = MAX_PROTEIN_PANELS,
+    keys: AnnDataKeys = ADATA_KEYS,
 ) -> Path | None:
     """Denoised values of the most informative proteins: on the reference UMAP, or per predicted type.
 
@@ -142,12 +152,7 @@ def plot_proteins(
     (reference cells in grey behind them), else a box per predicted cell type. Returns ``path``, or
     ``None`` (nothing written) when no protein varies.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    denoised = adata.obsm[ADATA_KEYS.DENOISED_PROTEIN]
+    denoised = adata.obsm[keys.DENOISED_PROTEIN]
     if not isinstance(denoised, pd.DataFrame):
         denoised = pd.DataFrame(np.asarray(denoised), columns=[f"protein {i}" for i in range(denoised.shape[1])])
     denoised = denoised.set_axis(denoised.columns.astype(str), axis=1)
@@ -155,19 +160,18 @@ def plot_proteins(
     if not chosen:
         return None
     values = np.log1p(np.clip(denoised[chosen].to_numpy(dtype=np.float64), 0, None))
-    on_umap = ADATA_KEYS.REF_UMAP in adata.obsm
+    on_umap = keys.REF_UMAP in adata.obsm
     n_cols = min(3, len(chosen))
     n_rows = math.ceil(len(chosen) / n_cols)
     size = (4.3, 3.9) if on_umap else (4.6, 3.6)
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(size[0] * n_cols, size[1] * n_rows), squeeze=False, constrained_layout=True
-    )
+    fig = Figure(figsize=(size[0] * n_cols, size[1] * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for ax in axes.ravel()[len(chosen) :]:
         ax.set_visible(False)
     if on_umap:
-        _protein_umaps(axes.ravel(), chosen, values, np.asarray(adata.obsm[ADATA_KEYS.REF_UMAP]), reference_umap)
+        _protein_umaps(fig, axes.ravel(), chosen, values, np.asarray(adata.obsm[keys.REF_UMAP]), reference_umap)
     else:
-        _protein_boxes(axes.ravel(), chosen, values, adata.obs[ADATA_KEYS.PREDICTION])
+        _protein_boxes(axes.ravel(), chosen, values, adata.obs[keys.PREDICTION])
     left_out = [str(c) for c in denoised.columns if ISOTYPE_CONTROL.search(str(c))]
     fig.suptitle(
         f"denoised protein, log1p: the {len(chosen)} most variable of {denoised.shape[1]} proteins"
@@ -177,10 +181,8 @@ def plot_proteins(
 
 
 def _protein_umaps(
-    axes: np.ndarray, names: list[str], values: np.ndarray, query: np.ndarray, reference: np.ndarray | None
+    fig: Figure, axes: np.ndarray, names: list[str], values: np.ndarray, query: np.ndarray, reference: np.ndarray | None
 ) -> None:
-    import matplotlib.pyplot as plt
-
     for i, (ax, name) in enumerate(zip(axes, names, strict=False)):
         if reference is not None:
             ax.scatter(reference[:, 0], reference[:, 1], s=4, c="#e0e0e0", linewidths=0)
@@ -191,7 +193,7 @@ def _protein_umaps(
             query[order, 0], query[order, 1], s=8, c=column[order], cmap="viridis", vmin=low,
             vmax=max(high, low + 1e-6), linewidths=0,
         )  # fmt: skip
-        plt.colorbar(points, ax=ax, shrink=0.8, label="log1p denoised")
+        fig.colorbar(points, ax=ax, shrink=0.8, label="log1p denoised")
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -212,15 +214,14 @@ def _protein_boxes(axes: np.ndarray, names: list[str], values: np.ndarray, predi
         ax.set_ylabel("log1p denoised")
 
 
-def _plot_distances(adata: AnnData, summary: ReferenceSummary, path: Path) -> Path:
+def _plot_distances(adata: AnnData, summary: ReferenceSummary, path: Path, keys: AnnDataKeys) -> Path:
     """Query cells' distance to the nearest reference type, against the reference's own distances."""
-    import matplotlib.pyplot as plt
-
-    distances = adata.obs[ADATA_KEYS.MAPPING_DISTANCE].to_numpy()
-    unknown = adata.obs[ADATA_KEYS.UNKNOWN].to_numpy(dtype=bool)
+    distances = adata.obs[keys.MAPPING_DISTANCE].to_numpy()
+    unknown = adata.obs[keys.UNKNOWN].to_numpy(dtype=bool)
     top = max(float(distances.max()), float(summary.distance_quantiles[-1])) * 1.05
     bins = np.linspace(0, top, 50)
-    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    fig = Figure(figsize=(6.5, 4), layout="constrained")
+    ax = fig.subplots()
     ax.hist(distances, bins=bins, color="#4c72b0", label="query cells")
     reference = np.interp(
         np.linspace(0, 1, 2000), np.linspace(0, 1, summary.distance_quantiles.size), summary.distance_quantiles
@@ -235,9 +236,6 @@ def _plot_distances(adata: AnnData, summary: ReferenceSummary, path: Path) -> Pa
     return _save(fig, path)
 
 
-def _save(fig: object, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120))  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[arg-type]
+def _save(fig: Figure, path: Path) -> Path:
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120))
     return path

@@ -144,9 +144,7 @@ def write_report(result: RoundResult, round_dir: Path) -> dict[str, Path]:
 def plot_composition(data: dict[str, Any], path: Path) -> None:
     """Stacked bars of released predicted-type counts per lab; suppressed types listed under each bar."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend and figures are left alone
 
     composition: dict[str, dict[str, Any]] = dict(data["composition"])
     consortium = data.get("consortium")
@@ -156,8 +154,9 @@ def plot_composition(data: dict[str, Any], path: Path) -> None:
     extra = sorted({t for row in composition.values() for t in row} - set(types))
     types += extra
     labs = list(composition)
-    fig, ax = plt.subplots(figsize=(max(6.5, 1.8 * len(labs) + 3), 4.8))
-    cmap = plt.get_cmap("tab20")
+    fig = Figure(figsize=(max(6.5, 1.8 * len(labs) + 3), 4.8))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab20"]
     bottoms = [0] * len(labs)
     for i, cell_type in enumerate(types):
         heights = [row.get(cell_type) if isinstance(row.get(cell_type), int) else 0 for row in composition.values()]
@@ -180,7 +179,6 @@ def plot_composition(data: dict[str, Any], path: Path) -> None:
         ax.text(0.5, 0.5, "no lab accepted", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120))
-    plt.close(fig)
 
 
 def render_html(data: dict[str, Any], plot_path: Path) -> str:

@@ -16,7 +16,9 @@ class _BundleKeys(NamedTuple):
     SUMMARY: str = "reference_summary.npz"
 
 
-class _AnnDataKeys(NamedTuple):
+class AnnDataKeys(NamedTuple):
+    """Where a mapping writes in an AnnData (``obs``, ``obsm``, ``uns``) and where it reads counts."""
+
     PREDICTION: str = "predicted_cell_type"
     CONFIDENCE: str = "prediction_confidence"
     LOW_CONFIDENCE: str = "is_low_confidence"
@@ -29,9 +31,18 @@ class _AnnDataKeys(NamedTuple):
     UNS: str = "fedarches"
     COUNTS_LAYER: str = "counts"
 
+    def added(self, key_added: str | None) -> AnnDataKeys:
+        """These keys under ``key_added``, scanpy's way (``{key_added}_{key}``); None keeps them as they are.
+
+        The counts layer is the user's input, not an output, so it keeps its name.
+        """
+        if not key_added:
+            return self
+        return self._replace(**{f: f"{key_added}_{getattr(self, f)}" for f in self._fields if f != "COUNTS_LAYER"})
+
 
 BUNDLE_KEYS = _BundleKeys()
-ADATA_KEYS = _AnnDataKeys()
+ADATA_KEYS = AnnDataKeys()
 
 BUNDLE_FORMAT = "fedarches.reference-bundle"
 BUNDLE_FORMAT_VERSION = 1

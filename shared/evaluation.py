@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from fedarches.shared._constants import ADATA_KEYS
+from fedarches.shared._constants import ADATA_KEYS, AnnDataKeys
 from fedarches.shared.quality import expected_calibration_error
 
 if TYPE_CHECKING:
@@ -96,13 +96,15 @@ def label_transfer_metrics(
     }
 
 
-def annotated_calls(adata: AnnData, truth_key: str = "cell_type") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def annotated_calls(
+    adata: AnnData, truth_key: str = "cell_type", keys: AnnDataKeys = ADATA_KEYS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(truth, predicted, confidence)`` of an AnnData that the lab's mapping annotated."""
     obs = adata.obs
     return (
         obs[truth_key].astype(str).to_numpy(),
-        obs[ADATA_KEYS.PREDICTION].astype(str).to_numpy(),
-        obs[ADATA_KEYS.CONFIDENCE].to_numpy(),
+        obs[keys.PREDICTION].astype(str).to_numpy(),
+        obs[keys.CONFIDENCE].to_numpy(),
     )
 
 

@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from fedarches.client.annotate import MappedFile, map_file
     from fedarches.client.egress_preview import Preview, preview
     from fedarches.client.lab import LabDir, keygen
     from fedarches.client.ledger import Ledger, verify_lab_ledger
@@ -17,11 +18,13 @@ if TYPE_CHECKING:
     from fedarches.client.options import MappingOptions, auto_max_epochs
     from fedarches.client.outputs import MappingOutputs, write_mapping_outputs
     from fedarches.client.release import Releaser
-    from fedarches.client.supernode import JoinSettings, run_supernode
+    from fedarches.client.supernode import JoinCheck, JoinSettings, prepare_join, run_supernode
 
 _API = {  # where each name of __all__ lives (tests/test_layout.py checks that they agree)
+    "JoinCheck": "supernode",
     "JoinSettings": "supernode",
     "LabDir": "lab",
+    "MappedFile": "annotate",
     "Ledger": "ledger",
     "MappingOptions": "options",
     "MappingOutputs": "outputs",
@@ -30,16 +33,20 @@ _API = {  # where each name of __all__ lives (tests/test_layout.py checks that t
     "Releaser": "release",
     "auto_max_epochs": "options",
     "keygen": "lab",
+    "map_file": "annotate",
     "map_query": "mapping",
+    "prepare_join": "supernode",
     "preview": "egress_preview",
     "run_supernode": "supernode",
     "verify_lab_ledger": "ledger",
     "write_mapping_outputs": "outputs",
 }
 __all__ = [
+    "JoinCheck",
     "JoinSettings",
     "LabDir",
     "Ledger",
+    "MappedFile",
     "MappingOptions",
     "MappingOutputs",
     "MappingResult",
@@ -47,7 +54,9 @@ __all__ = [
     "Releaser",
     "auto_max_epochs",
     "keygen",
+    "map_file",
     "map_query",
+    "prepare_join",
     "preview",
     "run_supernode",
     "verify_lab_ledger",

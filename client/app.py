@@ -145,13 +145,13 @@ def secure_sum(msg: Message, context: Context) -> Message:
 def _map_and_write(
     settings: NodeSettings, lab: LabDir, bundle: Any, request: protocol.MapRequest, *, min_count: int
 ) -> tuple[Any, Any]:
-    """Run :func:`~fedarches.client.mapping.map_query` and write the lab's local outputs."""
-    from fedarches.client.mapping import MappingOptions, map_query
-    from fedarches.client.outputs import ROUND_FILE_NAME, MappingOutputs, write_mapping_outputs
-    from fedarches.shared.datafiles import query_suffix, read_query
+    """Map the lab's file as ``fedarches-client map`` would and write its outputs under ``out-dir``."""
+    from fedarches.client.annotate import map_file
+    from fedarches.client.options import MappingOptions
+    from fedarches.client.outputs import ROUND_FILE_NAME, MappingOutputs
+    from fedarches.shared.datafiles import query_suffix
 
     outputs = MappingOutputs.in_directory(settings.out_dir, suffix=query_suffix(settings.data_path))
-    adata = read_query(settings.data_path)
     options = MappingOptions(
         max_epochs=request.max_epochs or None,  # 0: automatic
         seed=request.seed,
@@ -159,24 +159,18 @@ def _map_and_write(
         progress_bar=False,
         max_adapter_bytes=request.max_adapter_bytes,  # refused before training, not after
     )
-    threshold = request.confidence_threshold
-    result = map_query(
-        adata,
+    round_info = {"round_id": request.round_id, "bundle_id": bundle.bundle_id, "lab": lab.name}
+    done = map_file(
+        settings.data_path,
         bundle,
+        outputs,
         batch_key=settings.batch_key,
         layer=settings.layer,
         lab_name=lab.name,
         options=options,
-        confidence_threshold=threshold,
+        confidence_threshold=request.confidence_threshold,
         min_count=min_count,
-    )
-    round_info = {"round_id": request.round_id, "bundle_id": bundle.bundle_id, "lab": lab.name}
-    write_mapping_outputs(
-        adata,
-        result,
-        bundle,
-        outputs,
-        confidence_threshold=threshold,
         extra={settings.out_dir / ROUND_FILE_NAME: json.dumps(round_info, indent=2).encode()},
+        directory_option="--out",
     )
-    return result, adata
+    return done.result, done.adata

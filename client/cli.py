@@ -81,10 +81,7 @@ def map_command(
     """Map QUERY onto a reference bundle with scArches surgery and write an annotated .h5ad or .h5mu."""
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
-        from fedarches.client.mapping import MappingOptions, map_query
-        from fedarches.client.outputs import MappingOutputs, write_mapping_outputs
-        from fedarches.shared.bundle import ReferenceBundle
-        from fedarches.shared.datafiles import read_query, rna_modality
+        from fedarches.client import MappingOptions, MappingOutputs, map_file
 
         outputs = MappingOutputs(
             annotated=out,
@@ -92,19 +89,6 @@ def map_command(
             adapter=adapter_out,
             label_statistics=stats_out,
         )
-        outputs.check([query, reference, trust])  # before anything is read, let alone trained
-        outputs.check_kind(query)  # .h5ad in, .h5ad out; .h5mu in, .h5mu out
-        bundle = ReferenceBundle.open(reference, trust)
-        log.info(
-            "bundle %s verified (%s, %d genes, %d cell types)",
-            bundle.bundle_id,
-            bundle.model_class,
-            len(bundle.var_names),
-            len(bundle.label_categories),
-        )
-        adata = read_query(query)
-        rna = rna_modality(adata)
-        log.info("query %s: %d cells x %d genes%s", query, adata.n_obs, rna.n_vars, _other_modalities(adata))
         options = MappingOptions(
             max_epochs=max_epochs,
             batch_size=batch_size,
@@ -114,9 +98,11 @@ def map_command(
             threads=threads,
             progress_bar=not quiet,
         )
-        result = map_query(
-            adata,
-            bundle,
+        done = map_file(
+            query,
+            reference,
+            outputs,
+            trust=trust,
             batch_key=batch_key,
             layer=layer,
             lab_name=lab_name,
@@ -125,31 +111,16 @@ def map_command(
             min_count=min_count,
             min_gene_fraction=min_gene_fraction,
         )
-        plots = write_mapping_outputs(adata, result, bundle, outputs, confidence_threshold=confidence_threshold)
-        overlap = result.gene_overlap
-        log.info(
-            "genes: %d/%d reference genes present (%.0f%%, matched %s to %s)",
-            overlap["n_present"],
-            overlap["n_reference_genes"],
-            100 * overlap["fraction"],
-            overlap["query_source"],
-            overlap["reference_column"],
-        )
-        print_summary(adata, confidence_threshold=confidence_threshold, keys=result.keys)
+        result = done.result
+        print_summary(done.adata, confidence_threshold=confidence_threshold, keys=result.keys)
         console.print(
             f"wrote [bold]{out}[/bold] ({result.n_epochs} epochs, {result.timings['total_s']:.1f} s); "
-            f"plots: {', '.join(str(p) for p in plots)}"
+            f"plots: {', '.join(str(p) for p in done.plots)}"
         )
         console.print(
             f"adapter: {len(result.adapter.tensors)} tensors, {result.adapter.nbytes} bytes"
             + (f" -> {adapter_out}" if adapter_out else "")
         )
-
-
-def _other_modalities(data: object) -> str:
-    """`` (+ modality prot: 49 features)`` for a MuData's modalities besides ``rna``; empty for an AnnData."""
-    mods = getattr(data, "mod", {})
-    return "".join(f" (+ modality {name}: {m.n_vars} features)" for name, m in mods.items() if name != "rna")
 
 
 def print_summary(adata: object, *, confidence_threshold: float, keys: AnnDataKeys = ADATA_KEYS) -> None:
@@ -220,33 +191,13 @@ def join(
     """Run this lab's SuperNode: map DATA locally whenever the coordinator starts a round."""
     setup_logging(debug=debug)
     with handle_errors(debug=debug):
-        from fedarches.client.lab import LabDir
-        from fedarches.client.mapping import check_adapter_fits
-        from fedarches.client.mods import EGRESS_LIMIT_BYTES, check_extra_mods
-        from fedarches.client.outputs import MappingOutputs
-        from fedarches.client.query import validate_query
-        from fedarches.client.supernode import JoinSettings, run_supernode
-        from fedarches.shared.datafiles import query_obs, query_rna, query_suffix, read_query
-        from fedarches.shared.policy import PrivacyPolicy
+        from fedarches.client import prepare_join, run_supernode
 
-        lab = LabDir.open(lab_dir)
-        lab.require_node_key()
-        MappingOutputs.in_directory(out, suffix=query_suffix(data)).check([data], directory_option="--out")
-        check_extra_mods(extra_mods)
-        policy = PrivacyPolicy.load(lab.root)
-        adata = read_query(data)
-        rna = query_rna(adata, batch_key)
-        batches, _, _ = validate_query(rna, batch_key=batch_key, layer=layer, batch_prefix=lab.name)
-        policy.dp.donors(query_obs(adata), source=str(data))  # a donor-unit policy needs its column: refuse now
-        held = lab.newest_bundle()
-        if held is not None:  # the round checks again, against its own bundle and limit, before training
-            check_adapter_fits(held, batches, EGRESS_LIMIT_BYTES)
-        address = superlink or lab.superlink
-        settings = JoinSettings(
-            lab=lab,
-            superlink=address,
-            data_path=data,
-            out_dir=out,
+        checked = prepare_join(
+            lab_dir,
+            data,
+            out,
+            superlink=superlink,
             batch_key=batch_key,
             layer=layer,
             threads=threads,
@@ -254,13 +205,13 @@ def join(
             egress_copy=egress_copy,
             extra_mods=extra_mods,
         )
+        settings, lab = checked.settings, checked.settings.lab
         console.print(
-            f"lab [bold]{lab.name}[/bold]: {data} ({adata.n_obs} cells) stays here; results go to {out}; "
-            f"joining {address} (TLS, node authentication); every message sent is logged in {lab.egress_dir}"
+            f"lab [bold]{lab.name}[/bold]: {data} ({checked.n_cells} cells) stays here; results go to {out}; "
+            f"joining {settings.superlink} (TLS, node authentication); every message sent is logged in {lab.egress_dir}"
         )
-        for what, how in policy.summary().items():
+        for what, how in checked.policy_summary.items():
             console.print(f"  {what}: {how}")
-        del adata
         from functools import partial
 
         from fedarches.shared._process import StopSignals, parent_from_env

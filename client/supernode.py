@@ -65,6 +65,74 @@ class JoinSettings:
         return config
 
 
+@dataclass(frozen=True)
+class JoinCheck:
+    """What :func:`prepare_join` checked: the settings to run, the lab's cell count and policy in words."""
+
+    settings: JoinSettings
+    n_cells: int
+    policy_summary: dict[str, str]
+
+
+def prepare_join(
+    lab_dir: Path | str,
+    data: Path | str,
+    out_dir: Path | str,
+    *,
+    superlink: str | None = None,
+    batch_key: str | None = None,
+    layer: str | None = None,
+    threads: int | None = None,
+    port: int = 0,
+    egress_copy: bool = False,
+    extra_mods: str = "",
+) -> JoinCheck:
+    """Check everything a round will need before the SuperNode starts: minutes before a round would find out.
+
+    The lab directory and node key, the output directory against the data, the lab's own mods,
+    the privacy policy, the query itself (counts, batches, a donor column when the policy needs
+    one) and, when the lab already holds a bundle, whether the adapter fits the egress limit.
+
+    Raises
+    ------
+    FedarchesError
+        Naming the problem and its fix.
+    """
+    from fedarches.client.mapping import check_adapter_fits
+    from fedarches.client.mods import EGRESS_LIMIT_BYTES, check_extra_mods
+    from fedarches.client.outputs import MappingOutputs
+    from fedarches.client.query import validate_query
+    from fedarches.shared.datafiles import query_obs, query_rna, query_suffix, read_query
+    from fedarches.shared.policy import PrivacyPolicy
+
+    data, out_dir = Path(data), Path(out_dir)
+    lab = LabDir.open(lab_dir)
+    lab.require_node_key()
+    MappingOutputs.in_directory(out_dir, suffix=query_suffix(data)).check([data], directory_option="--out")
+    check_extra_mods(extra_mods)
+    policy = PrivacyPolicy.load(lab.root)
+    adata = read_query(data)
+    rna = query_rna(adata, batch_key)
+    batches, _, _ = validate_query(rna, batch_key=batch_key, layer=layer, batch_prefix=lab.name)
+    policy.dp.donors(query_obs(adata), source=str(data))  # a donor-unit policy needs its column: refuse now
+    held = lab.newest_bundle()
+    if held is not None:  # the round checks again, against its own bundle and limit, before training
+        check_adapter_fits(held, batches, EGRESS_LIMIT_BYTES)
+    settings = JoinSettings(
+        lab=lab,
+        superlink=superlink or lab.superlink,
+        data_path=data,
+        out_dir=out_dir,
+        batch_key=batch_key,
+        layer=layer,
+        threads=threads,
+        port=port,
+        egress_copy=egress_copy,
+        extra_mods=extra_mods,
+    )
+    return JoinCheck(settings, int(adata.n_obs), policy.summary())
+
+
 def supernode_command(settings: JoinSettings, node_config_path: Path) -> list[str]:
     """The ``flower-supernode`` command line for ``settings``."""
     port = settings.port or free_port()

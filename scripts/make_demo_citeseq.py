@@ -46,33 +46,13 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 
+from fedarches.bench.citeseq_gates import DROPPED_PROTEINS, GATES, gate_cell_types
+
 REFERENCE_SAMPLES = ["HTO28_5P", "HTO29_5P", "HTO44_5P"]
 LAB_SAMPLE = "HTO30_5P"
 N_GENES = 1000
 MIN_CELLS = 5
 PROTEIN_KEY = "protein_expression"
-DROPPED_PROTEINS = ["CD223 (lag3)"]
-COFACTOR = 5.0
-# (type, gate): applied in order, each to the cells no earlier gate took
-GATES: list[tuple[str, str]] = [
-    ("B", "`CD19` >= 3"),
-    ("Myeloid", "`CD11c` >= 3.5 or `CD11b` >= 5"),
-    ("CD4 T", "`CD4` >= 3"),
-    ("CD8 T", "`CD8` >= 3 and `CD5` >= 1.5"),
-    ("NK", "`CD5` < 1.5 and `CD7` >= 2"),
-]
-
-
-def gate_cell_types(proteins: pd.DataFrame) -> pd.Series:
-    """Coarse cell types from ADT counts by the :data:`GATES` on ``arcsinh(ADT / 5)``; NaN where none applies."""
-    scaled = np.arcsinh(proteins.astype(float) / COFACTOR)
-    labels = pd.Series(np.nan, index=proteins.index, dtype=object)
-    for name, gate in GATES:
-        hit = scaled.eval(gate).to_numpy() & labels.isna().to_numpy()
-        labels[hit] = name
-    return labels
-
-
 def main(source: Path, out_dir: Path) -> None:
     adata = ad.read_h5ad(source)
     proteins = adata.obsm[PROTEIN_KEY].drop(columns=DROPPED_PROTEINS)

@@ -1,12 +1,13 @@
 """The methods `make bench` compares, each run in a fresh process so its wall time and peak RSS are its own.
 
-    python scripts/bench_methods.py METHOD SPEC.json RESULT.json
+    python -m fedarches.bench worker methods METHOD SPEC.json RESULT.json      (runner.run_method)
 
 SPEC names the bundle, the labs' .h5ad files and what to run; RESULT gets the per-lab metrics
-(:func:`scores`: :func:`fedarches.shared.evaluation.label_transfer_metrics` and the Unknown rates), timings,
-the process's peak RSS and ``process_s`` (from interpreter start to the result, imports included). Latents go
-to ``latents.npz`` beside RESULT for the integration metrics. A method without an Unknown call of its own
-calls Unknown the cells whose confidence is below 0.5 (:data:`CONFIDENCE_UNKNOWN`). Methods:
+(:func:`fedarches.bench.metrics.scores`: :func:`fedarches.shared.evaluation.label_transfer_metrics` and the
+Unknown rates), timings, the process's peak RSS and ``process_s`` (from interpreter start to the result, imports
+included). Latents go to ``result-latents.npz`` beside RESULT for the integration metrics. A method without an
+Unknown call of its own calls Unknown the cells whose confidence is below 0.5
+(:data:`fedarches.bench.metrics.CONFIDENCE_UNKNOWN`). Methods (:data:`METHODS`):
 
 * ``scvi_surgery``: the centralized anchor. Plain scvi-tools, as in its scArches tutorial:
   ``SCANVI.load_query_data`` on the bundle's model, ``train(max_epochs=100, plan_kwargs={"weight_decay": 0.0},
@@ -18,77 +19,37 @@ calls Unknown the cells whose confidence is below 0.5 (:data:`CONFIDENCE_UNKNOWN
 * ``celltypist``: CellTypist (PyPI) trained on the reference with ``celltypist.train`` (its default logistic
   regression, all genes, log1p of counts per 10,000) and ``celltypist.annotate`` on each lab: plain
   predictions, then with its majority voting over an over-clustering of the lab. No model is downloaded.
+* ``integration``: scib-metrics over each method's query latent.
+
+Plain scvi-tools surgery with fedarches' own settings, for the agreement checks (``compare``, ``backends``):
+:func:`plain_query_adata` and :func:`plain_surgery`.
+
+Heavy optional libraries (CellTypist, scib-metrics) are imported by the method that needs them.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-PROCESS_START = time.perf_counter()
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 
-import json  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from fedarches.bench.metrics import Cells, cells_of, fedarches_calls, scores
+from fedarches.shared._process import peak_rss_bytes
 
-import anndata as ad  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-
-from fedarches.shared._constants import ADATA_KEYS  # noqa: E402
-from fedarches.shared._process import peak_rss_bytes  # noqa: E402
-from fedarches.shared.evaluation import annotated_calls, metrics_per_lab  # noqa: E402
+if TYPE_CHECKING:
+    from fedarches.client.options import MappingOptions
+    from fedarches.shared.bundle import ReferenceBundle
 
 TUTORIAL_EPOCHS = 100
 DE_NOVO_SCANVI_EPOCHS = 20
-# Unknown call of a method without one: top probability below 0.5 (fedarches' confidence rule; CellTypist's
-# "prob match" with its default p_thres 0.5 leaves exactly these cells unassigned)
-CONFIDENCE_UNKNOWN = 0.5
-
-
-Calls = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # truth, predicted, confidence, called Unknown
-Cells = dict[str, Calls]  # lab -> its cells' calls
-
-
-def cells_of(
-    adata: ad.AnnData, predicted: np.ndarray, confidence: np.ndarray, unknown: np.ndarray | None = None
-) -> Calls:
-    """One lab's calls; ``unknown`` defaults to confidence below :data:`CONFIDENCE_UNKNOWN`."""
-    confidence = np.asarray(confidence, dtype=np.float64)
-    if unknown is None:
-        unknown = confidence < CONFIDENCE_UNKNOWN
-    truth = adata.obs["cell_type"].astype(str).to_numpy()
-    return truth, np.asarray(predicted, dtype=str), confidence, np.asarray(unknown, dtype=bool)
-
-
-def fedarches_calls(adata: ad.AnnData) -> Calls:
-    """The calls of an AnnData that ``map_query`` annotated, its own Unknown call (``is_unknown``) included."""
-    _, predicted, confidence = annotated_calls(adata)
-    obs = adata.obs
-    unknown = obs[ADATA_KEYS.UNKNOWN].to_numpy(dtype=bool) if ADATA_KEYS.UNKNOWN in obs else None  # None: no summary
-    return cells_of(adata, predicted, confidence, unknown)
-
-
-def unknown_rates(truth: np.ndarray, unknown: np.ndarray, reference_types: list[str] | tuple[str, ...]) -> dict:
-    """Share of unseen-type cells called Unknown (detection; None without such cells) and of known-type cells."""
-    known = np.isin(truth, list(reference_types))
-    return {
-        "unseen_unknown": float(unknown[~known].mean()) if (~known).any() else None,
-        "known_unknown": float(unknown[known].mean()) if known.any() else None,
-    }
-
-
-def scores(cells: Cells, reference_types: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """:func:`~fedarches.shared.evaluation.metrics_per_lab` of each lab and the pool, with :func:`unknown_rates`."""
-    out = metrics_per_lab({lab: c[:3] for lab, c in cells.items()}, reference_types)
-    for lab, c in cells.items():
-        out["labs"][lab].update(unknown_rates(c[0], c[3], reference_types))
-    pooled = [np.concatenate([c[i] for c in cells.values()]) for i in (0, 3)]
-    out["overall"].update(unknown_rates(*pooled, reference_types))
-    return out
 
 
 def log_normalized(adata: ad.AnnData, genes: Any = None) -> ad.AnnData:
@@ -110,12 +71,14 @@ def each_lab(spec: dict[str, Any]) -> Iterator[tuple[str, ad.AnnData, float]]:
 
 
 def open_bundle(spec: dict[str, Any]) -> Any:
+    """The spec's bundle, verified against its trusted key."""
     from fedarches.shared.bundle import ReferenceBundle
 
     return ReferenceBundle.open(Path(spec["bundle"]), Path(spec["trust"]))
 
 
 def scvi_surgery(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Plain scvi-tools surgery with its tutorial's settings, each lab in turn."""
     import scvi
     import torch
 
@@ -155,6 +118,7 @@ def scvi_surgery(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[s
 
 
 def fedarches(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``map_query`` with the spec's options (every default unless it names some), each lab in turn."""
     import torch
 
     from fedarches.client.mapping import MappingOptions, map_query
@@ -181,6 +145,7 @@ def fedarches(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str,
 
 
 def de_novo(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
+    """De novo scVI then scANVI, trained on the reference and every lab together (the labs unlabeled)."""
     import scvi
     import torch
 
@@ -228,6 +193,7 @@ def de_novo(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, A
 
 
 def baseline(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[str, Any]:
+    """PCA (50) of log-normalized counts fitted on the reference; kNN (k = 15) and logistic regression on it."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
@@ -369,8 +335,10 @@ def integration(spec: dict[str, Any], latents: dict[str, np.ndarray]) -> dict[st
         keys = list(arrays)
         for method, latent in arrays.items():
             adata.obsm[method] = np.concatenate([latent[lab] for lab in entry["labs"]]).astype(np.float32)
-        bench = Benchmarker(adata, batch_key="lab", label_key="cell_type", embedding_obsm_keys=keys,
-                            pre_integrated_embedding_obsm_key="unintegrated PCA", n_jobs=1, progress_bar=False)  # fmt: skip
+        bench = Benchmarker(
+            adata, batch_key="lab", label_key="cell_type", embedding_obsm_keys=keys,
+            pre_integrated_embedding_obsm_key="unintegrated PCA", n_jobs=1, progress_bar=False,
+        )  # fmt: skip
         bench.benchmark()
         table = bench.get_results(min_max_scale=False)
         out[variant] = {
@@ -396,17 +364,64 @@ METHODS = {
 }
 
 
-def main(method: str, spec_path: Path, result_path: Path) -> None:
+def run_worker(method: str, spec_path: Path, result_path: Path) -> None:
+    """Run ``method`` on the spec at ``spec_path``; write its result (and any latents beside it) to ``result_path``."""
+    from fedarches.bench import STARTED
+
     spec = json.loads(spec_path.read_text())
     Path(spec["workdir"]).mkdir(parents=True, exist_ok=True)
     latents: dict[str, np.ndarray] = {}
     result = METHODS[method](spec, latents)
-    result["process_s"] = time.perf_counter() - PROCESS_START
+    result["process_s"] = time.perf_counter() - STARTED
     result["peak_rss_bytes"] = peak_rss_bytes()
     if latents:
         np.savez(result_path.with_name(result_path.stem + "-latents.npz"), **latents)
     result_path.write_text(json.dumps(result, indent=1))
 
 
-if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+# --- plain scvi-tools surgery ---------------------------------------------------------------------
+def plain_query_adata(lab_adata: ad.AnnData, bundle: ReferenceBundle, lab: str) -> ad.AnnData:
+    """The query as a plain scvi-tools user builds it: reference genes in model order, zero-filled."""
+    genes = pd.Index(bundle.var_names)
+    positions = lab_adata.var_names.get_indexer(genes)
+    present = np.flatnonzero(positions >= 0)
+    x = sp.csr_matrix(lab_adata.X, dtype=np.float32)
+    columns = sp.lil_matrix((lab_adata.n_obs, len(genes)), dtype=np.float32)
+    columns[:, present] = x[:, positions[present]]
+    setup = bundle.setup_args
+    obs = pd.DataFrame(index=lab_adata.obs_names.astype(str))
+    obs[setup["batch_key"]] = pd.Categorical([lab] * lab_adata.n_obs)
+    if setup.get("labels_key"):
+        obs[setup["labels_key"]] = setup.get("unlabeled_category") or "Unknown"
+    return ad.AnnData(X=columns.tocsr(), obs=obs, var=pd.DataFrame(index=genes))
+
+
+def plain_surgery(
+    model_cls: Any,
+    query: ad.AnnData,
+    model_dir: Path,
+    options: MappingOptions,
+    train_kwargs: dict[str, Any] | None = None,
+    **load_kwargs: Any,
+) -> Any:
+    """``model_cls.load_query_data`` (decoder batch-norm frozen) and ``train`` with map_query's settings.
+
+    ``train_kwargs`` replaces the learning-rate and weight-decay arguments, for models that take them otherwise.
+    """
+    import scvi
+
+    from fedarches.client.options import auto_max_epochs
+
+    scvi.settings.seed = options.seed
+    model = model_cls.load_query_data(query, str(model_dir), **{"freeze_batchnorm_decoder": True, **load_kwargs})
+    max_epochs = options.max_epochs or auto_max_epochs(query.n_obs, options.batch_size, options.surgery_steps)
+    model.train(
+        max_epochs=max_epochs,
+        batch_size=options.batch_size,
+        **(train_kwargs or {"plan_kwargs": {"weight_decay": 0.0, "lr": options.learning_rate}}),
+        early_stopping=options.early_stopping,
+        early_stopping_patience=options.early_stopping_patience,
+        check_val_every_n_epoch=1 if options.early_stopping else 10,
+        enable_progress_bar=False,
+    )
+    return model

@@ -6,8 +6,9 @@ first use, so importing the package does not import torch or scvi-tools.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fedarches.shared._lazy import lazy_api
 
 if TYPE_CHECKING:
     from fedarches.server.coordinator import CoordinatorDir, add_lab, init_coordinator
@@ -56,12 +57,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_api(__name__, _API)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fedarches.shared._training import quiet_training, torch_threads
+from fedarches.shared._training import quiet_training, scoped_seed, torch_threads
 from fedarches.shared.backends import ModelBackend, ReferenceTraining, backend_for_model_class, get_backend
 from fedarches.shared.bundle import BundleContents
 from fedarches.shared.counts import get_counts
@@ -89,7 +89,7 @@ def build_reference(
     backend.check_reference(adata)
     counts, source = get_counts(adata, layer)
     log.info("reference: %d cells x %d genes, counts from %s", adata.n_obs, adata.n_vars, source)
-    with quiet_training(), torch_threads(options.threads):
+    with quiet_training(), torch_threads(options.threads), scoped_seed(options.seed):
         return _train_reference(
             backend,
             adata,
@@ -141,9 +141,7 @@ def _train_reference(
 ) -> BundleContents:
 
     import anndata as ad
-    import scvi
 
-    scvi.settings.seed = options.seed
     train = ad.AnnData(
         X=counts,
         obs=pd.DataFrame(
@@ -195,8 +193,6 @@ def import_reference(
     data's cell-type column for models that register no labels (totalVI); others read theirs
     from the model's registry.
     """
-    import scvi
-
     options = options or ReferenceOptions()
     model_file = Path(model_dir) / "model.pt"
     if not model_file.is_file():
@@ -219,8 +215,8 @@ def import_reference(
     with tempfile.TemporaryDirectory() as safe_dir:  # scvi-tools unpickles model.pt unrestricted: give it a safe copy
         (Path(safe_dir) / "model.pt").write_bytes(model_dict_bytes(saved))
         model = model_cls.load(safe_dir, adata=adata)
-    scvi.settings.seed = options.seed
-    return _contents_from_model(backend, model, adata, symbols=symbols, options=options, labels_key=labels_key)
+    with scoped_seed(options.seed):
+        return _contents_from_model(backend, model, adata, symbols=symbols, options=options, labels_key=labels_key)
 
 
 def _contents_from_model(

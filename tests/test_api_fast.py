@@ -8,6 +8,7 @@ with properly trained models.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import anndata as ad
@@ -98,3 +99,16 @@ def test_a_labs_reply_is_accepted_and_merged_into_an_atlas_that_reproduces_its_l
     assert atlas.batch_categories == [*tiny_bundle.batch_categories, *result.adapter.batch_categories]
     latent = embed_with_atlas(lab_cells, atlas, lab_name="lab_a")
     np.testing.assert_allclose(latent, lab_cells.obsm[result.latent_key], atol=1e-5)
+
+
+def test_build_reference_leaves_the_random_state_as_found() -> None:
+    """The coordinator's API is a library call too: its seed is scoped like map_query's."""
+    from fedarches.server import ReferenceOptions, build_reference
+
+    reference = ad.read_h5ad(DEMO / "reference.h5ad")[:, :200].copy()
+    np.random.seed(99)
+    expected = np.random.random()
+    np.random.seed(99)
+    options = ReferenceOptions(n_latent=2, n_layers=1, n_top_genes=None, max_epochs=1, scanvi_max_epochs=1)
+    build_reference(reference, batch_key="batch", labels_key="cell_type", options=replace(options, progress_bar=False))
+    assert np.random.random() == expected

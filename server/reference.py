@@ -257,6 +257,10 @@ def _reference_summary(backend: ModelBackend, model: Any, adata: AnnData, labels
     held_out = validation[codes[validation] >= 0]
     if len(held_out) < MIN_TEMPERATURE_CELLS:
         held_out = np.flatnonzero(codes >= 0)
+        if not backend.has_classifier:  # a model trained on every cell: kNN needs other cells to vote
+            held_out = np.sort(np.random.default_rng(0).permutation(held_out)[: len(held_out) // 2])
+            fit_mask = np.ones(adata.n_obs, dtype=bool)
+            fit_mask[held_out] = False
     probabilities = backend.reference_probabilities(model, adata, held_out, latent, labels, fit_mask)
     probability_labels = codes[held_out]
     summary = fit_reference_summary(

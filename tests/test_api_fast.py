@@ -112,3 +112,21 @@ def test_build_reference_leaves_the_random_state_as_found() -> None:
     options = ReferenceOptions(n_latent=2, n_layers=1, n_top_genes=None, max_epochs=1, scanvi_max_epochs=1)
     build_reference(reference, batch_key="batch", labels_key="cell_type", options=replace(options, progress_bar=False))
     assert np.random.random() == expected
+
+
+def test_an_scvi_model_trained_on_every_cell_imports(tmp_path: Path) -> None:
+    """No validation split (``train_size=1.0``): the kNN calibration votes from the other half of the labelled cells.
+
+    It used to stop inside scikit-learn (``n_neighbors`` 0): every labelled cell was held out.
+    """
+    import scvi
+
+    from fedarches.server import import_reference
+
+    reference = ad.read_h5ad(DEMO / "reference.h5ad")[:, :300].copy()
+    scvi.model.SCVI.setup_anndata(reference, layer="counts", batch_key="batch", labels_key="cell_type")
+    model = scvi.model.SCVI(reference, n_latent=4, n_layers=1, encode_covariates=True, use_batch_norm="none")
+    model.train(max_epochs=1, train_size=1.0, enable_progress_bar=False)
+    model.save(tmp_path / "model")
+    contents = import_reference(tmp_path / "model", reference_adata=reference, labels_key="cell_type")
+    assert contents.summary is not None and contents.label_categories == sorted(set(reference.obs["cell_type"]))

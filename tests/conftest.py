@@ -11,6 +11,7 @@ from fedarches.shared import crypto
 from fedarches.shared.bundle import BundleContents, ReferenceBundle, write_bundle
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +61,17 @@ def demo_bundle(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, Path
     )
     path = write_bundle(tmp_path_factory.mktemp("bundle") / "ref", contents, crypto.load_private_key(keys[0]))
     return ReferenceBundle.open(path, keys[1])
+
+
+@pytest.fixture(scope="session")
+def files_bundle(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, Path], resign) -> ReferenceBundle:
+    """A small real SCANVI bundle kept in tests/data (``make_tiny_bundle.py``), signed with ``keys``: trains nothing.
+
+    For tests that need a bundle's files and signature, or a model to run surgery on, but not a
+    well-trained reference.
+    """
+    stored = ReferenceBundle.open(DATA / "tiny_bundle", DATA / "tiny_bundle.pub")
+    return ReferenceBundle.open(resign(stored, tmp_path_factory.mktemp("files") / "ref", keys[0]), keys[1])
 
 
 @pytest.fixture(scope="session")

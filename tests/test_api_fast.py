@@ -1,8 +1,8 @@
 """The fast tier's real path, on tiny real data: map_query as a scanpy tool, a lab's reply judged, an atlas merged.
 
-The reference is the demo's cell lines cut to 300 genes and trained for a few epochs with one
-torch thread (seconds), so these run in every `make test-fast`; the slow tier repeats the path
-with properly trained models.
+The reference is tests/data/tiny_bundle (the demo's cell lines on 300 genes, trained once by
+tests/data/make_tiny_bundle.py), so only surgery trains here, for seconds; the slow tier repeats
+the path with properly trained models.
 """
 
 from __future__ import annotations
@@ -21,26 +21,13 @@ from fedarches.client import MappingOptions, map_query
 from fedarches.client.mapping import embed_with_atlas
 from fedarches.server import Expected, merge_adapters, validate_reply
 from fedarches.server.validation import Accepted
-from fedarches.shared import crypto, protocol
+from fedarches.shared import protocol
 from fedarches.shared._constants import ADATA_KEYS
-from fedarches.shared.bundle import ReferenceBundle, write_bundle
+from fedarches.shared.bundle import ReferenceBundle
 from fedarches.shared.wire import PlainContent
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 OPTIONS = MappingOptions(max_epochs=3, threads=1, progress_bar=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, Path]) -> ReferenceBundle:
-    from fedarches.server import ReferenceOptions, build_reference
-
-    reference = ad.read_h5ad(DEMO / "reference.h5ad")
-    options = ReferenceOptions(
-        n_latent=4, n_layers=1, n_top_genes=300, max_epochs=5, scanvi_max_epochs=1, progress_bar=False, threads=1
-    )
-    contents = build_reference(reference, batch_key="batch", labels_key="cell_type", options=options)
-    path = write_bundle(tmp_path_factory.mktemp("tiny") / "ref", contents, crypto.load_private_key(keys[0]))
-    return ReferenceBundle.open(path, keys[1])
 
 
 @pytest.fixture
@@ -49,7 +36,7 @@ def lab_cells() -> ad.AnnData:
 
 
 def test_map_query_with_copy_leaves_the_input_and_global_state_as_found(
-    tiny_bundle: ReferenceBundle, lab_cells: ad.AnnData
+    files_bundle: ReferenceBundle, lab_cells: ad.AnnData
 ) -> None:
     before = lab_cells.copy()
     np.random.seed(1234)
@@ -61,42 +48,42 @@ def test_map_query_with_copy_leaves_the_input_and_global_state_as_found(
     torch.manual_seed(1234)
     threads, backend = torch.get_num_threads(), matplotlib.get_backend()
 
-    result = map_query(lab_cells, tiny_bundle, lab_name="lab_a", options=OPTIONS, copy=True)
+    result = map_query(lab_cells, files_bundle, lab_name="lab_a", options=OPTIONS, copy=True)
 
     assert (np.random.random(), random.random(), torch.rand(1).item()) == expected_draws  # seed scoped
     assert torch.get_num_threads() == threads and matplotlib.get_backend() == backend
     assert list(lab_cells.obs.columns) == list(before.obs.columns) and not lab_cells.obsm  # input untouched
     annotated = result.adata
     assert annotated is not None and annotated is not lab_cells and annotated.n_obs == lab_cells.n_obs
-    assert set(annotated.obs[ADATA_KEYS.PREDICTION].cat.categories) == set(tiny_bundle.label_categories)
+    assert set(annotated.obs[ADATA_KEYS.PREDICTION].cat.categories) == set(files_bundle.label_categories)
     assert annotated.obsm[result.latent_key].shape == (lab_cells.n_obs, 4)
 
 
-def test_key_added_puts_every_annotation_under_its_prefix(tiny_bundle: ReferenceBundle, lab_cells: ad.AnnData) -> None:
-    result = map_query(lab_cells, tiny_bundle, lab_name="lab_a", options=OPTIONS, key_added="cl")
+def test_key_added_puts_every_annotation_under_its_prefix(files_bundle: ReferenceBundle, lab_cells: ad.AnnData) -> None:
+    result = map_query(lab_cells, files_bundle, lab_name="lab_a", options=OPTIONS, key_added="cl")
     assert result.adata is None and result.keys == ADATA_KEYS.added("cl")
     written = {*lab_cells.obs.columns, *lab_cells.obsm, *lab_cells.uns}
     assert {result.keys.PREDICTION, result.keys.CONFIDENCE, result.keys.UNS, result.latent_key} <= written
     assert ADATA_KEYS.PREDICTION not in lab_cells.obs and result.latent_key == "cl_X_scANVI"
     assert lab_cells.uns[result.keys.UNS]["params"]["key_added"] == "cl"
-    again = map_query(lab_cells, tiny_bundle, lab_name="lab_a", options=OPTIONS)  # beside it, not over it
+    again = map_query(lab_cells, files_bundle, lab_name="lab_a", options=OPTIONS)  # beside it, not over it
     assert again.keys == ADATA_KEYS
     assert {ADATA_KEYS.PREDICTION, "cl_predicted_cell_type"} <= set(lab_cells.obs.columns)
 
 
 def test_a_labs_reply_is_accepted_and_merged_into_an_atlas_that_reproduces_its_latent(
-    tiny_bundle: ReferenceBundle, lab_cells: ad.AnnData, keys: tuple[Path, Path], tmp_path: Path
+    files_bundle: ReferenceBundle, lab_cells: ad.AnnData, keys: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    result = map_query(lab_cells, tiny_bundle, lab_name="lab_a", options=OPTIONS)
+    result = map_query(lab_cells, files_bundle, lab_name="lab_a", options=OPTIONS)
     info = protocol.LabInfo("lab_a", "0.1.0", result.n_epochs, protocol.Composition.PLAIN)
     content = protocol.MapReply(info, result.timings, result.adapter, result.label_statistics).to_content()
-    expected = Expected.for_bundle(tiny_bundle, min_count=11, max_adapter_bytes=1_048_576)
+    expected = Expected.for_bundle(files_bundle, min_count=11, max_adapter_bytes=1_048_576)
     verdict = validate_reply(PlainContent.from_content(content), expected, lab="lab_a")
     assert isinstance(verdict, Accepted), verdict
     assert verdict.reply.adapter.nbytes == result.adapter.nbytes
 
-    atlas = merge_adapters(tiny_bundle, [("lab_a", verdict.reply.adapter)], tmp_path / "atlas", keys[0])
-    assert atlas.batch_categories == [*tiny_bundle.batch_categories, *result.adapter.batch_categories]
+    atlas = merge_adapters(files_bundle, [("lab_a", verdict.reply.adapter)], tmp_path / "atlas", keys[0])
+    assert atlas.batch_categories == [*files_bundle.batch_categories, *result.adapter.batch_categories]
     latent = embed_with_atlas(lab_cells, atlas, lab_name="lab_a")
     np.testing.assert_allclose(latent, lab_cells.obsm[result.latent_key], atol=1e-5)
 

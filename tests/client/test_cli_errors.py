@@ -86,43 +86,39 @@ def _rename(adata: ad.AnnData, share: float) -> ad.AnnData:
     return adata
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_query_refused(case, demo_bundle, keys, demo_dir, tmp_path) -> None:
+def test_bad_query_refused(case, files_bundle, keys, demo_dir, tmp_path) -> None:
     code, message, make = BAD_INPUTS[case]
     query = _write(make(_lab(demo_dir)), tmp_path / "query.h5ad")
     out = tmp_path / "out" / "annotated.h5ad"
-    _assert_refused(_run(demo_bundle, keys, query, out), out, code, message)
+    _assert_refused(_run(files_bundle, keys, query, out), out, code, message)
 
 
-@pytest.mark.slow
-def test_batch_key_problems(demo_bundle, keys, demo_dir, tmp_path) -> None:
+def test_batch_key_problems(files_bundle, keys, demo_dir, tmp_path) -> None:
     adata = _lab(demo_dir)
     adata.obs["plate"] = adata.obs["batch"].astype(object)
     adata.obs.iloc[:3, adata.obs.columns.get_loc("plate")] = np.nan
     query = _write(adata, tmp_path / "q.h5ad")
     out = tmp_path / "out.h5ad"
-    _assert_refused(_run(demo_bundle, keys, query, out, "--batch-key", "plate"), out, 11, "missing (NaN) for 3 of 210")
-    _assert_refused(_run(demo_bundle, keys, query, out, "--batch-key", "donor"), out, 11, "no column 'donor'")
+    _assert_refused(_run(files_bundle, keys, query, out, "--batch-key", "plate"), out, 11, "missing (NaN) for 3 of 210")
+    _assert_refused(_run(files_bundle, keys, query, out, "--batch-key", "donor"), out, 11, "no column 'donor'")
 
 
-@pytest.mark.slow
-def test_unreadable_and_truncated_files(demo_bundle, keys, demo_dir, tmp_path) -> None:
+def test_unreadable_and_truncated_files(files_bundle, keys, demo_dir, tmp_path) -> None:
     truncated = tmp_path / "truncated.h5ad"
     data = (demo_dir / "lab_a.h5ad").read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     out = tmp_path / "out.h5ad"
-    _assert_refused(_run(demo_bundle, keys, truncated, out), out, 11, "truncated, corrupted or not AnnData")
+    _assert_refused(_run(files_bundle, keys, truncated, out), out, 11, "truncated, corrupted or not AnnData")
     text = tmp_path / "notes.h5ad"
     text.write_text("hello")
-    _assert_refused(_run(demo_bundle, keys, text, out), out, 11, "cannot read")
-    _assert_refused(_run(demo_bundle, keys, tmp_path / "absent.h5ad", out), out, 10, "does not exist")
+    _assert_refused(_run(files_bundle, keys, text, out), out, 11, "cannot read")
+    _assert_refused(_run(files_bundle, keys, tmp_path / "absent.h5ad", out), out, 10, "does not exist")
 
 
-@pytest.mark.slow
-def test_tampered_bundle_refused(demo_bundle, keys, demo_dir, tmp_path) -> None:
+def test_tampered_bundle_refused(files_bundle, keys, demo_dir, tmp_path) -> None:
     copy = tmp_path / "bundle"
-    shutil.copytree(demo_bundle.path, copy)
+    shutil.copytree(files_bundle.path, copy)
     setup = copy / "setup.json"
     setup.write_text(setup.read_text().replace("H838", "H839"))
     out = tmp_path / "out.h5ad"

@@ -45,8 +45,8 @@ def test_build_reference_bad_keys(tmp_path: Path, demo_dir: Path, keys) -> None:
 
 
 @pytest.mark.slow
-def test_import_reference_from_saved_scvi_model(tmp_path: Path, demo_bundle, demo_dir: Path, keys) -> None:
-    model_dir = demo_bundle.write_model_dir(tmp_path / "scvi_model")  # scvi-tools' model.save() layout
+def test_import_reference_from_saved_scvi_model(tmp_path: Path, files_bundle, demo_dir: Path, keys) -> None:
+    model_dir = files_bundle.write_model_dir(tmp_path / "scvi_model")  # scvi-tools' model.save() layout
     out = tmp_path / "imported"
     result = runner.invoke(
         app,
@@ -65,10 +65,10 @@ def test_import_reference_from_saved_scvi_model(tmp_path: Path, demo_bundle, dem
     assert result.exit_code == 0, result.output
     bundle = ReferenceBundle.open(out, keys[1])
     assert bundle.model_class == "SCANVI"
-    assert bundle.var_names == demo_bundle.var_names
-    assert bundle.label_categories == demo_bundle.label_categories
+    assert bundle.var_names == files_bundle.var_names
+    assert bundle.label_categories == files_bundle.label_categories
     reference = ad.read_h5ad(demo_dir / "reference.h5ad", backed="r")
-    assert bundle.embedding["latent"].shape == (reference.n_obs, demo_bundle.embedding["latent"].shape[1])
+    assert bundle.embedding["latent"].shape == (reference.n_obs, files_bundle.embedding["latent"].shape[1])
 
 
 @pytest.mark.slow
@@ -157,10 +157,10 @@ def test_import_reference_of_a_plain_scvi_tools_scvi_model(tmp_path: Path, demo_
 
 
 @pytest.mark.slow
-def test_import_reference_refuses_a_model_class_without_a_backend(tmp_path: Path, demo_bundle, keys) -> None:
+def test_import_reference_refuses_a_model_class_without_a_backend(tmp_path: Path, files_bundle, keys) -> None:
     from fedarches.shared.weights import load_model_dict, model_dict_bytes
 
-    saved = load_model_dict(demo_bundle.model_bytes(), source="test")
+    saved = load_model_dict(files_bundle.model_bytes(), source="test")
     saved["attr_dict"]["registry_"]["model_name"] = "LinearSCVI"
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "model.pt").write_bytes(model_dict_bytes(saved))

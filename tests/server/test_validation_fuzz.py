@@ -460,9 +460,9 @@ def _grown_shape(name: str, n_new: int) -> tuple[int, ...]:
 
 
 @pytest.fixture(scope="module")
-def real_round(demo_bundle: Any) -> tuple[Any, Expected]:
-    expected = Expected.for_bundle(demo_bundle, min_count=11, max_adapter_bytes=1_048_576)
-    return demo_bundle, expected
+def real_round(files_bundle: Any) -> tuple[Any, Expected]:
+    expected = Expected.for_bundle(files_bundle, min_count=11, max_adapter_bytes=1_048_576)
+    return files_bundle, expected
 
 
 @st.composite

@@ -13,6 +13,7 @@ from fedarches.shared._lazy import lazy_api
 if TYPE_CHECKING:
     from fedarches.server.coordinator import CoordinatorDir, add_lab, init_coordinator
     from fedarches.server.merge import merge_adapters
+    from fedarches.server.publish import build_bundle, import_bundle
     from fedarches.server.reference import ReferenceOptions, build_reference, import_reference
     from fedarches.server.report import write_report
     from fedarches.server.service import cancel_round, follow_round, serve, start_round
@@ -26,9 +27,11 @@ _API = {  # where each name of __all__ lives (tests/test_layout.py checks that t
     "ReferenceOptions": "reference",
     "RoundSettings": "settings",
     "add_lab": "coordinator",
+    "build_bundle": "publish",
     "build_reference": "reference",
     "cancel_round": "service",
     "follow_round": "service",
+    "import_bundle": "publish",
     "import_reference": "reference",
     "init_coordinator": "coordinator",
     "merge_adapters": "merge",
@@ -44,9 +47,11 @@ __all__ = [
     "ReferenceOptions",
     "RoundSettings",
     "add_lab",
+    "build_bundle",
     "build_reference",
     "cancel_round",
     "follow_round",
+    "import_bundle",
     "import_reference",
     "init_coordinator",
     "merge_adapters",

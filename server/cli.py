@@ -83,14 +83,8 @@ def build_reference_command(
     """Train a reference model (scANVI by default) on REFERENCE and write a signed reference bundle."""
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
-        from fedarches.server.reference import ReferenceOptions, build_reference
-        from fedarches.shared.bundle import ReferenceBundle, write_bundle
-        from fedarches.shared.crypto import load_private_key
-        from fedarches.shared.datafiles import read_query
+        from fedarches.server import ReferenceOptions, build_bundle
 
-        _check_bundle_out(out, [reference, signing_key], overwrite=overwrite)  # before minutes of training
-        key = load_private_key(signing_key)
-        adata = read_query(reference, what="reference file")
         options = ReferenceOptions(
             model=model.value,
             n_latent=n_latent,
@@ -101,16 +95,18 @@ def build_reference_command(
             progress_bar=not quiet,
             threads=threads,
         )
-        contents = build_reference(
-            adata,
+        bundle = build_bundle(
+            reference,
+            signing_key,
+            out,
             batch_key=batch_key,
             labels_key=labels_key,
             layer=layer,
             gene_symbols_key=gene_symbols_key,
             options=options,
+            overwrite=overwrite,
         )
-        write_bundle(out, contents, key, overwrite=overwrite)
-        _report(ReferenceBundle.open(out, key.public_key()))
+        _report(bundle)
 
 
 @app.command("import-reference")
@@ -135,36 +131,18 @@ def import_reference_command(
     """Wrap an existing scvi-tools model into a signed reference bundle, offline."""
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
-        from fedarches.server.reference import import_reference
-        from fedarches.shared.bundle import ReferenceBundle, write_bundle
-        from fedarches.shared.crypto import load_private_key
-        from fedarches.shared.datafiles import read_query
+        from fedarches.server import import_bundle
 
-        _check_bundle_out(out, [model_dir, signing_key, reference_data], overwrite=overwrite)
-        key = load_private_key(signing_key)
-        adata = read_query(reference_data, what="reference data") if reference_data is not None else None
-        contents = import_reference(
-            model_dir, reference_adata=adata, labels_key=labels_key, gene_symbols_key=gene_symbols_key
+        bundle = import_bundle(
+            model_dir,
+            signing_key,
+            out,
+            reference_data=reference_data,
+            labels_key=labels_key,
+            gene_symbols_key=gene_symbols_key,
+            overwrite=overwrite,
         )
-        if contents.embedding is None:
-            log.warning("no reference data given: the bundle has no reference embedding, so labs get no X_ref_umap")
-        write_bundle(out, contents, key, overwrite=overwrite)
-        _report(ReferenceBundle.open(out, key.public_key()))
-
-
-def _check_bundle_out(out: Path, inputs: list[Path | None], *, overwrite: bool) -> None:
-    """Refuse a bundle ``--out`` that exists (unless ``--overwrite`` and it is a bundle), or would replace an input."""
-    from fedarches.shared._constants import BUNDLE_KEYS
-    from fedarches.shared.errors import OutputPathError
-    from fedarches.shared.paths import check_outputs
-
-    check_outputs(inputs, directories={"--out": out})
-    if out.exists() and not overwrite:
-        msg = f"--out {out} already exists"
-        raise OutputPathError(msg, hint="choose another --out directory, or pass --overwrite to replace a bundle")
-    if out.is_dir() and any(out.iterdir()) and not (out / BUNDLE_KEYS.MANIFEST).is_file():
-        msg = f"--out {out} is a directory with files in it, but not a bundle: --overwrite would delete them"
-        raise OutputPathError(msg, hint="choose a new --out directory; --overwrite only replaces an earlier bundle")
+        _report(bundle)
 
 
 def _report(bundle: object) -> None:

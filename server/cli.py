@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +18,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-log = logging.getLogger("fedarches.server")
 
 ModelName = enum.Enum("ModelName", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
 DEFAULT_MODEL = ModelName("scanvi")

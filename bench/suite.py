@@ -64,6 +64,7 @@ from fedarches.bench.datasets import (
 from fedarches.bench.federated import federated
 from fedarches.bench.paths import DOCS, SHARED_DATA, MissingDataError
 from fedarches.bench.runner import THREADS, log, run_method, start_run, worker_command
+from fedarches.client.options import SURGERY_STEPS
 from fedarches.shared.evaluation import resample_cells
 
 DEPTHS: dict[str, float | None] = {"as sequenced": None, "2,000 UMI": 2000.0, "500 UMI": 500.0}
@@ -75,7 +76,7 @@ SIMULATED_LAB_COUNTS = (8, 16, 32)
 CELLS_PER_SCALED_LAB = 250
 # Candidate surgery settings (MappingOptions fields) for the speed sweep; "default" is MappingOptions().
 SWEEP = {
-    "default: tutorial, capped at ~1,500 steps": {},
+    f"default: tutorial, capped at ~{SURGERY_STEPS:,} steps": {},
     "tutorial: 100 epochs, lr 1e-3": {"max_epochs": 100, "learning_rate": 1e-3},
     "early stopping, lr 1e-3": {"max_epochs": 100, "learning_rate": 1e-3, "early_stopping": True},
     "~100 steps, lr 1e-2": {"surgery_steps": 100, "learning_rate": 1e-2},

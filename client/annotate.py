@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedarches.client.mapping import DEFAULT_CONFIDENCE_THRESHOLD, MappingResult, map_query
+from fedarches.client.query import MIN_GENE_FRACTION
+from fedarches.shared.labels import DEFAULT_MIN_COUNT
+
 if TYPE_CHECKING:
-    from fedarches.client.mapping import MappingResult
     from fedarches.client.options import MappingOptions
     from fedarches.client.outputs import MappingOutputs
     from fedarches.shared.bundle import ReferenceBundle
@@ -42,9 +45,9 @@ def map_file(
     layer: str | None = None,
     lab_name: str = "query",
     options: MappingOptions | None = None,
-    confidence_threshold: float | None = None,
-    min_count: int | None = None,
-    min_gene_fraction: float | None = None,
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+    min_count: int = DEFAULT_MIN_COUNT,
+    min_gene_fraction: float = MIN_GENE_FRACTION,
     extra: dict[Path, bytes] | None = None,
     directory_option: str | None = None,
 ) -> MappedFile:
@@ -59,7 +62,7 @@ def map_file(
     outputs
         Where the annotated file (same kind as ``query``), plots, adapter and statistics go.
     batch_key, layer, lab_name, options, confidence_threshold, min_count, min_gene_fraction
-        As for :func:`~fedarches.client.mapping.map_query` (None: its defaults).
+        As for :func:`~fedarches.client.mapping.map_query`.
     extra
         Small files (path: bytes) written in the same commit.
     directory_option
@@ -71,7 +74,6 @@ def map_file(
         Outputs that would replace an input or cannot be written, a bundle that does not verify,
         a query that cannot be mapped; each before any long work where it can be known then.
     """
-    from fedarches.client.mapping import map_query
     from fedarches.client.outputs import write_mapping_outputs
     from fedarches.shared.bundle import ReferenceBundle
     from fedarches.shared.datafiles import read_query, rna_modality
@@ -95,11 +97,6 @@ def map_file(
         f" (+ modality {n}: {m.n_vars} features)" for n, m in getattr(adata, "mod", {}).items() if n != "rna"
     )
     log.info("query %s: %d cells x %d genes%s", query, adata.n_obs, rna_modality(adata).n_vars, others)
-    given = {
-        "confidence_threshold": confidence_threshold,
-        "min_count": min_count,
-        "min_gene_fraction": min_gene_fraction,
-    }
     result = map_query(
         adata,
         bundle,
@@ -107,10 +104,13 @@ def map_file(
         layer=layer,
         lab_name=lab_name,
         options=options,
-        **{key: value for key, value in given.items() if value is not None},
+        confidence_threshold=confidence_threshold,
+        min_count=min_count,
+        min_gene_fraction=min_gene_fraction,
     )
-    threshold = adata.uns[result.keys.UNS]["params"]["confidence_threshold"]
-    plots = write_mapping_outputs(adata, result, bundle, outputs, confidence_threshold=threshold, extra=extra)
+    plots = write_mapping_outputs(
+        adata, result, bundle, outputs, confidence_threshold=confidence_threshold, extra=extra
+    )
     overlap = result.gene_overlap
     log.info(
         "genes: %d/%d reference genes present (%.0f%%, matched %s to %s)",

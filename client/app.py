@@ -102,7 +102,7 @@ def map_lab(msg: Message, context: Context) -> Message:
     timings = {**{key: float(v) for key, v in result.timings.items()}, "receive_bundle_s": receive_s}
     from fedarches.shared.datafiles import query_obs
 
-    released, counts, reply = releaser.release_mapping(result, query_obs(adata), lab.name, timings)
+    released, counts, reply = releaser.release_mapping(result, query_obs(adata), timings)
     composition = reply.lab.composition
     if composition == protocol.Composition.SECURE_SUM:
         write_exact_counts(settings.out_dir, request.round_id, counts)

@@ -81,7 +81,7 @@ def map_command(
     """Map QUERY onto a reference bundle with scArches surgery and write an annotated .h5ad or .h5mu."""
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
-        from fedarches.client import MappingOptions, MappingOutputs, map_file
+        from fedarches.client import MappingOutputs, map_file
 
         outputs = MappingOutputs(
             annotated=out,

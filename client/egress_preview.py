@@ -86,7 +86,7 @@ def preview(
     k = releaser.policy.release.min_count
     result = map_query(adata, bundle, batch_key=batch_key, layer=layer, lab_name=lab.name, options=options, min_count=k)
     timings = {key: float(v) for key, v in result.timings.items()}
-    _, _, reply = releaser.release_mapping(result, query_obs(adata), lab.name, timings)
+    _, _, reply = releaser.release_mapping(result, query_obs(adata), timings)
     content = reply.to_content()
     protocol.check_egress(protocol.MAP, content, max_array_bytes=EGRESS_LIMIT_BYTES)
     return Preview(reply, describe_content(content), releaser.policy, int(adata.n_obs))

@@ -19,7 +19,7 @@ import pandas as pd
 from fedarches.client.options import MappingOptions, auto_max_epochs
 from fedarches.client.query import MIN_GENE_FRACTION, PreparedQuery, prepare_query
 from fedarches.shared import __version__
-from fedarches.shared._constants import ADATA_KEYS, AnnDataKeys
+from fedarches.shared._constants import ADATA_KEYS, AnnDataKeys, added_key
 from fedarches.shared._process import peak_rss_bytes
 from fedarches.shared._training import quiet_training, scoped_seed, torch_threads
 from fedarches.shared.adapters import Adapter, apply_adapters, check_reference_unchanged, extract_adapter
@@ -162,7 +162,6 @@ def map_query(
     if copy:
         adata = adata.copy()
     keys = ADATA_KEYS.added(key_added)
-    named = dict(zip(ADATA_KEYS, keys, strict=True))  # default name -> the name written
     backend = backend_for(bundle)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -215,7 +214,7 @@ def map_query(
     labels = np.asarray(bundle.label_categories)
     predicted = labels[probabilities.argmax(axis=1)]
     raw_confidence = probabilities.max(axis=1).astype(np.float32)
-    latent_key = f"{key_added}_{backend.latent_key}" if key_added else backend.latent_key
+    latent_key = added_key(key_added, backend.latent_key)
     quality = _mapping_quality(bundle, latent, probabilities)
     empty = prepared.empty_cells
     if ADATA_KEYS.UNKNOWN in quality:  # a cell with no counts carries no information: it is not a known type
@@ -227,11 +226,11 @@ def map_query(
     adata.obs[keys.CONFIDENCE] = confidence
     adata.obs[keys.LOW_CONFIDENCE] = low
     for key, values in quality.items():
-        adata.obs[named[key]] = values
+        adata.obs[added_key(key_added, key)] = values
     adata.obs[keys.RAW_CONFIDENCE] = raw_confidence
     adata.obsm[latent_key] = latent
     for key, value in cell_outputs.items():
-        adata.obsm[named.get(key, f"{key_added}_{key}" if key_added else key)] = value
+        adata.obsm[added_key(key_added, key)] = value
     embedding = bundle.embedding
     if embedding is not None:
         adata.obsm[keys.REF_UMAP] = place_on_reference(latent, embedding["latent"], embedding["umap"])

@@ -80,12 +80,12 @@ class Releaser:
         return cls(policy, ledger, context, preview=preview)
 
     def release_mapping(
-        self, result: Any, obs: pd.DataFrame, lab_name: str, timings: Mapping[str, float]
+        self, result: Any, obs: pd.DataFrame, timings: Mapping[str, float]
     ) -> tuple[MapRelease, LabelCounts, MapReply]:
-        """Release a mapping result under the policy: what was released, the exact counts, and the reply."""
+        """Release a mapping result under the policy: what was released, the exact counts, and the lab's reply."""
         counts = self.exact_counts(result, obs)
         released = self.map_reply(result.adapter, counts)
-        reply = released.to_reply(lab_name, int(result.n_epochs), self.policy.release.composition, timings)
+        reply = released.to_reply(self.context.lab, int(result.n_epochs), self.policy.release.composition, timings)
         return released, counts, reply
 
     def head(self) -> tuple[int, str]:

@@ -54,7 +54,7 @@ from fedarches.shared.errors import BundleError, BundleIntegrityError
 from fedarches.shared.labels import LabelStatistics
 from fedarches.shared.protocol import Composition, MapReply
 from fedarches.shared.quality import UNKNOWN_LABEL
-from fedarches.shared.wire import PlainContent
+from fedarches.shared.wire import PlainContent, one_line
 
 log = logging.getLogger("fedarches.server")
 
@@ -293,7 +293,7 @@ class MappingRound(Strategy):
             result.message = f"{n} labs accepted, fewer than --min-labs {settings.min_labs}; no atlas written"
         elif not adapters:
             result.status = "failed"
-            result.message = f"{len(accepted)} labs accepted, but none released an adapter; no atlas written"
+            result.message = f"{n} labs accepted, but none released an adapter; no atlas written"
         else:
             tick = time.perf_counter()
             atlas_dir = settings.round_dir / "atlas"
@@ -302,7 +302,7 @@ class MappingRound(Strategy):
             )
             result.phases["merge_s"] = time.perf_counter() - tick
             result.status = "completed"
-            result.message = f"merged {len(accepted)} labs into atlas {result.atlas.bundle_id}"
+            result.message = f"merged {n} labs into atlas {result.atlas.bundle_id}"
 
 
 def _held_bundles(coord: CoordinatorDir, name: str) -> list[str]:
@@ -396,7 +396,7 @@ def _log_arrival(lab: LabOutcome, reply: Message, start: float) -> None:
     lab.reply_s = time.monotonic() - start
     try:
         if reply.has_error():
-            log.warning("<- %s: error after %.1f s (%s)", lab.name, lab.reply_s, _peer_text(reply.error.reason))
+            log.warning("<- %s: error after %.1f s (%s)", lab.name, lab.reply_s, one_line(reply.error.reason))
         else:
             log.info("<- %s: reply after %.1f s (%d bytes)", lab.name, lab.reply_s, reply_bytes(reply))
     except Exception as err:  # noqa: BLE001 - a malformed reply is rejected when validated
@@ -416,7 +416,7 @@ def _validate(lab: LabOutcome, reply: Message | None, expected: Expected, settin
             lab.reason = (
                 "SuperNode went offline during the round"
                 if offline
-                else f"lab reported an error: {_peer_text(reply.error.reason)}"
+                else f"lab reported an error: {one_line(reply.error.reason)}"
             )
             return
         lab.bytes_from_lab = reply_bytes(reply)
@@ -425,7 +425,7 @@ def _validate(lab: LabOutcome, reply: Message | None, expected: Expected, settin
             return
         plain = PlainContent.from_content(reply.content)
     except Exception as err:  # noqa: BLE001 - whatever fails to decode is this lab's rejection
-        _reject(lab, f"malformed reply: {type(err).__name__}: {_peer_text(err)}")
+        _reject(lab, f"malformed reply: {type(err).__name__}: {one_line(err)}")
         return
     verdict = validate_reply(plain, expected, lab=lab.name)
     if not isinstance(verdict, Accepted):
@@ -446,16 +446,6 @@ def reply_bytes(reply: Message) -> int:
         return message_bytes(reply)
     except Exception:  # noqa: BLE001 - its size is only reported; a malformed reply is rejected on its content
         return 0
-
-
-def _peer_text(value: object, limit: int = 300) -> str:
-    """Text a peer sent (an error reason), as one printable line of at most ``limit`` characters."""
-    try:
-        text = str(value)
-    except Exception:  # noqa: BLE001 - a value whose text fails is named by its type
-        text = f"<{type(value).__name__}>"
-    flat = "".join(c if c.isprintable() else " " for c in text[: limit + 1])
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def message_bytes(message: Message) -> int:

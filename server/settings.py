@@ -67,16 +67,9 @@ class RoundSettings:
         return cls(**values)
 
     def map_request(self, bundle_id: str) -> MapRequest:
-        """What every lab receives for this round."""
-        return MapRequest(
-            round_id=self.round_id,
-            bundle_id=bundle_id,
-            max_epochs=self.max_epochs,
-            seed=self.seed,
-            confidence_threshold=self.confidence_threshold,
-            min_count=self.min_count,
-            max_adapter_bytes=self.max_adapter_bytes,
-        )
+        """What every lab receives for this round: the request's fields, taken from these settings."""
+        shared = {f.name: getattr(self, f.name) for f in fields(MapRequest) if f.name != "bundle_id"}
+        return MapRequest(bundle_id=bundle_id, **shared)
 
 
 _CONVERT = {

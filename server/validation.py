@@ -40,7 +40,7 @@ from fedarches.shared.errors import FedarchesError
 from fedarches.shared.labels import LabelStatistics
 from fedarches.shared.protocol import MapReply
 from fedarches.shared.quality import UNKNOWN_LABEL
-from fedarches.shared.wire import PlainContent, shown
+from fedarches.shared.wire import PlainContent, one_line, shown
 
 if TYPE_CHECKING:
     from fedarches.shared.bundle import ReferenceBundle
@@ -118,9 +118,9 @@ def validate_reply(reply: Any, expected: Any, *, lab: Any) -> Accepted | Rejecte
             _refuse(f"the lab's name is a {type(lab).__name__}, not a string")
         return _validate(reply, expected, lab)
     except (_Refused, FedarchesError) as err:
-        return Rejected(_one_line(_text(err)))
+        return Rejected(one_line(_text(err), MAX_REASON_CHARS))
     except Exception as err:  # noqa: BLE001 - whatever a peer sent, it is that peer's rejection, never a crash
-        return Rejected(_one_line(f"malformed reply: {type(err).__name__}: {_text(err)}"))
+        return Rejected(one_line(f"malformed reply: {type(err).__name__}: {_text(err)}", MAX_REASON_CHARS))
 
 
 def _validate(plain: PlainContent, expected: Expected, lab: str) -> Accepted:
@@ -220,9 +220,3 @@ def _text(err: BaseException) -> str:
         return str(err)
     except Exception:  # noqa: BLE001 - an exception whose text fails is named by its type alone
         return ""
-
-
-def _one_line(text: str) -> str:
-    """A reason for the report: one line, printable, at most :data:`MAX_REASON_CHARS` characters."""
-    flat = "".join(c if c.isprintable() else " " for c in text[: MAX_REASON_CHARS + 1])
-    return flat if len(flat) <= MAX_REASON_CHARS else flat[: MAX_REASON_CHARS - 3] + "..."

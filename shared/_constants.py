@@ -38,7 +38,12 @@ class AnnDataKeys(NamedTuple):
         """
         if not key_added:
             return self
-        return self._replace(**{f: f"{key_added}_{getattr(self, f)}" for f in self._fields if f != "COUNTS_LAYER"})
+        return self._replace(**{f: added_key(key_added, getattr(self, f)) for f in self._fields if f != "COUNTS_LAYER"})
+
+
+def added_key(key_added: str | None, key: str) -> str:
+    """``key`` under ``key_added`` (``{key_added}_{key}``), or ``key`` itself when ``key_added`` is None or empty."""
+    return f"{key_added}_{key}" if key_added else key
 
 
 BUNDLE_KEYS = _BundleKeys()

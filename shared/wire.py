@@ -31,6 +31,7 @@ __all__ = [
     "check_records",
     "decode_array",
     "describe_content",
+    "one_line",
     "peer_json",
     "shown",
 ]
@@ -223,6 +224,16 @@ def shown(value: Any, limit: int = 80) -> str:
     except Exception:  # noqa: BLE001 - a value whose repr fails is named by its type
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def one_line(value: object, limit: int = 300) -> str:
+    """Text a peer sent (an error, a reason) as one printable line of at most ``limit`` characters."""
+    try:
+        text = str(value)
+    except Exception:  # noqa: BLE001 - a value whose text fails is named by its type
+        text = f"<{type(value).__name__}>"
+    flat = "".join(c if c.isprintable() else " " for c in text[: limit + 1])
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def _jsonable(value: Any) -> Any:

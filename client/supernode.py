@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from fedarches.client.lab import LabDir
-from fedarches.shared._io import atomic_write_bytes
+from fedarches.shared._io import write_toml
 from fedarches.shared._process import SUPERNODE_PID_FILE, free_port, own_executable, owning, with_own_bin_on_path
 from fedarches.shared.errors import FederationError
 
@@ -161,7 +159,7 @@ def run_supernode(settings: JoinSettings) -> int:
     child retrying forever.
     """
     config_path = settings.lab.root / "node-config.toml"
-    atomic_write_bytes(config_path, tomli_w.dumps(settings.node_config()).encode())
+    write_toml(config_path, settings.node_config())
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     # Flower keeps installed apps under FLWR_HOME: keep them in the lab directory, not in ~/.flwr.
     env = with_own_bin_on_path({**os.environ, "FLWR_HOME": str(settings.lab.root / "flwr")})

@@ -26,11 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from fedarches.server.settings import ROUND_DEFAULTS
 from fedarches.shared import crypto, pki
-from fedarches.shared._io import atomic_write_bytes, read_toml
+from fedarches.shared._io import atomic_write_bytes, read_toml, write_toml
 from fedarches.shared.errors import ConfigError, UserInputError
 from fedarches.shared.lab_export import NODE_PRIVATE_KEY_NAME, NODE_PUBLIC_KEY_NAME, LabExport, write_lab_export
 
@@ -291,11 +289,6 @@ def add_lab(
         {"name": name, "added": _now(), "key-origin": key_origin, "registered": False, "node-id": 0},
     )
     return export_dir
-
-
-def write_toml(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as TOML atomically."""
-    atomic_write_bytes(Path(path), tomli_w.dumps(data).encode())
 
 
 def _signing_key_id(coord: CoordinatorDir) -> str:

@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from fedarches.server.coordinator import CONNECTION_NAME, CoordinatorDir
 from fedarches.shared import __version__
+from fedarches.shared._io import write_toml
 from fedarches.shared._process import own_executable, with_own_bin_on_path
 from fedarches.shared.errors import FederationError
 
@@ -147,8 +146,7 @@ def write_app(coord: CoordinatorDir, run_config: dict[str, Any]) -> Path:
         },
     }
     coord.app_dir.mkdir(parents=True, exist_ok=True)
-    path = coord.app_dir / "pyproject.toml"
-    path.write_text(tomli_w.dumps(pyproject))
+    write_toml(coord.app_dir / "pyproject.toml", pyproject)
     return coord.app_dir
 
 

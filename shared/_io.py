@@ -207,4 +207,11 @@ def read_toml(path: Path, *, hint: str) -> dict[str, Any]:
         raise ConfigError(msg, hint=hint) from None
 
 
+def write_toml(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as TOML, atomically (:func:`atomic_write_bytes`)."""
+    import tomli_w
+
+    atomic_write_bytes(Path(path), tomli_w.dumps(data).encode())
+
+
 _MAX_SETTINGS_BYTES = 1_048_576

@@ -18,10 +18,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomli_w
-
 from fedarches.shared import crypto
-from fedarches.shared._io import atomic_write_bytes, read_toml
+from fedarches.shared._io import read_toml, write_toml
 from fedarches.shared.errors import ConfigError
 
 __all__ = [
@@ -79,7 +77,7 @@ def write_lab_export(
     shutil.copyfile(ca_cert, directory / CA_CERT_NAME)
     shutil.copyfile(signing_public_key, directory / crypto.PUBLIC_KEY_NAME)
     table = {"name": export.name, "superlink": export.superlink, "coordinator-key-id": export.coordinator_key_id}
-    atomic_write_bytes(directory / LAB_CONFIG_NAME, tomli_w.dumps(table).encode())
+    write_toml(directory / LAB_CONFIG_NAME, table)
     return directory
 
 

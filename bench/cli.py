@@ -17,6 +17,7 @@ Commands (the Makefile target; the script):
 * ``privacy-utility``: composition error against ε (make privacy-eval; scripts/eval_privacy_utility.py).
 * ``privacy-doc``: docs/privacy.md from the evaluations' JSON (make privacy-eval; scripts/privacy_doc.py).
 * ``compare``: fedarches against plain scvi-tools surgery (make compare; scripts/compare_scvi.py).
+* ``latency``: a federated round's phases and CPU against central surgery (also part of ``suite``).
 
 ``worker SUITE STEP SPEC.json RESULT.json`` (not listed in the help) runs one measured step in a fresh process
 for :func:`fedarches.bench.runner.run_method`.
@@ -80,6 +81,19 @@ def _run_suite(args: argparse.Namespace, pbmc: bool | None = None, cellbench: bo
         pbmc=args.pbmc if pbmc is None else pbmc,
         cellbench=args.cellbench if cellbench is None else cellbench,
     )
+
+
+def _latency_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=OUTPUT / "latency", help="Working directory for the run.")
+    parser.add_argument(
+        "--doc", action=argparse.BooleanOptionalAction, default=True, help="Write docs/benchmarks_latency.md."
+    )
+
+
+def _run_latency(args: argparse.Namespace, _: str) -> None:
+    from fedarches.bench.latency import latency
+
+    latency(args.out, doc=args.doc)
 
 
 def _doc_arguments(parser: argparse.ArgumentParser) -> None:
@@ -269,6 +283,8 @@ COMMANDS: dict[str, Command] = {
     "privacy-doc": Command("docs/privacy.md from the privacy evaluations' JSON", _no_arguments, _run_privacy_doc),
     "compare": Command("`make compare`: fedarches against plain scvi-tools scArches surgery",
                        _no_arguments, _run_compare),
+    "latency": Command("a federated round's phases and CPU against central surgery; docs/benchmarks_latency.md",
+                       _latency_arguments, _run_latency),
     "worker": Command("one measured step in a fresh process", _worker_arguments, _run_worker, listed=False),
 }  # fmt: skip
 

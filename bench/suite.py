@@ -343,6 +343,11 @@ def cellbench_section(out: Path, results: dict[str, Any], save: Any, *, quick: b
         counts = SIMULATED_LAB_COUNTS[:1] if quick else SIMULATED_LAB_COUNTS
         results["simulation"] = simulation_section(split_dir, bundle_dir, trust, out, counts)
         save()
+    if "latency" not in results and not quick:  # a round's phases, side by side with the central anchor
+        from fedarches.bench.latency import latency
+
+        results["latency"] = latency(out / "latency", doc=True)
+        save()
     if "variants" not in results.get("integration", {}):
         try:
             results["integration"] = integration_section(results["accuracy"], out)

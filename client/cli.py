@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedarches.client.flower_supernode import DEFAULT_POLL_S
 from fedarches.client.options import MAX_SURGERY_EPOCHS, SURGERY_STEPS, MappingOptions
 from fedarches.shared._cli import CountsLayer, Debug, Quiet, console, handle_errors, setup_logging
 from fedarches.shared._constants import ADATA_KEYS, AnnDataKeys
@@ -186,9 +187,28 @@ def join(
         bool, typer.Option("--egress-copy", help="Keep an exact copy of every message sent, under LAB_DIR/egress/.")
     ] = False,
     extra_mods: Annotated[str, typer.Option(help="The lab's own client mods, module:attribute, comma-separated.")] = "",
+    worker: Annotated[
+        bool,
+        typer.Option(
+            help="Keep a warm local worker (scvi-tools imported, bundle verified once) that maps for each round; "
+            "--no-worker maps in a fresh process per round."
+        ),
+    ] = True,
+    poll_interval: Annotated[
+        float,
+        typer.Option(
+            min=0.05,
+            max=3.0,
+            help="Seconds between the idle SuperNode's requests for a message (Flower's own: 3).",
+        ),
+    ] = DEFAULT_POLL_S,
     debug: Debug = False,
 ) -> None:
-    """Run this lab's SuperNode: map DATA locally whenever the coordinator starts a round."""
+    """Run this lab's SuperNode: map DATA locally whenever the coordinator starts a round.
+
+    Beside the SuperNode runs the lab's warm worker: a local process, reachable only by this user
+    through LAB_DIR/worker/, that has imported scvi-tools and verified the bundle before a round asks.
+    """
     setup_logging(debug=debug)
     with handle_errors(debug=debug):
         from fedarches.client import prepare_join, run_supernode
@@ -204,6 +224,8 @@ def join(
             port=port,
             egress_copy=egress_copy,
             extra_mods=extra_mods,
+            worker=worker,
+            poll_interval=poll_interval,
         )
         settings, lab = checked.settings, checked.settings.lab
         console.print(

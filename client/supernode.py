@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedarches.client.flower_supernode import DEFAULT_POLL_S
 from fedarches.client.lab import LabDir
 from fedarches.shared._io import write_toml
-from fedarches.shared._process import SUPERNODE_PID_FILE, free_port, own_executable, owning, with_own_bin_on_path
+from fedarches.shared._process import SUPERNODE_PID_FILE, free_port, owning, with_own_bin_on_path
 from fedarches.shared.errors import FederationError
 
+SUPEREXEC_POLL_S = 0.1
 _EXIT_CODE = re.compile(r"Exit Code: (\d+)")
 # flower-supernode exit codes worth explaining (flwr.common.exit.ExitCode, 1.41).
 _EXIT_HELP = {
@@ -46,6 +48,8 @@ class JoinSettings:
     port: int = 0
     egress_copy: bool = False
     extra_mods: str = ""
+    worker: bool = True
+    poll_interval: float = DEFAULT_POLL_S
 
     def node_config(self) -> dict[str, Any]:
         """The SuperNode's node config: the lab's paths and settings, as written to ``node-config.toml``."""
@@ -57,6 +61,7 @@ class JoinSettings:
             "layer": self.layer or "",
             "threads": int(self.threads or 0),
             "egress-copy": self.egress_copy,
+            "worker": self.worker,
         }
         if self.extra_mods:
             config["extra-mods"] = self.extra_mods
@@ -84,6 +89,8 @@ def prepare_join(
     port: int = 0,
     egress_copy: bool = False,
     extra_mods: str = "",
+    worker: bool = True,
+    poll_interval: float = DEFAULT_POLL_S,
 ) -> JoinCheck:
     """Check everything a round will need before the SuperNode starts: minutes before a round would find out.
 
@@ -127,6 +134,8 @@ def prepare_join(
         port=port,
         egress_copy=egress_copy,
         extra_mods=extra_mods,
+        worker=worker,
+        poll_interval=poll_interval,
     )
     return JoinCheck(settings, int(adata.n_obs), policy.summary())
 
@@ -135,7 +144,11 @@ def supernode_command(settings: JoinSettings, node_config_path: Path) -> list[st
     """The ``flower-supernode`` command line for ``settings``."""
     port = settings.port or free_port()
     return [
-        own_executable("flower-supernode"),
+        sys.executable,
+        "-m",
+        "fedarches.client.flower_supernode",  # flower-supernode, polling every poll_interval when idle
+        "--poll-interval",
+        str(settings.poll_interval),
         "--superlink",
         settings.superlink,
         "--root-certificates",
@@ -156,7 +169,8 @@ def run_supernode(settings: JoinSettings) -> int:
     pid file names it). However this ends (the SuperNode exits, or a stop signal turned into an
     exception by the caller), the SuperNode and every process it started (its SuperExec, a running
     ClientApp) are stopped before it returns: flower-supernode 1.41 can exit and leave its SuperExec
-    child retrying forever.
+    child retrying forever. With ``settings.worker``, the lab's warm worker
+    (:mod:`fedarches.client.worker`) runs beside it for as long, restarted if it dies.
     """
     config_path = settings.lab.root / "node-config.toml"
     write_toml(config_path, settings.node_config())
@@ -164,6 +178,22 @@ def run_supernode(settings: JoinSettings) -> int:
     # Flower keeps installed apps under FLWR_HOME: keep them in the lab directory, not in ~/.flwr.
     env = with_own_bin_on_path({**os.environ, "FLWR_HOME": str(settings.lab.root / "flwr")})
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    # The SuperExec looks for a message to run every second by default; a ClientApp starts sooner at 0.1 s.
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(SUPEREXEC_POLL_S))
+    worker = None
+    if settings.worker:
+        from fedarches.client.worker import WorkerSupervisor
+
+        worker = WorkerSupervisor(settings.lab.root, settings.out_dir, env=env)
+        worker.start()
+    try:
+        return _run_supernode_process(settings, config_path, env)
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+def _run_supernode_process(settings: JoinSettings, config_path: Path, env: dict[str, str]) -> int:
     process = subprocess.Popen(
         supernode_command(settings, config_path),
         env=env,

@@ -34,6 +34,7 @@ from fedarches.shared._process import (
     ProcessInfo,
     StopSignals,
     command_name,
+    cpu_seconds,
     free_port,
     leftover_group,
     own_executable,
@@ -71,6 +72,7 @@ class LoopbackFederation:
     threads: int = 1
     env: dict[str, str] = field(default_factory=dict)
     label: str = "loopback federation"  # names it in the line printed when a signal stops it
+    join_args: tuple[str, ...] = ()  # passed to every lab's `fedarches-client join`
     coord: CoordinatorDir = field(init=False)
     labs: dict[str, LabProcess] = field(default_factory=dict, init=False)
     _serve: subprocess.Popen[Any] | None = field(default=None, init=False)
@@ -142,6 +144,7 @@ class LoopbackFederation:
             command += ["--extra-mods", lab.extra_mods]
         if lab.batch_key:
             command += ["--batch-key", lab.batch_key]
+        command += list(self.join_args)
         start = time.monotonic()
         lab.process = self._spawn(command, f"lab-{name}")
         lab.log_path = self.workdir / "logs" / f"lab-{name}.log"
@@ -165,6 +168,31 @@ class LoopbackFederation:
             time.sleep(0.5)
         msg = f"labs {names} not online after {timeout:.0f} s"
         raise FederationError(msg)
+
+    def wait_workers(self, names: list[str], timeout: float = ONLINE_TIMEOUT_S) -> None:
+        """Block until each named lab's warm worker answers (it has imported scvi-tools); no-op with --no-worker."""
+        if "--no-worker" in self.join_args:
+            return
+        from fedarches.client.worker import WorkerUnavailable, ping
+
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while True:
+                try:
+                    ping(self.labs[name].export_dir, timeout=max(0.1, deadline - time.monotonic()))
+                    break
+                except WorkerUnavailable:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.2)
+
+    def lab_cpu_s(self, name: str) -> float | None:
+        """CPU seconds the lab's processes have used so far (``join``, worker, SuperNode, SuperExec, ClientApps)."""
+        lab = self.labs[name]
+        roots = _live([lab.process])
+        if (group := _supernode_group(lab)) is not None:
+            roots.append(group)
+        return cpu_seconds(roots)
 
     def online_nodes(self) -> set[int]:
         """The Flower node ids of the SuperNodes that the SuperLink lists as online."""

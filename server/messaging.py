@@ -2,7 +2,11 @@
 
 Flower 1.41's ``Grid.send_and_receive`` sleeps 3 s between pulls; a SecAgg+ sum makes four such
 exchanges in a row. :class:`PollingGrid` gives Flower's strategy loop and the legacy SecAgg+
-workflow the same Grid with this module's 1-second polling.
+workflow the same Grid with this module's polling every :data:`POLL_S` seconds (a pull is one
+small request to the SuperLink on the same machine).
+
+:class:`PollingGrid` also records how long each exchange took (:attr:`PollingGrid.exchanges`), for
+the round's phase table.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-POLL_S = 1.0
+POLL_S = 0.1
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float, on_reply: Any = None) -> dict[int, Message]:
@@ -52,11 +56,14 @@ class PollingGrid:
     def __init__(self, grid: Grid, *, on_reply: Callable[[int, Message], None] | None = None) -> None:
         self._grid = grid
         self._on_reply = on_reply
+        self.exchanges: list[float] = []  # seconds from push to the last reply (or the timeout), per exchange
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Send ``messages`` and return the replies received within ``timeout`` seconds (no limit if None)."""
+        tick = time.monotonic()
         replies = exchange(self._grid, list(messages), 1e9 if timeout is None else timeout, on_reply=self._on_reply)
+        self.exchanges.append(time.monotonic() - tick)
         return list(replies.values())

@@ -37,6 +37,7 @@ def report_dict(result: RoundResult) -> dict[str, Any]:
         "started": result.started,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "phases_s": {k: round(v, 2) for k, v in result.phases.items()},
+        "secure_sum_stages_s": [round(v, 2) for v in getattr(result.consortium_counts, "stages_s", [])],
         "settings": {
             "min_labs": settings.min_labs,
             "timeout": settings.timeout,

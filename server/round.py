@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,6 +131,24 @@ class RoundResult:
     consortium_counts: SecureSumResult | None = None
 
 
+def _start_probe(bundle: ReferenceBundle, settings: RoundSettings, phases: dict[str, float]) -> Future[Expected]:
+    """Work out, in a thread, what a lab's reply must look like for ``bundle`` (its seconds go to ``phases``)."""
+
+    def probe() -> Expected:
+        tick = time.perf_counter()
+        try:
+            return Expected.for_bundle(
+                bundle, min_count=settings.min_count, max_adapter_bytes=settings.max_adapter_bytes
+            )
+        finally:
+            phases["surgery_probe_s"] = time.perf_counter() - tick
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedarches-probe")
+    future = pool.submit(probe)
+    pool.shutdown(wait=False)  # the probe runs on; the round waits for it only when judging replies
+    return future
+
+
 def run_round(grid: Grid, settings: RoundSettings, context: Context) -> RoundResult:
     """Run one round through Flower's strategy loop; always returns a result, never raises for a lab's failure."""
     strategy = MappingRound(settings, context)
@@ -165,6 +184,7 @@ class MappingRound(Strategy):
         self.held: dict[str, list[str]] = {}
         self._by_node = {lab.node_id: lab for lab in labs}
         self._expected: Expected | None = None
+        self._probe: Future[Expected] | None = None
         self._grid: Grid | None = None
         self._sent: list[tuple[Message, LabOutcome]] = []
         self._sent_at = 0.0
@@ -187,11 +207,9 @@ class MappingRound(Strategy):
         """Wait for the labs, then one ``train.map`` message per online lab; the bundle only where it is missing."""
         settings, result, bundle = self.settings, self.result, self.result.bundle
         self._grid = grid
-        tick = time.perf_counter()  # what replies are checked against; surgery's shape probe fails before any lab works
-        self._expected = Expected.for_bundle(
-            bundle, min_count=settings.min_count, max_adapter_bytes=settings.max_adapter_bytes
-        )
-        result.phases["surgery_probe_s"] = time.perf_counter() - tick
+        # What replies are checked against. Surgery's shape probe imports scvi-tools (~5 s): it runs
+        # while the labs map, and a bundle it fails on fails the round when the replies are judged.
+        self._probe = _start_probe(bundle, settings, result.phases)
 
         tick = time.perf_counter()
         online = _wait_for_nodes(grid, set(self._by_node), settings.wait_for_labs)
@@ -223,7 +241,8 @@ class MappingRound(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Judge every reply, resend the bundle to labs that lost it, sum composition securely, merge the atlas."""
         settings, result, bundle = self.settings, self.result, self.result.bundle
-        assert self._grid is not None and self._expected is not None
+        assert self._grid is not None and self._probe is not None
+        self._expected = self._probe.result()  # re-raises what the probe raised
         by_name = _replies_by_lab(replies, self._sent)
         resend = [lab for lab in self.participants if not lab.bundle_sent and _lacks_bundle(by_name.get(lab.name))]
         if resend:

@@ -52,6 +52,7 @@ class SecureSumResult:
     contributors: list[int] = field(default_factory=list)
     failures: int = 0
     message: str = ""
+    stages_s: list[float] = field(default_factory=list)  # each SecAgg+ exchange, push to last reply
 
 
 class _SumStrategy(Strategy):
@@ -122,8 +123,10 @@ def secure_sum(
         modulus_range=MODULUS_RANGE,
         timeout=timeout,
     )
-    workflow(PollingGrid(grid), legacy)  # type: ignore[arg-type]
+    polling = PollingGrid(grid)
+    workflow(polling, legacy)  # type: ignore[arg-type]
     if strategy.mean is None:
-        return SecureSumResult(None, failures=strategy.failures, message="SecAgg+ halted: too few labs answered")
+        message = "SecAgg+ halted: too few labs answered"
+        return SecureSumResult(None, failures=strategy.failures, message=message, stages_s=polling.exchanges)
     total = np.rint(strategy.mean * len(strategy.contributors)).astype(np.int64)
-    return SecureSumResult(total, strategy.contributors, strategy.failures, "")
+    return SecureSumResult(total, strategy.contributors, strategy.failures, "", polling.exchanges)

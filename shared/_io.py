@@ -215,3 +215,26 @@ def write_toml(path: Path, data: dict[str, Any]) -> None:
 
 
 _MAX_SETTINGS_BYTES = 1_048_576
+
+
+def remove_staging(directory: Path) -> list[Path]:
+    """Remove what an interrupted write left in ``directory`` and its subdirectories; return what it removed.
+
+    Only this module's temporary names are touched (``.NAME.XXXX.partial`` files and directories,
+    made by :func:`atomic_path`, :func:`atomic_directory` and :class:`StagedOutputs`): a process
+    killed outright (SIGKILL, power loss) cannot clean them itself. Call it only when no write into
+    ``directory`` can be running.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in sorted(directory.rglob(".*.partial*"), key=lambda p: len(p.parts), reverse=True):
+        if not path.name.startswith(".") or ".partial" not in path.name or not path.exists():
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

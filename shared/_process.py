@@ -144,12 +144,18 @@ def process_table() -> dict[int, ProcessInfo]:
 
 
 def command_name(pid: int) -> str:
-    """A short name for the program ``pid`` runs: ``flower-superlink``, not ``python3.11``."""
+    """A short name for the program ``pid`` runs: ``flower-superlink``, not ``python3.11``.
+
+    A module run with ``python -m`` is named by its last part, underscores as hyphens: a wrapper
+    module ``...flower_supernode`` is named like the program it runs.
+    """
     with contextlib.suppress(OSError):
         args = [a for a in (_PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0") if a]
         if args and Path(args[0]).name.startswith("python") and len(args) > 1:
+            if args[1] == "-m" and len(args) > 2:
+                return args[2].rsplit(".", 1)[-1].replace("_", "-")
             if args[1] in ("-c", "-m"):
-                return f"{Path(args[0]).name} {args[1]}" if args[1] == "-c" else args[2] if len(args) > 2 else args[1]
+                return f"{Path(args[0]).name} {args[1]}"
             return Path(args[1]).name
         if args:
             return Path(args[0]).name
@@ -215,6 +221,23 @@ def process_tree(roots: Iterable[int]) -> list[ProcessInfo]:
     """``roots`` and every live process they started (by parent, group or session), named by their commands."""
     live, _ = _Tree(set(roots), (), ()).refresh()
     return live
+
+
+def cpu_seconds(roots: Iterable[int]) -> float | None:
+    """CPU seconds (user and system) of the process trees under ``roots``, their reaped children's included.
+
+    Each live process counts its own time and that of the children it has waited for (``/proc``
+    ``utime + stime + cutime + cstime``), so a process that ran and exited within a tree still
+    counts. None where there is no ``/proc``.
+    """
+    if not _PROC.is_dir():
+        return None
+    ticks = 0
+    for info in process_tree(roots):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (_PROC / str(info.pid) / "stat").read_text().rpartition(")")[2].split()
+            ticks += sum(int(f) for f in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def adopt_orphans(*, on: bool = True) -> bool:

@@ -229,7 +229,18 @@ class LabInfo:
 
 
 _LAB_REQUIRED = ("lab_name", "fedarches_version", "n_epochs", "composition")
-TIMING_KEYS = ("validate_s", "surgery_setup_s", "train_s", "predict_s", "total_s", "receive_bundle_s")
+# Seconds per phase of the lab's mapping; ``cpu_s``: CPU seconds of training and prediction; ``handler_s``:
+# the whole handler, from the message to the reply (bundle, mapping, writing the outputs, the release).
+TIMING_KEYS = (
+    "validate_s",
+    "surgery_setup_s",
+    "train_s",
+    "predict_s",
+    "total_s",
+    "cpu_s",
+    "receive_bundle_s",
+    "handler_s",
+)
 ADAPTER_META_KEYS = ("format", "bundle-id", "batch-categories", "slices")
 
 

@@ -4,7 +4,7 @@ The SuperNode started by ``fedarches-client join`` passes the lab's settings as 
 (``lab-dir``, ``data-path``, ``out-dir``, ``batch-key``, ``layer``, ``threads``, ``worker``). Two
 handlers:
 
-- ``train.map`` (:func:`fedarches.client.map_round.map_round`, run by the lab's warm worker when
+- ``train.map`` (:func:`fedarches.client.lab_work.map_round`, run by the lab's warm worker when
   ``join`` started one, see :mod:`fedarches.client.worker`): store and verify the bundle if it
   came with the message, map the lab's file
   (``.h5ad`` or ``.h5mu``) exactly as ``fedarches-client map`` would, write the annotated file of
@@ -29,11 +29,9 @@ from flwr.clientapp import ClientApp
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.compat.common import recorddict_compat
 
-from fedarches.client.lab import LabDir
-from fedarches.client.map_round import NodeSettings
+from fedarches.client.lab_work import NodeSettings, secure_sum_request, secure_sum_vector
 from fedarches.client.mods import egress_audit_mod, lab_mods_mod, secure_sum_guard_mod
-from fedarches.client.release import Releaser, read_exact_counts
-from fedarches.client.worker import run_map
+from fedarches.client.worker import run_lab_work
 from fedarches.shared import protocol
 
 log = logging.getLogger("fedarches.client")
@@ -50,20 +48,17 @@ app = ClientApp(mods=[egress_audit_mod, lab_mods_mod])
 def map_lab(msg: Message, context: Context) -> Message:
     """Map the lab's query onto the round's bundle (in the lab's warm worker when ``join`` started one)."""
     settings = NodeSettings.from_config(context.node_config)
-    return Message(run_map(settings, msg.content, run_id=context.run_id), reply_to=msg)
+    return Message(run_lab_work(settings, "map", msg.content, run_id=context.run_id), reply_to=msg)
 
 
 @app.train(mods=[secure_sum_guard_mod, secaggplus_mod])
 def secure_sum(msg: Message, context: Context) -> Message:
     """SecAgg+ masked-vector stage: the lab's (noised) label-count vector, in the coordinator's type order."""
     settings = NodeSettings.from_config(context.node_config)
-    lab = LabDir.open(settings.lab_dir)
     fit_ins = recorddict_compat.recorddict_to_fitins(msg.content, keep_input=True)
     request = protocol.SecureSumRequest.from_config(fit_ins.config)
-    releaser = Releaser.for_lab(lab, run_id=context.run_id, round_id=request.round_id)
-    counts = read_exact_counts(settings.out_dir, request.round_id)
-    vector, seq = releaser.secure_sum_counts(counts, list(request.categories))
-    what = "secure sum for round %s: masked count vector of %d values (ledger entry %d)"
-    log.info(what, request.round_id, vector.size, seq)
-    fit_res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([vector.astype(np.float64)]), 1, {})
+    work = run_lab_work(settings, "secure-sum", secure_sum_request(request), run_id=context.run_id)
+    vector, seq = secure_sum_vector(work)
+    log.info("secure sum for round %s: %d values to mask (ledger entry %d)", request.round_id, len(vector), seq)
+    fit_res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.asarray(vector, dtype=np.float64)]), 1, {})
     return Message(recorddict_compat.fitres_to_recorddict(fit_res, keep_input=False), reply_to=msg)

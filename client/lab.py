@@ -16,11 +16,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedarches.shared import crypto, pki
 from fedarches.shared._constants import MAX_BUNDLE_BYTES, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES
 from fedarches.shared._io import atomic_directory
-from fedarches.shared.bundle import ReferenceBundle
 from fedarches.shared.bundle_files import check_file_names
 from fedarches.shared.errors import (
     BundleError,
@@ -30,6 +30,9 @@ from fedarches.shared.errors import (
     FedarchesError,
 )
 from fedarches.shared.lab_export import CA_CERT_NAME, NODE_PRIVATE_KEY_NAME, NODE_PUBLIC_KEY_NAME, read_lab_export
+
+if TYPE_CHECKING:  # the bundle code (pandas, scipy) loads only where a bundle is opened, not in a SecAgg+ stage
+    from fedarches.shared.bundle import ReferenceBundle
 
 _BUNDLE_ID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -89,6 +92,8 @@ class LabDir:
 
     def open_bundle(self, bundle_id: str) -> ReferenceBundle:
         """Open a held bundle, verifying it against the coordinator's key and its id."""
+        from fedarches.shared.bundle import ReferenceBundle
+
         if not _BUNDLE_ID.match(bundle_id):
             msg = f"{bundle_id!r} is not a bundle id"
             raise BundleIntegrityError(msg)
@@ -143,6 +148,8 @@ class LabDir:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     with open(path, "xb") as fh:
                         fh.write(files[name])
+                from fedarches.shared.bundle import ReferenceBundle
+
                 staged = ReferenceBundle.open(tmp, self.trusted_key)
                 if staged.bundle_id != bundle_id:
                     msg = f"received bundle has id {staged.bundle_id}, announced as {bundle_id}"

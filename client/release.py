@@ -26,10 +26,9 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from fedarches.client.lab import LabDir
 from fedarches.client.ledger import GENESIS_HASH, Ledger, Release, ReleaseContext, open_lab_ledger
@@ -40,6 +39,9 @@ from fedarches.shared.errors import PrivacyError
 from fedarches.shared.labels import LabelCounts, LabelStatistics, suppress
 from fedarches.shared.policy import PrivacyPolicy
 from fedarches.shared.protocol import Composition, LabInfo, MapReply
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MAP_REPLY = "map-reply"
 SECURE_SUM_COUNTS = "secure-sum-counts"

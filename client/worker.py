@@ -7,8 +7,9 @@ scvi-tools and verifies the lab's newest bundle once, then maps whenever the Cli
 ClientApp stays the only thing that talks to Flower: it passes the map message's content to the
 worker and the worker's reply content back, inside the ClientApp's egress audit
 (:func:`fedarches.client.mods.egress_audit_mod`), which checks and records it exactly as before.
-The worker runs :func:`fedarches.client.map_round.map_round`, the same code the ClientApp runs
-when there is no worker; the ledger and the policy checks happen there, as they always did.
+The worker runs :data:`fedarches.client.lab_work.WORK` (the mapping, and the count vector of a
+SecAgg+ stage, OpenDP imported once too), the same code the ClientApp runs when there is no
+worker; the ledger and the policy checks happen there, as they always did.
 
 The channel is local and owner-only: a Unix socket ``LAB_DIR/worker/socket`` in a directory of
 mode 0700, a new random token in ``LAB_DIR/worker/token`` (mode 0600) on every start, which each
@@ -42,12 +43,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from flwr.app import RecordDict
 
-from fedarches.client.map_round import BundleCache, NodeSettings, map_round
+from fedarches.client.lab_work import WORK, BundleCache, NodeSettings
 from fedarches.shared._constants import MAX_BUNDLE_BYTES, MAX_MANIFEST_BYTES
 from fedarches.shared._io import atomic_write_bytes, remove_staging
 from fedarches.shared.errors import FedarchesError, FederationError, ProtocolError
@@ -107,22 +109,20 @@ class LabWorker:
     ----------
     lab_dir
         The lab directory; requests for any other are refused.
-    handler
-        What a map request runs: by default :func:`~fedarches.client.map_round.map_round` with this
-        worker's :class:`~fedarches.client.map_round.BundleCache`.
+    handlers
+        What each operation runs, in place of :data:`~fedarches.client.lab_work.WORK` (which runs
+        with this worker's :class:`~fedarches.client.lab_work.BundleCache`).
     """
 
-    def __init__(self, lab_dir: Path | str, *, handler: Handler | None = None) -> None:
+    def __init__(self, lab_dir: Path | str, *, handlers: dict[str, Handler] | None = None) -> None:
         self.lab_dir = Path(lab_dir).resolve()
         self.paths = WorkerPaths.for_lab(self.lab_dir)
         self.bundles = BundleCache()
-        self.handler: Handler = handler or self._map
+        self.handlers: dict[str, Handler] = {op: partial(work, bundles=self.bundles) for op, work in WORK.items()}
+        self.handlers.update(handlers or {})
         self.served = 0
         self._sock: socket.socket | None = None
         self._token = ""
-
-    def _map(self, settings: NodeSettings, content: RecordDict, *, run_id: int = 0) -> RecordDict:
-        return map_round(settings, content, run_id=run_id, bundles=self.bundles)
 
     def bind(self) -> None:
         """Create the owner-only directory, a new token and the socket; start listening."""
@@ -140,12 +140,15 @@ class LabWorker:
         self._sock = sock
 
     def warm(self) -> float:
-        """Import what mapping needs and verify the lab's newest bundle; return the seconds it took."""
+        """Import what mapping and noise need, verify the lab's newest bundle; return the seconds it took."""
         tick = time.perf_counter()
         import scvi  # noqa: F401  # the ~7 s every cold ClientApp paid
 
         from fedarches.client import annotate, plots  # noqa: F401
         from fedarches.client.lab import LabDir
+        from fedarches.shared import dp
+
+        dp.warm_up()  # OpenDP's import, ~1.5 s, which each SecAgg+ stage paid for its noise
 
         lab = LabDir.open(self.lab_dir)
         held = lab.newest_bundle()
@@ -199,7 +202,7 @@ class LabWorker:
             log.warning("worker: dropped a malformed request (%s)", type(err).__name__)
             return
         try:
-            if op != "map":
+            if op not in self.handlers:
                 msg = f"the worker knows no operation {str(op)[:40]!r}"
                 raise ProtocolError(msg)
             settings = NodeSettings.from_json(header.get("settings"))
@@ -207,7 +210,7 @@ class LabWorker:
                 msg = f"this worker serves {self.lab_dir}, not {settings.lab_dir}"
                 raise ProtocolError(msg, hint="each lab directory has its own `fedarches-client join` and worker")
             content = _decode_content(payload)
-            reply = self.handler(settings, content, run_id=_int(header.get("run_id")))
+            reply = self.handlers[op](settings, content, run_id=_int(header.get("run_id")))
             data = _encode_content(reply)
             answer: dict[str, Any] = {"ok": True}
         except FedarchesError as err:
@@ -231,8 +234,8 @@ def _error_fields(err: FedarchesError) -> dict[str, Any]:
 
 
 # --- the ClientApp's side ----------------------------------------------------------------------
-def ask_worker(settings: NodeSettings, content: RecordDict, *, run_id: int) -> RecordDict:
-    """Have the lab's worker run :func:`~fedarches.client.map_round.map_round`; return its reply content.
+def ask_worker(settings: NodeSettings, content: RecordDict, *, run_id: int, op: str = "map") -> RecordDict:
+    """Have the lab's worker run ``op`` of :data:`~fedarches.client.lab_work.WORK`; return its reply content.
 
     Raises
     ------
@@ -247,7 +250,7 @@ def ask_worker(settings: NodeSettings, content: RecordDict, *, run_id: int) -> R
     sock = _connect(paths)
     with sock:
         try:
-            header = {"op": "map", "token": _read_token(paths), "run_id": run_id, "settings": settings.to_json()}
+            header = {"op": op, "token": _read_token(paths), "run_id": run_id, "settings": settings.to_json()}
             _write_frames(sock, header, _encode_content(content))
         except OSError as err:
             msg = f"the lab's worker did not take the request ({type(err).__name__})"
@@ -276,17 +279,17 @@ def ping(lab_dir: Path | str, *, timeout: float = CONNECT_TIMEOUT_S) -> dict[str
             raise WorkerUnavailable(msg) from None
 
 
-def run_map(settings: NodeSettings, content: RecordDict, *, run_id: int) -> RecordDict:
-    """Map in the lab's worker when ``join`` started one, else (or when none answers) in this process."""
+def run_lab_work(settings: NodeSettings, op: str, content: RecordDict, *, run_id: int) -> RecordDict:
+    """Run ``op`` in the lab's worker when ``join`` started one, else (or when none answers) in this process."""
     if settings.worker:
         try:
             tick = time.perf_counter()
-            reply = ask_worker(settings, content, run_id=run_id)
-            log.info("the lab's warm worker answered in %.1f s", time.perf_counter() - tick)
+            reply = ask_worker(settings, content, run_id=run_id, op=op)
+            log.info("the lab's warm worker did %s in %.1f s", op, time.perf_counter() - tick)
             return reply
         except WorkerUnavailable as err:
-            log.warning("%s; mapping in this ClientApp instead (importing scvi-tools first)", err)
-    return map_round(settings, content, run_id=run_id)
+            log.warning("%s; doing %s in this ClientApp instead (a cold start)", err, op)
+    return WORK[op](settings, content, run_id=run_id)
 
 
 def _connect(paths: WorkerPaths, *, timeout: float = CONNECT_TIMEOUT_S) -> socket.socket:

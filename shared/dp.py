@@ -45,6 +45,11 @@ class PrivacySpend:
 NO_NOISE = PrivacySpend("none", 0.0, 0.0, "none", 0.0, 0.0)
 
 
+def warm_up() -> None:
+    """Import OpenDP now (about 1.5 s) rather than at a process's first release."""
+    _opendp()
+
+
 def _opendp() -> Any:
     import opendp.prelude as dp
 

@@ -23,7 +23,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedarches.client.app import map_lab
 from fedarches.client.lab import LabDir
-from fedarches.client.map_round import BundleCache, NodeSettings
+from fedarches.client.lab_work import BundleCache, NodeSettings, secure_sum_request, secure_sum_vector
 from fedarches.client.mods import egress_audit_mod
 from fedarches.client.worker import (
     LabWorker,
@@ -38,6 +38,7 @@ from fedarches.server.coordinator import add_lab, init_coordinator
 from fedarches.shared import protocol
 from fedarches.shared.bundle import ReferenceBundle
 from fedarches.shared.errors import PrivacyError
+from fedarches.shared.protocol import SecureSumRequest
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
@@ -109,7 +110,7 @@ def _audit(lab: LabDir) -> list[dict]:
 
 def test_the_channel_is_owner_only_and_needs_the_token(lab, serve, tmp_path: Path) -> None:
     lab_dir, bundle = lab
-    worker = serve(LabWorker(lab_dir.root, handler=lambda s, c, run_id: RecordDict()))
+    worker = serve(LabWorker(lab_dir.root, handlers={"map": lambda s, c, run_id: RecordDict()}))
     paths = worker.paths
     assert stat.S_IMODE(paths.directory.stat().st_mode) == 0o700
     assert stat.S_IMODE(paths.token.stat().st_mode) == 0o600
@@ -137,7 +138,7 @@ def test_a_worker_reply_outside_the_allow_list_never_leaves(lab, serve, tmp_path
         expression = np.ones((50, 300), dtype=np.float32)  # a worker that would send the lab's cells
         return RecordDict({"cells": ArrayRecord([expression])})
 
-    serve(LabWorker(lab_dir.root, handler=leaky))
+    serve(LabWorker(lab_dir.root, handlers={"map": leaky}))
     settings = _settings(lab_dir, tmp_path / "out", worker=True)
     reply = egress_audit_mod(_map_message(bundle), _context(settings), map_lab)
     assert reply.has_error() and reply.error.reason == "lab refused to send its reply (egress policy)"
@@ -166,6 +167,12 @@ def test_the_worker_maps_a_hostile_message_into_exactly_the_allowed_reply(lab, s
     # the bundle was verified once, at warm-up: the round's message used the worker's copy
     held, verified_now = worker.bundles.open(lab_dir, bundle.bundle_id)
     assert not verified_now and held.bundle_id == bundle.bundle_id
+
+    # the SecAgg+ stage's count vector comes from the worker too (OpenDP imported once), recorded in the ledger
+    categories = (*bundle.label_categories, "Unknown")
+    work = ask_worker(settings, secure_sum_request(SecureSumRequest("r1", categories)), run_id=7, op="secure-sum")
+    vector, seq = secure_sum_vector(work)
+    assert len(vector) == 2 * len(categories) and seq == 2 and worker.served == 2
 
     # an error in the worker reaches the ClientApp as the same error, and the coordinator as its class only
     (lab_dir.root / "policy.toml").write_text("[release]\nmin_count = 2\n")

@@ -1,11 +1,14 @@
-"""A lab's answer to a round's map message, wherever it runs: in the ClientApp or in the warm worker.
+"""A lab's work for a round's messages, wherever it runs: in the ClientApp or in the warm worker.
+
+:data:`WORK` names each piece by the operation the worker serves it under; each takes and returns
+a Flower ``RecordDict``, so the same code serves the ClientApp directly and the lab's warm worker
+(:mod:`fedarches.client.worker`), whose replies the ClientApp's egress audit checks all the same.
 
 :func:`map_round` does what the ClientApp's ``train.map`` handler has always done: check the
 lab's policy against the round, store or open the round's bundle, map the lab's file exactly as
 ``fedarches-client map`` would, write the outputs under ``out-dir`` and build the reply its
-privacy policy releases (see :mod:`fedarches.client.release`). It takes and returns a Flower
-``RecordDict`` so that the same code serves the ClientApp directly and the lab's warm worker
-(:mod:`fedarches.client.worker`), whose replies the ClientApp's egress audit checks all the same.
+privacy policy releases (see :mod:`fedarches.client.release`). :func:`secure_sum_round` gives the
+lab's (noised) count vector for SecAgg+'s masked-vector stage, recorded in the ledger.
 
 :class:`BundleCache` keeps the bundles a long-lived process has verified: a held bundle is
 verified once per bundle and process, and again only when one of its files changes.
@@ -18,15 +21,17 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
 from fedarches.client.lab import LabDir
-from fedarches.client.release import Releaser, write_exact_counts
+from fedarches.client.release import Releaser, read_exact_counts, write_exact_counts
 from fedarches.shared import protocol
-from fedarches.shared.bundle import ReferenceBundle
 from fedarches.shared.errors import ConfigError, PrivacyError
+
+if TYPE_CHECKING:
+    from fedarches.shared.bundle import ReferenceBundle
 
 log = logging.getLogger("fedarches.client")
 
@@ -185,6 +190,39 @@ def map_round(
         composition,
     )
     return reply.to_content()
+
+
+def secure_sum_round(
+    settings: NodeSettings, content: RecordDict, *, run_id: int, bundles: BundleCache | None = None
+) -> RecordDict:
+    """The lab's (noised) count vector for a secure sum, in the coordinator's type order, recorded in the ledger.
+
+    ``content`` holds a :class:`~fedarches.shared.protocol.SecureSumRequest` (its config, record
+    :data:`~fedarches.shared.protocol.ROUND`); the reply, record ``secure-sum``, its ``vector`` (whole
+    numbers) and the ledger entry ``seq``. It never leaves the lab as such: SecAgg+ masks it first.
+    """
+    lab = LabDir.open(settings.lab_dir)
+    request = protocol.SecureSumRequest.from_config(content.config_records.get(protocol.ROUND) or {})
+    releaser = Releaser.for_lab(lab, run_id=run_id, round_id=request.round_id)
+    counts = read_exact_counts(settings.out_dir, request.round_id)
+    vector, seq = releaser.secure_sum_counts(counts, list(request.categories))
+    log.info("secure sum for round %s: count vector of %d values (ledger entry %d)", request.round_id, vector.size, seq)
+    return RecordDict({SECURE_SUM_RECORD: ConfigRecord({"vector": [int(v) for v in vector], "seq": int(seq)})})
+
+
+def secure_sum_request(request: protocol.SecureSumRequest) -> RecordDict:
+    """The content :func:`secure_sum_round` takes."""
+    return RecordDict({protocol.ROUND: ConfigRecord(request.to_config())})
+
+
+def secure_sum_vector(reply: RecordDict) -> tuple[list[int], int]:
+    """The vector and ledger entry of :func:`secure_sum_round`'s reply."""
+    record = reply.config_records[SECURE_SUM_RECORD]
+    return [int(v) for v in record["vector"]], int(record["seq"])
+
+
+SECURE_SUM_RECORD = "secure-sum"
+WORK = {"map": map_round, "secure-sum": secure_sum_round}  # what the worker serves, by operation
 
 
 def _map_and_write(

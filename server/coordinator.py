@@ -162,6 +162,11 @@ class CoordinatorDir:
         """The directory of the rounds' outputs, one directory per round."""
         return self.root / "rounds"
 
+    @property
+    def probes_dir(self) -> Path:
+        """What surgery grows in each bundle a round used (``BUNDLE_ID.json``), so each is probed once."""
+        return self.root / "probes"
+
     def labs(self) -> dict[str, dict[str, Any]]:
         """Registered labs by name, each with its ``lab.toml`` settings."""
         labs = {}

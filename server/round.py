@@ -131,15 +131,24 @@ class RoundResult:
     consortium_counts: SecureSumResult | None = None
 
 
-def _start_probe(bundle: ReferenceBundle, settings: RoundSettings, phases: dict[str, float]) -> Future[Expected]:
-    """Work out, in a thread, what a lab's reply must look like for ``bundle`` (its seconds go to ``phases``)."""
+def _start_probe(
+    bundle: ReferenceBundle, settings: RoundSettings, phases: dict[str, float], probes_dir: Path
+) -> Future[Expected]:
+    """Work out, in a thread, what a lab's reply must look like for ``bundle`` (its seconds go to ``phases``).
+
+    Surgery's shape probe runs once per bundle and coordinator: its finding is kept in
+    ``probes_dir/BUNDLE_ID.json`` (the bundle is signed and its id is its content's hash).
+    """
+    kept = probes_dir / f"{bundle.bundle_id}.json"
 
     def probe() -> Expected:
         tick = time.perf_counter()
         try:
-            return Expected.for_bundle(
-                bundle, min_count=settings.min_count, max_adapter_bytes=settings.max_adapter_bytes
-            )
+            limit, grown = settings.max_adapter_bytes, _read_probe(kept)
+            expected = Expected.for_bundle(bundle, min_count=settings.min_count, max_adapter_bytes=limit, grown=grown)
+            if grown is None:
+                atomic_write_bytes(kept, json.dumps(dict(expected.grown), sort_keys=True).encode())
+            return expected
         finally:
             phases["surgery_probe_s"] = time.perf_counter() - tick
 
@@ -147,6 +156,19 @@ def _start_probe(bundle: ReferenceBundle, settings: RoundSettings, phases: dict[
     future = pool.submit(probe)
     pool.shutdown(wait=False)  # the probe runs on; the round waits for it only when judging replies
     return future
+
+
+def _read_probe(path: Path) -> dict[str, int] | None:
+    """A kept probe finding (tensor name: axis), or None when there is none or it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not data:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in data.items()):
+        return None
+    return data
 
 
 def run_round(grid: Grid, settings: RoundSettings, context: Context) -> RoundResult:
@@ -209,7 +231,7 @@ class MappingRound(Strategy):
         self._grid = grid
         # What replies are checked against. Surgery's shape probe imports scvi-tools (~5 s): it runs
         # while the labs map, and a bundle it fails on fails the round when the replies are judged.
-        self._probe = _start_probe(bundle, settings, result.phases)
+        self._probe = _start_probe(bundle, settings, result.phases, self.coord.probes_dir)
 
         tick = time.perf_counter()
         online = _wait_for_nodes(grid, set(self._by_node), settings.wait_for_labs)

@@ -67,15 +67,27 @@ class Expected:
     max_adapter_bytes: int
 
     @classmethod
-    def for_bundle(cls, bundle: ReferenceBundle, *, min_count: int, max_adapter_bytes: int) -> Expected:
-        """What replies against ``bundle`` must hold; runs surgery's shape probe once per bundle (seconds)."""
+    def for_bundle(
+        cls,
+        bundle: ReferenceBundle,
+        *,
+        min_count: int,
+        max_adapter_bytes: int,
+        grown: Mapping[str, int] | None = None,
+    ) -> Expected:
+        """What replies against ``bundle`` must hold.
+
+        ``grown``: what surgery grows (:func:`fedarches.shared.surgery.grown_tensors`), when an earlier
+        probe of this bundle found it; otherwise surgery's shape probe runs now (seconds: it imports
+        scvi-tools).
+        """
         from fedarches.shared.surgery import grown_tensors
 
         shapes = {name: tuple(value.shape) for name, value in bundle.reference_state().items()}
         return cls(
             bundle_id=bundle.bundle_id,
             reference_shapes=shapes,
-            grown=grown_tensors(bundle, shapes),
+            grown=dict(grown) if grown is not None else grown_tensors(bundle, shapes),
             label_categories=tuple(bundle.label_categories),
             reference_batches=tuple(bundle.batch_categories),
             min_count=min_count,

@@ -7,6 +7,7 @@ the path with properly trained models.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -86,6 +87,23 @@ def test_a_labs_reply_is_accepted_and_merged_into_an_atlas_that_reproduces_its_l
     assert atlas.batch_categories == [*files_bundle.batch_categories, *result.adapter.batch_categories]
     latent = embed_with_atlas(lab_cells, atlas, lab_name="lab_a")
     np.testing.assert_allclose(latent, lab_cells.obsm[result.latent_key], atol=1e-5)
+
+
+def test_a_kept_probe_finding_gives_the_rounds_the_same_expectations(files_bundle: ReferenceBundle, tmp_path: Path):
+    """The coordinator probes surgery once per bundle; later rounds read what it found."""
+    from fedarches.server.round import _read_probe
+
+    probed = Expected.for_bundle(files_bundle, min_count=11, max_adapter_bytes=1_048_576)
+    kept = tmp_path / f"{files_bundle.bundle_id}.json"
+    kept.write_text(json.dumps(dict(probed.grown)))
+    read = _read_probe(kept)
+    assert read == dict(probed.grown)
+    again = Expected.for_bundle(files_bundle, min_count=11, max_adapter_bytes=1_048_576, grown=read)
+    assert again == probed
+    for bad in ("", "[]", "{}", '{"x": true}', '{"x": "1"}', "{not json"):
+        kept.write_text(bad)
+        assert _read_probe(kept) is None  # the probe runs again
+    assert _read_probe(tmp_path / "missing.json") is None
 
 
 def test_build_reference_leaves_the_random_state_as_found() -> None:

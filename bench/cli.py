@@ -18,6 +18,7 @@ Commands (the Makefile target; the script):
 * ``privacy-doc``: docs/privacy.md from the evaluations' JSON (make privacy-eval; scripts/privacy_doc.py).
 * ``compare``: fedarches against plain scvi-tools surgery (make compare; scripts/compare_scvi.py).
 * ``latency``: a federated round's phases and CPU against central surgery (also part of ``suite``).
+* ``build-threads``: ``build-reference`` on PBMC alone and beside another build, by ``--threads``.
 
 ``worker SUITE STEP SPEC.json RESULT.json`` (not listed in the help) runs one measured step in a fresh process
 for :func:`fedarches.bench.runner.run_method`.
@@ -94,6 +95,16 @@ def _run_latency(args: argparse.Namespace, _: str) -> None:
     from fedarches.bench.latency import latency
 
     latency(args.out, doc=args.doc)
+
+
+def _build_threads_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=OUTPUT / "build-threads", help="Working directory for the run.")
+
+
+def _run_build_threads(args: argparse.Namespace, _: str) -> None:
+    from fedarches.bench.build_threads import build_threads
+
+    build_threads(args.out)
 
 
 def _doc_arguments(parser: argparse.ArgumentParser) -> None:
@@ -285,6 +296,8 @@ COMMANDS: dict[str, Command] = {
                        _no_arguments, _run_compare),
     "latency": Command("a federated round's phases and CPU against central surgery; docs/benchmarks_latency.md",
                        _latency_arguments, _run_latency),
+    "build-threads": Command("build-reference on PBMC alone and beside another build, by --threads",
+                             _build_threads_arguments, _run_build_threads),
     "worker": Command("one measured step in a fresh process", _worker_arguments, _run_worker, listed=False),
 }  # fmt: skip
 

@@ -1,11 +1,11 @@
 """`fedarches-server build-reference` on real PBMC data, alone and beside another torch job, by --threads.
 
-Usage: ``python scripts/measure_build_threads.py [OUT_DIR]`` (needs ``../shared/data/symphony_pbmc_3chem.h5ad``).
+``python -m fedarches.bench build-threads [--out OUT]`` (needs ``../shared/data/symphony_pbmc_3chem.h5ad``).
 
 The reference is the Symphony PBMC file's 10x 3' v1 and 3' v2 cells (the 5' cells are the lab in the
 benchmarks). Each build runs with every default but ``--threads``; "beside another job" starts a second,
 identical build at the same moment. A build still running after ``LIMIT_S`` is stopped and reported as such.
-Prints one line per set-up and writes ``OUT_DIR/build_threads.json``.
+Prints one line per set-up and writes ``OUT/build_threads.json``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import anndata as ad
 
 from fedarches.bench.paths import SHARED_DATA
-from fedarches.server.coordinator import init_coordinator
+from fedarches.server.coordinator import CoordinatorDir, init_coordinator
 from fedarches.shared._process import own_executable
 
 LIMIT_S = 300.0
@@ -50,7 +48,8 @@ def run_together(commands: list[list[str]]) -> list[float | None]:
         for i, p in enumerate(processes):
             if walls[i] is None and p.poll() is not None:
                 if p.returncode != 0:
-                    raise SystemExit(f"{' '.join(commands[i])} failed with {p.returncode}")
+                    msg = f"{' '.join(commands[i])} failed with {p.returncode}"
+                    raise SystemExit(msg)
                 walls[i] = time.monotonic() - tick
         time.sleep(0.2)
     for p in processes:
@@ -60,14 +59,15 @@ def run_together(commands: list[list[str]]) -> list[float | None]:
     return walls
 
 
-def main() -> None:
-    """Measure every set-up of :data:`SETUPS`."""
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="build-threads-"))
+def build_threads(out: Path) -> dict:
+    """Measure every set-up of :data:`SETUPS` in ``out``; return the figures."""
     out.mkdir(parents=True, exist_ok=True)
     data = ad.read_h5ad(SHARED_DATA / "symphony_pbmc_3chem.h5ad")
     reference = out / "reference.h5ad"
     data[data.obs["batch"].astype(str) != "5p"].copy().write_h5ad(reference)
-    key = init_coordinator(out / "coord").signing_key
+    key = (
+        init_coordinator(out / "coord") if not (out / "coord").exists() else CoordinatorDir.open(out / "coord")
+    ).signing_key
     results = {"cells": int((data.obs["batch"].astype(str) != "5p").sum()), "cpus": os.cpu_count(), "setups": {}}
     for name, (threads, n) in SETUPS.items():
         walls = run_together([build_command(reference, key, out / f"bundle-{i}", threads) for i in range(n)])
@@ -78,7 +78,4 @@ def main() -> None:
             subprocess.run(["rm", "-rf", str(out / f"bundle-{i}")], check=False)
     (out / "build_threads.json").write_text(json.dumps(results, indent=1))
     print(f"{results['cells']} reference cells, {results['cpus']} CPUs; {out / 'build_threads.json'}")
-
-
-if __name__ == "__main__":
-    main()
+    return results

@@ -148,6 +148,10 @@ def _start_probe(
             expected = Expected.for_bundle(bundle, min_count=settings.min_count, max_adapter_bytes=limit, grown=grown)
             if grown is None:
                 atomic_write_bytes(kept, json.dumps(dict(expected.grown), sort_keys=True).encode())
+            else:  # no probe, so nothing imported torch yet: do it now, while the labs map, not in the merge
+                import torch  # noqa: F401
+
+                from fedarches.server import merge  # noqa: F401
             return expected
         finally:
             phases["surgery_probe_s"] = time.perf_counter() - tick

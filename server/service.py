@@ -111,7 +111,7 @@ def follow_round(
     submitted: SubmittedRound,
     *,
     echo: Callable[[str], None] | None = None,
-    poll_s: float = 0.5,
+    poll_s: float = 0.1,
     flower_poll_s: float = 15.0,
 ) -> dict[str, Any]:
     """Wait for the round, echoing new ``round.log`` lines; return its report.

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 # Linear layers of scvi-tools' FCLayers: covariates (batches) are one-hot columns of these weights.
 FC_LAYER_WEIGHT = r"(?:[\w.]+\.)?fc_layers\.Layer \d+\.0\.weight"
 
+# scvi-tools' registry keys, as saved models spell them (scvi.REGISTRY_KEYS; a test checks they agree):
+# reading a saved model's registry needs no scvi-tools import (seconds), as when the coordinator merges.
+BATCH_KEY = "batch"
+LABELS_KEY = "labels"
+
 
 @dataclass(frozen=True)
 class ReferenceTraining:
@@ -140,9 +145,7 @@ class ModelBackend:
     def label_categories(self, saved: Mapping[str, Any]) -> list[str]:
         """Cell types of the saved model's label registry, the unlabeled category excluded."""
         registry = saved["attr_dict"]["registry_"]
-        from scvi import REGISTRY_KEYS
-
-        mapping = registry["field_registries"].get(REGISTRY_KEYS.LABELS_KEY, {}).get("state_registry", {})
+        mapping = registry["field_registries"].get(LABELS_KEY, {}).get("state_registry", {})
         unlabeled = registry["setup_args"].get("unlabeled_category")
         return [str(c) for c in mapping.get("categorical_mapping", []) if c != unlabeled]
 
@@ -283,9 +286,7 @@ class ModelBackend:
     @staticmethod
     def batch_categories(saved: Mapping[str, Any]) -> list[str]:
         """Batches of a saved model's registry, in model order."""
-        from scvi import REGISTRY_KEYS
-
-        field = saved["attr_dict"]["registry_"]["field_registries"][REGISTRY_KEYS.BATCH_KEY]
+        field = saved["attr_dict"]["registry_"]["field_registries"][BATCH_KEY]
         return [str(c) for c in field["state_registry"]["categorical_mapping"]]
 
     @staticmethod
@@ -297,8 +298,6 @@ class ModelBackend:
 
     def extend_batches(self, saved: dict[str, Any], categories: Sequence[str]) -> None:
         """Make a saved model's registry list ``categories`` as its batches (a merged atlas)."""
-        from scvi import REGISTRY_KEYS
-
-        batch_field = saved["attr_dict"]["registry_"]["field_registries"][REGISTRY_KEYS.BATCH_KEY]
+        batch_field = saved["attr_dict"]["registry_"]["field_registries"][BATCH_KEY]
         batch_field["state_registry"]["categorical_mapping"] = np.asarray(list(categories), dtype=object)
         batch_field["summary_stats"]["n_batch"] = len(categories)

@@ -128,3 +128,11 @@ def test_a_protein_model_refuses_a_reference_without_proteins(demo_dir: Path) ->
     reference = get_backend("totalvi").reference_data(mdata, "batch", "cell_type")
     with pytest.raises(UserInputError, match=r"the reference has no obsm\['protein_expression'\]"):
         get_backend("totalvi").check_reference(reference)
+
+
+def test_the_registry_keys_read_without_scvi_tools_are_scvi_tools_own() -> None:
+    from scvi import REGISTRY_KEYS
+
+    from fedarches.shared.backends import base
+
+    assert (base.BATCH_KEY, base.LABELS_KEY) == (REGISTRY_KEYS.BATCH_KEY, REGISTRY_KEYS.LABELS_KEY)

@@ -224,11 +224,11 @@ def targets(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
     if slow:
         notes.append(
             "Federated / central wall time, missed at every depth: " + "; ".join(slow) + ". The labs' surgery is a "
-            "small part of the round (importing scvi-tools included in `map_query`). The rest is Flower's cost: each "
-            "message starts a fresh ClientApp process (the mapping one imports scvi-tools, about 7 s alone, longer "
-            "with three labs importing at once on 2 cores), the SuperNode polls for messages every 3 s "
-            "(`flwr.supernode.start_client_internal`, not configurable), `flwr run` starts the ServerApp, and the "
-            "secure sum (the privacy default) adds four message exchanges, each a new ClientApp process per lab. "
+            "small part of the round. The rest is Flower's cost, measured phase by phase in "
+            "[benchmarks_latency.md](benchmarks_latency.md) (`python -m fedarches.bench latency`, part of this run): "
+            "each message still starts a fresh ClientApp process per lab, and the secure sum (the privacy default) "
+            "adds four message exchanges. Since issue 17 the labs map in a warm worker (scvi-tools imported and the "
+            "bundle verified once) and the SuperNode, SuperExec and coordinator poll every 0.1-0.25 s. "
             "The three labs share 2 cores with one thread each; the central run has both and imports scvi-tools "
             "once. The central run also moves every lab's raw cells, which the round never does."
         )
@@ -855,7 +855,8 @@ kept beside this page as [{RESULTS_NAME}]({RESULTS_NAME}); do not edit by hand. 
 cores{" (**quick smoke run: partial, not a measurement**)" if results["quick"] else ""}.{reruns(results)} The other
 benchmark of `make bench`: {other}. Unseen-type detection and calibration on CellBench have their own benchmark:
 [benchmarks_unknown.md](benchmarks_unknown.md) (`make bench-unknown`); candidate Unknown calls on every PBMC split:
-[research_unknown_pbmc.md](research_unknown_pbmc.md).{header_notes(results)}
+[research_unknown_pbmc.md](research_unknown_pbmc.md). A round's latency, phase by phase:
+[benchmarks_latency.md](benchmarks_latency.md) (part of `make bench`, or `python -m fedarches.bench latency`).{header_notes(results)}
 """  # noqa: E501 (the document's own lines)
     return head + "\n" + (render_pbmc(results) if part == "pbmc" else render_cellbench(results))
 

@@ -60,6 +60,7 @@ WORKER_DIR_NAME = "worker"
 MAX_HEADER_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = MAX_BUNDLE_BYTES + MAX_MANIFEST_BYTES + 64 * 1024**2  # a bundle and the message around it
 CONNECT_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 60.0  # to send a whole request; a peer that stalls longer is dropped
 MAX_RESTARTS = 5  # per hour; then rounds map in the ClientApp, cold
 
 Handler = Callable[..., RecordDict]  # (settings, content, *, run_id) -> reply content
@@ -171,7 +172,7 @@ class LabWorker:
                     break
                 raise
             with conn:
-                conn.settimeout(None)
+                conn.settimeout(REQUEST_TIMEOUT_S)
                 self._answer(conn)
 
     def close(self) -> None:
@@ -198,6 +199,7 @@ class LabWorker:
                 _write_frames(conn, {"ok": True, "pid": os.getpid(), "served": self.served})
                 return
             payload = _read_frame(conn, MAX_PAYLOAD_BYTES)
+            conn.settimeout(None)  # the work takes as long as it takes; the reply is written to a waiting peer
         except (OSError, ProtocolError, ValueError) as err:
             log.warning("worker: dropped a malformed request (%s)", type(err).__name__)
             return
@@ -216,11 +218,11 @@ class LabWorker:
         except FedarchesError as err:
             answer, data = {"ok": False, "error": _error_fields(err)}, b""
         except Exception:  # a bug: the lab's log gets the traceback, the ClientApp an unexpected failure
-            log.exception("worker: the mapping failed")
+            log.exception("worker: %s failed", str(op)[:40])
             answer, data = {"ok": False, "error": {"type": "unexpected"}}, b""
         self.served += 1
         try:
-            _write_frames(conn, answer, data)
+            _write_frames(conn, answer, data if answer["ok"] else None)
         except OSError:
             log.warning("worker: the ClientApp left before the reply; outputs are written, nothing was sent")
 

@@ -242,3 +242,21 @@ def test_a_killed_worker_is_restarted_and_leaves_no_half_written_output(lab, tmp
         supervisor.stop()
     assert supervisor.process.poll() is not None
     assert not WorkerPaths.for_lab(lab_dir.root).socket.exists()
+
+
+def test_a_peer_that_stalls_does_not_hang_the_worker(lab, serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from fedarches.client import worker as worker_module
+
+    lab_dir, _ = lab
+    monkeypatch.setattr(worker_module, "REQUEST_TIMEOUT_S", 0.5)
+    worker = serve(LabWorker(lab_dir.root, handlers={"map": lambda s, c, run_id: RecordDict()}))
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with worker_module._socket_address(worker.paths.socket) as address:
+        stalled.connect(address)
+    stalled.sendall(b"\x00\x00")  # half a length prefix, then nothing
+    try:
+        assert ping(lab_dir.root, timeout=5)["served"] == 0  # answered once the stalled peer was dropped
+    finally:
+        stalled.close()

@@ -53,6 +53,8 @@ LAB_SAMPLE = "HTO30_5P"
 N_GENES = 1000
 MIN_CELLS = 5
 PROTEIN_KEY = "protein_expression"
+
+
 def main(source: Path, out_dir: Path) -> None:
     adata = ad.read_h5ad(source)
     proteins = adata.obsm[PROTEIN_KEY].drop(columns=DROPPED_PROTEINS)

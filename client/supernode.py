@@ -20,7 +20,7 @@ from fedarches.client.flower_supernode import DEFAULT_POLL_S
 from fedarches.client.lab import LabDir
 from fedarches.shared._io import write_toml
 from fedarches.shared._process import SUPERNODE_PID_FILE, free_port, owning, with_own_bin_on_path
-from fedarches.shared.errors import FederationError
+from fedarches.shared.errors import ConfigError, FederationError
 
 SUPEREXEC_POLL_S = 0.1
 _EXIT_CODE = re.compile(r"Exit Code: (\d+)")
@@ -113,6 +113,8 @@ def prepare_join(
     data, out_dir = Path(data), Path(out_dir)
     lab = LabDir.open(lab_dir)
     lab.require_node_key()
+    if worker:
+        _refuse_a_second_join(lab)
     MappingOutputs.in_directory(out_dir, suffix=query_suffix(data)).check([data], directory_option="--out")
     check_extra_mods(extra_mods)
     policy = PrivacyPolicy.load(lab.root)
@@ -138,6 +140,19 @@ def prepare_join(
         poll_interval=poll_interval,
     )
     return JoinCheck(settings, int(adata.n_obs), policy.summary())
+
+
+def _refuse_a_second_join(lab: LabDir) -> None:
+    """A :class:`ConfigError` when a worker already answers for this lab directory (another ``join`` runs)."""
+    from fedarches.client.worker import WorkerUnavailable, ping
+
+    try:
+        pid = ping(lab.root, timeout=2.0).get("pid")
+    except WorkerUnavailable:
+        return
+    msg = f"another `fedarches-client join` is running for {lab.root}: its worker (pid {pid}) answers"
+    hint = f"stop it first (its SuperNode pid is in {lab.root / SUPERNODE_PID_FILE}); one join per lab directory"
+    raise ConfigError(msg, hint=hint)
 
 
 def supernode_command(settings: JoinSettings, node_config_path: Path) -> list[str]:

@@ -260,3 +260,16 @@ def test_a_peer_that_stalls_does_not_hang_the_worker(lab, serve, monkeypatch: py
         assert ping(lab_dir.root, timeout=5)["served"] == 0  # answered once the stalled peer was dropped
     finally:
         stalled.close()
+
+
+def test_a_second_join_for_the_same_lab_directory_is_refused(lab, serve, tmp_path: Path) -> None:
+    from fedarches.client.supernode import prepare_join
+    from fedarches.shared.errors import ConfigError
+
+    lab_dir, _ = lab
+    serve(LabWorker(lab_dir.root, handlers={"map": lambda s, c, run_id: RecordDict()}))
+    with pytest.raises(ConfigError, match="another `fedarches-client join` is running") as refused:
+        prepare_join(lab_dir.root, DEMO / "lab_a.h5ad", tmp_path / "out")
+    assert "one join per lab directory" in refused.value.hint
+    checked = prepare_join(lab_dir.root, DEMO / "lab_a.h5ad", tmp_path / "out", worker=False)
+    assert checked.n_cells == 210 and checked.settings.worker is False

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,26 +66,17 @@ class NodeSettings:
             worker=config.get("worker") is True,
         )
 
-    def to_json(self) -> dict[str, Any]:
-        """The settings as JSON values (paths as text), for the worker's request."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, data: Any) -> NodeSettings:
-        """Settings from :meth:`to_json`; a :class:`ConfigError` when they are not."""
-        try:
-            return cls(
-                lab_dir=Path(data["lab_dir"]),
-                data_path=Path(data["data_path"]),
-                out_dir=Path(data["out_dir"]),
-                batch_key=data["batch_key"],
-                layer=data["layer"],
-                threads=data["threads"],
-                worker=bool(data["worker"]),
-            )
-        except (KeyError, TypeError) as err:
-            msg = f"the node settings sent to the worker are incomplete ({type(err).__name__}: {err})"
-            raise ConfigError(msg) from None
+    def to_config(self) -> dict[str, Any]:
+        """The settings as a node config, as :meth:`from_config` reads it (what the ClientApp sends its worker)."""
+        return {
+            "lab-dir": str(self.lab_dir),
+            "data-path": str(self.data_path),
+            "out-dir": str(self.out_dir),
+            "batch-key": self.batch_key or "",
+            "layer": self.layer or "",
+            "threads": self.threads or 0,
+            "worker": self.worker,
+        }
 
 
 class BundleCache:

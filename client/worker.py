@@ -207,7 +207,11 @@ class LabWorker:
             if op not in self.handlers:
                 msg = f"the worker knows no operation {str(op)[:40]!r}"
                 raise ProtocolError(msg)
-            settings = NodeSettings.from_json(header.get("settings"))
+            config = header.get("settings")
+            if not isinstance(config, dict):
+                msg = "a worker request carries no node settings"
+                raise ProtocolError(msg)
+            settings = NodeSettings.from_config(config)
             if settings.lab_dir.resolve() != self.lab_dir:
                 msg = f"this worker serves {self.lab_dir}, not {settings.lab_dir}"
                 raise ProtocolError(msg, hint="each lab directory has its own `fedarches-client join` and worker")
@@ -252,7 +256,7 @@ def ask_worker(settings: NodeSettings, content: RecordDict, *, run_id: int, op: 
     sock = _connect(paths)
     with sock:
         try:
-            header = {"op": op, "token": _read_token(paths), "run_id": run_id, "settings": settings.to_json()}
+            header = {"op": op, "token": _read_token(paths), "run_id": run_id, "settings": settings.to_config()}
             _write_frames(sock, header, _encode_content(content))
         except OSError as err:
             msg = f"the lab's worker did not take the request ({type(err).__name__})"
@@ -292,6 +296,17 @@ def run_lab_work(settings: NodeSettings, op: str, content: RecordDict, *, run_id
         except WorkerUnavailable as err:
             log.warning("%s; doing %s in this ClientApp instead (a cold start)", err, op)
     return WORK[op](settings, content, run_id=run_id)
+
+
+def wait_until_answering(lab_dir: Path | str, timeout: float, *, stop: threading.Event | None = None) -> bool:
+    """Wait until the lab's worker answers a ping (it has warmed up); False after ``timeout`` s or on ``stop``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+        with contextlib.suppress(WorkerUnavailable):
+            ping(lab_dir, timeout=max(0.1, deadline - time.monotonic()))
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def _connect(paths: WorkerPaths, *, timeout: float = CONNECT_TIMEOUT_S) -> socket.socket:
@@ -442,13 +457,7 @@ class WorkerSupervisor:
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the worker answers a ping (it has warmed up); False after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self._stopping.is_set():
-            with contextlib.suppress(WorkerUnavailable):
-                ping(self.lab_dir, timeout=max(0.1, deadline - time.monotonic()))
-                return True
-            time.sleep(0.2)
-        return False
+        return wait_until_answering(self.lab_dir, timeout, stop=self._stopping)
 
     def _watch(self) -> None:
         while not self._stopping.is_set():

@@ -173,18 +173,13 @@ class LoopbackFederation:
         """Block until each named lab's warm worker answers (it has imported scvi-tools); no-op with --no-worker."""
         if "--no-worker" in self.join_args:
             return
-        from fedarches.client.worker import WorkerUnavailable, ping
+        from fedarches.client.worker import wait_until_answering
 
         deadline = time.monotonic() + timeout
         for name in names:
-            while True:
-                try:
-                    ping(self.labs[name].export_dir, timeout=max(0.1, deadline - time.monotonic()))
-                    break
-                except WorkerUnavailable:
-                    if time.monotonic() >= deadline:
-                        raise
-                    time.sleep(0.2)
+            if not wait_until_answering(self.labs[name].export_dir, max(0.0, deadline - time.monotonic())):
+                msg = f"lab {name}'s worker did not answer within {timeout:.0f} s; see {self.labs[name].log_path}"
+                raise FederationError(msg)
 
     def lab_cpu_s(self, name: str) -> float | None:
         """CPU seconds the lab's processes have used so far (``join``, worker, SuperNode, SuperExec, ClientApps)."""

@@ -183,12 +183,10 @@ def write_doc(results: dict[str, Any], path: Path) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for name, run in rounds.items():
-        outside = [r["outside_mapping_cpu_s"] for r in run["runs"].values() if r["outside_mapping_cpu_s"] is not None]
         handler = max(r["timings"].get("handler_s", 0.0) for r in run["runs"].values())
-        mean_out = f"{sum(outside) / len(outside):.1f} s" if outside else "-"
         lines.append(
             f"| {name} | {run['round_wall_s']:.1f} s | {run['round_wall_s'] / central:.2f} | "
-            f"{flower_cost(run):.1f} s | {handler:.1f} s | {mean_out} | {run['status']} |"
+            f"{flower_cost(run):.1f} s | {handler:.1f} s | {_s(_mean_outside(run))} | {run['status']} |"
         )
     lines += ["", "## Targets", "", "| target | round | measured | verdict |", "|---|---|---|---|"]
     for which in ROUNDS:

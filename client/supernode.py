@@ -7,7 +7,6 @@ the lab, and paths with spaces survive.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -19,10 +18,9 @@ from typing import Any
 from fedarches.client.flower_supernode import DEFAULT_POLL_S
 from fedarches.client.lab import LabDir
 from fedarches.shared._io import write_toml
-from fedarches.shared._process import SUPERNODE_PID_FILE, free_port, owning, with_own_bin_on_path
+from fedarches.shared._process import SUPERNODE_PID_FILE, flower_env, free_port, owning
 from fedarches.shared.errors import ConfigError, FederationError
 
-SUPEREXEC_POLL_S = 0.1
 _EXIT_CODE = re.compile(r"Exit Code: (\d+)")
 # flower-supernode exit codes worth explaining (flwr.common.exit.ExitCode, 1.41).
 _EXIT_HELP = {
@@ -191,10 +189,8 @@ def run_supernode(settings: JoinSettings) -> int:
     write_toml(config_path, settings.node_config())
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     # Flower keeps installed apps under FLWR_HOME: keep them in the lab directory, not in ~/.flwr.
-    env = with_own_bin_on_path({**os.environ, "FLWR_HOME": str(settings.lab.root / "flwr")})
+    env = flower_env(settings.lab.root / "flwr")
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    # The SuperExec looks for a message to run every second by default; a ClientApp starts sooner at 0.1 s.
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(SUPEREXEC_POLL_S))
     worker = None
     if settings.worker:
         from fedarches.client.worker import WorkerSupervisor

@@ -42,6 +42,7 @@ from fedarches.shared._process import (
     read_process,
     signal_group,
     stop_processes,
+    with_own_bin_on_path,
 )
 from fedarches.shared.errors import FederationError
 
@@ -323,7 +324,7 @@ class LoopbackFederation:
     def _env(self) -> dict[str, str]:
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "OMP_NUM_THREADS": str(self.threads), **self.env}
         env[PARENT_PID_ENV] = str(os.getpid())  # each command stops its processes if this one dies
-        return superlink.with_own_bin_on_path(env)
+        return with_own_bin_on_path(env)
 
 
 def _signal_supernode(lab: LabProcess, sig: int) -> None:

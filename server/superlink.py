@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import subprocess
 import time
@@ -19,7 +18,8 @@ from typing import Any
 from fedarches.server.coordinator import CONNECTION_NAME, CoordinatorDir
 from fedarches.shared import __version__
 from fedarches.shared._io import write_toml
-from fedarches.shared._process import own_executable, with_own_bin_on_path
+from fedarches.shared._process import flower_env as shared_flower_env
+from fedarches.shared._process import own_executable
 from fedarches.shared.errors import FederationError
 
 log = logging.getLogger("fedarches.server")
@@ -28,15 +28,9 @@ APP_NAME = "fedarches-round"
 
 
 def flower_env(coord: CoordinatorDir) -> dict[str, str]:
-    """Environment for Flower commands: our FLWR_HOME, no telemetry, the SuperExec polling every 0.1 s.
-
-    The SuperLink's SuperExec looks for a round to start every second by default
-    (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, Flower's own setting); a ServerApp starts sooner at 0.1 s.
-    """
-    env = with_own_bin_on_path(dict(os.environ))
-    env["FLWR_HOME"] = str(coord.flwr_home)
+    """Environment for Flower commands: our FLWR_HOME, no telemetry, the SuperExec polling every 0.1 s."""
+    env = shared_flower_env(coord.flwr_home)
     env["FLWR_TELEMETRY_ENABLED"] = "0"
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
     return env
 
 

@@ -76,6 +76,20 @@ def with_own_bin_on_path(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+SUPEREXEC_POLL_S = 0.1  # Flower's SuperExec looks for a task to start every second by default
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """The environment for Flower's commands: ``FLWR_HOME``, our bin first on PATH, a faster SuperExec.
+
+    ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (Flower's own setting) is 0.1 s unless the environment sets
+    it: a ServerApp or ClientApp then starts within 0.1 s of its message instead of within 1 s.
+    """
+    env = with_own_bin_on_path({**os.environ, "FLWR_HOME": str(flwr_home)})
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(SUPEREXEC_POLL_S))
+    return env
+
+
 def free_port() -> int:
     """A TCP port on loopback that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

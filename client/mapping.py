@@ -182,7 +182,9 @@ def map_query(
         _check_adapter_size(reference_state, _state(model), bundle, model, options.max_adapter_bytes)
         timings["surgery_setup_s"] = time.perf_counter() - tick
         tick, cpu_tick = time.perf_counter(), time.process_time()
-        max_epochs = options.max_epochs or auto_max_epochs(adata.n_obs, options.batch_size, options.surgery_steps)
+        max_epochs = options.max_epochs or auto_max_epochs(
+            adata.n_obs, options.batch_size, options.surgery_steps, cap=backend.surgery_epochs
+        )
         model.train(
             max_epochs=max_epochs,
             batch_size=options.batch_size,
@@ -230,8 +232,11 @@ def map_query(
         adata.obs[added_key(key_added, key)] = values
     adata.obs[keys.RAW_CONFIDENCE] = raw_confidence
     adata.obsm[latent_key] = latent
-    for key, value in cell_outputs.items():
-        adata.obsm[added_key(key_added, key)] = value
+    for key, value in cell_outputs.items():  # one value per cell: obs; more: obsm
+        if np.ndim(value) == 1:
+            adata.obs[added_key(key_added, key)] = value
+        else:
+            adata.obsm[added_key(key_added, key)] = value
     embedding = bundle.embedding
     if embedding is not None:
         adata.obsm[keys.REF_UMAP] = place_on_reference(latent, embedding["latent"], embedding["umap"])

@@ -16,8 +16,12 @@ MIN_SURGERY_EPOCHS = 2
 MAX_SURGERY_EPOCHS = 100
 
 
-def auto_max_epochs(n_cells: int, batch_size: int = 128, steps: int = SURGERY_STEPS, train_size: float = 0.9) -> int:
-    """scvi-tools' tutorial epochs (100), capped at about ``steps`` gradient steps, at least 2 epochs.
+def auto_max_epochs(
+    n_cells: int, batch_size: int = 128, steps: int = SURGERY_STEPS, train_size: float = 0.9, *, cap: int | None = None
+) -> int:
+    """scvi-tools' tutorial epochs (100, or ``cap``: a model's own tutorial), capped at about ``steps`` gradient steps.
+
+    At least 2 epochs.
 
     Surgery trains only the query's new batch columns (a few hundred values), so a large query needs
     a fixed number of steps rather than 100 passes over its cells: 100 epochs up to about 1,400 cells,
@@ -25,7 +29,7 @@ def auto_max_epochs(n_cells: int, batch_size: int = 128, steps: int = SURGERY_ST
     docs/benchmarks.md.
     """
     steps_per_epoch = max(1, math.ceil(n_cells * train_size / batch_size))
-    return min(MAX_SURGERY_EPOCHS, max(MIN_SURGERY_EPOCHS, math.ceil(steps / steps_per_epoch)))
+    return min(cap or MAX_SURGERY_EPOCHS, max(MIN_SURGERY_EPOCHS, math.ceil(steps / steps_per_epoch)))
 
 
 @dataclass(frozen=True)

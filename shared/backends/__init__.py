@@ -15,6 +15,7 @@ from fedarches.shared.backends.atac import PEAKVIBackend
 from fedarches.shared.backends.base import ModelBackend, ReferenceTraining
 from fedarches.shared.backends.citeseq import TOTALANVIBackend, TOTALVIBackend
 from fedarches.shared.backends.rna import SCANVIBackend, SCVIBackend
+from fedarches.shared.backends.scpoli import SCPOLIBackend
 from fedarches.shared.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ BACKENDS: dict[str, ModelBackend] = {
         PEAKVIBackend(),
         TOTALVIBackend(),
         TOTALANVIBackend(),
+        SCPOLIBackend(),
     )
 }
 MODEL_CLASSES: dict[str, str] = {backend.model_class: name for name, backend in BACKENDS.items()}

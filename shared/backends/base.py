@@ -72,6 +72,8 @@ class ModelBackend:
     modalities: ClassVar[tuple[str, ...]] = ("RNA",)
     adapter_tensors: ClassVar[tuple[str, ...]] = (FC_LAYER_WEIGHT, r"(?:[\w.]+\.)?px_r")
     """Regular expressions (full match) of the tensors an adapter may carry: its egress allow-list."""
+    surgery_epochs: ClassVar[int | None] = None
+    """Epochs of surgery when the lab sets none (``None``: fedarches' step-capped scvi-tools default)."""
 
     # ---- the model class -------------------------------------------------------------------------
     def model_cls(self) -> type:

@@ -1,0 +1,66 @@
+"""scPoli backend: condition embeddings and cell-type prototypes (:class:`fedarches.shared.models.scpoli.SCPOLI`).
+
+scArches' scPoli, written here on scvi-tools' base classes (the scArches package no longer imports on
+today's stack). Cell types come from the nearest prototype; each cell also gets scPoli's uncertainty,
+its distance to that prototype (``obs['prediction_uncertainty']``). Surgery grows one embedding row and
+one ``theta`` column (negative-binomial dispersions) per new batch and trains only those: that is all an
+adapter may carry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from fedarches.shared.backends.base import ModelBackend, ReferenceTraining
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anndata import AnnData
+
+    from fedarches.shared.bundle import ReferenceBundle
+
+UNLABELED_CATEGORY = "Unknown"
+TUTORIAL_EPOCHS = 50  # scArches' scPoli surgery tutorial, reference and query alike
+UNCERTAINTY_KEY = "prediction_uncertainty"
+
+
+class SCPOLIBackend(ModelBackend):
+    """``SCPOLI``: prototype label transfer, the scArches tutorial's defaults."""
+
+    name: ClassVar[str] = "scpoli"
+    model_class: ClassVar[str] = "SCPOLI"
+    module_path: ClassVar[str] = "fedarches.shared.models.scpoli"
+    latent_key: ClassVar[str] = "X_scPoli"
+    has_classifier: ClassVar[bool] = True
+    needs_labels: ClassVar[bool] = True
+    adapter_tensors: ClassVar[tuple[str, ...]] = (r"embedding\.weight", r"theta")
+    surgery_epochs: ClassVar[int | None] = TUTORIAL_EPOCHS
+
+    def train_reference(
+        self, train: AnnData, *, batch_key: str, labels_key: str | None, options: ReferenceTraining
+    ) -> Any:
+        """Train scPoli on ``train`` with the tutorial's settings (``n_layers`` does not apply: one hidden layer).
+
+        No early stopping: scvi-tools' would watch the ELBO and could stop before the prototype phase.
+        """
+        cls = self.model_cls()
+        cls.setup_anndata(train, batch_key=batch_key, labels_key=labels_key, unlabeled_category=UNLABELED_CATEGORY)
+        model = cls(train, n_latent=options.n_latent)
+        model.train(max_epochs=options.max_epochs or TUTORIAL_EPOCHS, enable_progress_bar=options.progress_bar)
+        return model
+
+    def load_query(self, query: AnnData, model_dir: Path) -> Any:
+        """ScPoli surgery: new embedding rows and ``theta`` columns train, all else frozen."""
+        return self.model_cls().load_query_data(query, str(model_dir))
+
+    def surgery_train_kwargs(self, learning_rate: float) -> dict[str, Any]:
+        """``SCPOLI.train`` takes the learning rate itself and trains a query without weight decay."""
+        return {"lr": learning_rate}
+
+    def cell_outputs(self, model: Any, bundle: ReferenceBundle) -> dict[str, Any]:
+        """ScPoli's per-cell uncertainty: Euclidean distance from the cell's latent mean to its nearest prototype."""
+        distances = model.prototype_distances()
+        return {UNCERTAINTY_KEY: distances.min(axis=1).to_numpy().astype(np.float32)}

@@ -1,5 +1,5 @@
-"""A real loopback round for each non-default backend: an scVI reference (kNN labels), and a totalVI
-reference (CITE-seq) whose lab brings RNA only.
+"""A real loopback round for each non-default backend: an scVI reference (kNN labels), a totalVI
+reference (CITE-seq) whose lab brings RNA only, and an scPoli reference (prototype labels).
 
 Each runs the same command lines users type, with TLS and node authentication, and checks what the
 SCANVI federation tests check: the round completes, egress holds only the backend's allow-listed
@@ -42,9 +42,9 @@ def _totalvi_setup(work: Path) -> tuple[Path, dict[str, Path], str]:
     return DEMO / "citeseq_reference.h5ad", {"lab_rna": rna_only}, "cell_type"
 
 
-SETUPS = {"scvi": _scvi_setup, "totalvi": _totalvi_setup}
+SETUPS = {"scvi": _scvi_setup, "totalvi": _totalvi_setup, "scpoli": _scvi_setup}
 # chance: 1/3 (three cell lines per demo lab), 1/5 (marker-gated PBMC types in the CITE-seq lab)
-MIN_ACCURACY = {"scvi": 0.8, "totalvi": 0.65}
+MIN_ACCURACY = {"scvi": 0.8, "totalvi": 0.65, "scpoli": 0.8}
 
 
 @pytest.fixture(scope="module", params=[name for name in SETUPS if name in BACKENDS])
@@ -117,6 +117,8 @@ def test_each_lab_is_annotated_and_the_atlas_reproduces_its_latent(backend_round
         predicted = annotated.obs["predicted_cell_type"].astype(str).to_numpy()
         accuracy = float((predicted[labelled] == truth.astype(str).to_numpy()[labelled]).mean())
         assert accuracy > MIN_ACCURACY[name], (lab, accuracy)
+        if name == "scpoli":  # scPoli's uncertainty: distance to the nearest prototype
+            assert (annotated.obs["prediction_uncertainty"] >= 0).all()
         if bundle.protein_names:
             imputed = annotated.obsm["denoised_protein"]
             assert list(imputed.columns) == bundle.protein_names

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test test-fast lint compare bench bench-unknown bench-backends privacy-eval clean
+.PHONY: venv demo test test-fast lint compare bench bench-unknown bench-backends scarches-env privacy-eval clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ bench-unknown: $(STAMP)
 # every model backend on real data beside plain scvi-tools (6-10 min on 2 cores, 1 torch thread); regenerates docs/benchmarks_backends.md
 bench-backends: $(STAMP)
 	$(PY) scripts/bench_backends.py
+
+# the original scArches 0.6.1 for bench/original, in its own venv with the older versions it needs (requirements-scarches.lock); torch pinned on both lines so pip never swaps in a CUDA build
+scarches-env:
+	$(PYTHON) -m venv .venv-scarches
+	.venv-scarches/bin/python -m pip install --quiet torch==2.13.0
+	.venv-scarches/bin/python -m pip install --quiet -c requirements-scarches.lock scarches==0.6.1 torch==2.13.0 setuptools
 
 privacy-eval: $(STAMP)
 	$(PY) scripts/eval_privacy_utility.py

@@ -84,6 +84,18 @@ def _run_suite(args: argparse.Namespace, pbmc: bool | None = None, cellbench: bo
     )
 
 
+def _scpoli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=OUTPUT / "scpoli", help="Working directory for the run.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds of the PBMC part.")
+    parser.add_argument("--quick", action="store_true", help="3 epochs everywhere, no document: a smoke run.")
+
+
+def _run_scpoli(args: argparse.Namespace, invoked: str) -> None:
+    from fedarches.bench.scpoli import run
+
+    run(args.out, seeds=tuple(args.seeds), quick=args.quick, invoked=invoked)
+
+
 def _latency_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=OUTPUT / "latency", help="Working directory for the run.")
     parser.add_argument(
@@ -296,6 +308,8 @@ COMMANDS: dict[str, Command] = {
                        _no_arguments, _run_compare),
     "latency": Command("a federated round's phases and CPU against central surgery; docs/benchmarks_latency.md",
                        _latency_arguments, _run_latency),
+    "scpoli": Command("the scPoli backend on PBMC beside scArches' own, and new cell types; docs/benchmarks_scpoli.md",
+                      _scpoli_arguments, _run_scpoli),
     "build-threads": Command("build-reference on PBMC alone and beside another build, by --threads",
                              _build_threads_arguments, _run_build_threads),
     "worker": Command("one measured step in a fresh process", _worker_arguments, _run_worker, listed=False),

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from fedarches.shared import crypto
+from fedarches.shared import crypto, prototypes
 from fedarches.shared.adapters import Adapter, apply_adapters
 from fedarches.shared.backends import backend_for
 from fedarches.shared.bundle import BundleContents, ReferenceBundle, write_bundle
 from fedarches.shared.errors import AdapterError
+from fedarches.shared.prototypes import NewTypePrototypes
 from fedarches.shared.weights import load_model_dict
 
 
@@ -32,8 +33,13 @@ def merge_adapters(
     signing_key: Path,
     *,
     round_id: str = "",
+    new_types: Sequence[tuple[str, NewTypePrototypes]] = (),
 ) -> ReferenceBundle:
-    """Write the merged atlas for ``(lab, adapter)`` pairs to ``out_dir``, signed; return it opened."""
+    """Write the merged atlas for ``(lab, adapter)`` pairs to ``out_dir``, signed; return it opened.
+
+    ``new_types`` are labs' prototypes of cell types the bundle lacks (scPoli atlases): contributions
+    to the same type add up (sums and counts), and the atlas then predicts every new type.
+    """
     import torch
 
     if not adapters:
@@ -60,7 +66,15 @@ def merge_adapters(
         for name, tensor in saved["model_state_dict"].items()
     }
     categories = [*bundle.batch_categories, *new_batches]
-    backend_for(bundle).extend_batches(saved, categories)
+    backend = backend_for(bundle)
+    backend.extend_batches(saved, categories)
+    learned = prototypes.combine([contribution for _, contribution in new_types])
+    for lab, contribution in new_types:
+        if contribution.bundle_id != bundle.bundle_id:
+            msg = f"new-type prototypes of {lab} were made against bundle {contribution.bundle_id}"
+            raise AdapterError(msg)
+    if learned:
+        backend.add_cell_types(saved, {name: mean for name, (mean, _, _) in learned.items()})
     buffer = io.BytesIO()
     torch.save(saved, buffer)
 
@@ -70,6 +84,16 @@ def merge_adapters(
             "parent_bundle": bundle.bundle_id,
             "round_id": round_id,
             "labs": {lab: list(adapter.batch_categories) for lab, adapter in adapters},
+            **(
+                {
+                    "new_cell_types": {
+                        name: {"labs": [lab for lab, c in new_types if name in c.names], "cells": round(count, 1)}
+                        for name, (_, count, _) in learned.items()
+                    }
+                }
+                if learned
+                else {}
+            ),
         }
     )
     contents = BundleContents(
@@ -77,7 +101,7 @@ def merge_adapters(
         model_class=bundle.model_class,
         setup_args=bundle.setup_args,
         batch_categories=categories,
-        label_categories=bundle.label_categories,
+        label_categories=[*bundle.label_categories, *learned],
         gene_ids=bundle.genes["gene_id"].tolist(),
         gene_symbols=bundle.genes["gene_symbol"].tolist(),
         embedding=bundle.embedding,

@@ -75,10 +75,16 @@ class _SetupArgs(_Strict):
     panel_key: _Text | None = None
 
 
+class _NewCellType(_Strict):
+    labs: list[_Text]
+    cells: float = Field(ge=0)
+
+
 class _Lineage(_Strict):
     parent_bundle: _Hex16
     round_id: _Text
     labs: dict[_Text, list[_Category]]
+    new_cell_types: dict[_Category, _NewCellType] = {}  # learned from labs' prototypes (scPoli)
 
 
 class _Setup(_Strict):

@@ -148,3 +148,25 @@ def release_adapter(values: np.ndarray, policy: AdapterPolicy) -> tuple[np.ndarr
     domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
     gaussian = dp.m.make_gaussian(domain, dp.l2_distance(T=float), scale=spend.scale)
     return np.asarray(gaussian(clipped.tolist()), dtype=np.float64), spend
+
+
+def release_sums(sums: np.ndarray, *, clip_norm: float, noise_multiplier: float, delta: float, bound: int = 1
+                 ) -> tuple[np.ndarray, PrivacySpend]:  # fmt: skip
+    """Gaussian noise of sd ``noise_multiplier · clip_norm · bound`` on sums of latents clipped to ``clip_norm``.
+
+    One privacy unit (a cell, or a donor of at most ``bound`` cells) moves the stacked sums by at most
+    ``2 · clip_norm · bound`` in L2 (its cells leave one type's sum and may join another's).
+    With ``noise_multiplier`` 0 the sums pass unchanged (no ε).
+    """
+    sums = np.asarray(sums, dtype=np.float64)
+    if clip_norm <= 0 or noise_multiplier <= 0:
+        return sums.copy(), NO_NOISE
+    dp = _opendp()
+    d_in = 2.0 * clip_norm * bound
+    scale = noise_multiplier * d_in / 2.0
+    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
+    gaussian = dp.m.make_gaussian(domain, dp.l2_distance(T=float), scale=scale)
+    measurement = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(gaussian), delta=delta)
+    epsilon, spent_delta = (float(v) for v in measurement.map(d_in))
+    noisy = np.asarray(gaussian(sums.ravel().tolist()), dtype=np.float64).reshape(sums.shape)
+    return noisy, PrivacySpend("gaussian", epsilon, spent_delta, "cell" if bound == 1 else "donor", scale, d_in)

@@ -36,6 +36,13 @@ never ignored, so a typo cannot weaken the policy silently:
     clip_norm = 0.0             # > 0: clip the adapter to this L2 norm ...
     noise_multiplier = 0.0      # ... and add Gaussian noise of sd noise_multiplier * clip_norm
     delta = 1e-5                # δ at which the adapter's ε is reported
+
+    [prototypes]                # scPoli atlases: prototypes of cell types the atlas lacks
+    release = false             # true: contribute them (the lab's query has a labels column)
+    min_cells = 20              # k: a type with fewer cells is never released
+    clip_norm = 0.0             # > 0: clip each cell's latent to this L2 norm ...
+    noise_multiplier = 0.0      # ... and add Gaussian noise of sd noise_multiplier * clip_norm to each sum
+    delta = 1e-5                # δ at which the sums' ε is reported
 """
 
 from __future__ import annotations
@@ -152,12 +159,35 @@ class AdapterPolicy(_Section):
         return self
 
 
+class PrototypePolicy(_Section):
+    """Whether prototypes of cell types the atlas lacks leave (scPoli atlases), and how they are protected.
+
+    A type's prototype is the mean latent of the lab's cells of that type: it leaves as a sum of
+    clipped latents and a cell count, each noised when asked, and only for types with ``min_cells``
+    cells or more.
+    """
+
+    release: bool = False
+    min_cells: int = Field(20, ge=1, le=_MAX_INT, description="k: a type with fewer cells is never released")
+    clip_norm: float = Field(0.0, ge=0, description="L2 bound of each cell's latent; 0 turns clipping and noise off")
+    noise_multiplier: float = Field(0.0, ge=0, description="noise sd on each sum as a multiple of clip_norm")
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ at which the sums' ε is reported")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PrototypePolicy:
+        if self.noise_multiplier > 0 and self.clip_norm <= 0:
+            msg = "prototypes.noise_multiplier needs prototypes.clip_norm > 0 (noise is calibrated to the clip)"
+            raise ValueError(msg)
+        return self
+
+
 class PrivacyPolicy(_Section):
     """A lab's whole policy; ``PrivacyPolicy()`` is the safe default."""
 
     release: ReleasePolicy = ReleasePolicy()
     dp: DPPolicy = DPPolicy()
     adapters: AdapterPolicy = AdapterPolicy()
+    prototypes: PrototypePolicy = PrototypePolicy()
 
     @classmethod
     def from_toml(cls, text: str, *, source: str = "policy") -> PrivacyPolicy:
@@ -234,7 +264,23 @@ class PrivacyPolicy(_Section):
             adapters = f"clipped to L2 norm {a.clip_norm:g}, Gaussian noise sd {a.noise_multiplier * a.clip_norm:g}"
         else:
             adapters = "released as trained (no noise)"
-        return {"composition": composition, "differential privacy": dp, "adapters": adapters}
+        p = self.prototypes
+        if not p.release:
+            prototypes = "never released"
+        else:
+            noise = (
+                f"latents clipped to L2 norm {p.clip_norm:g}, "
+                f"sums with Gaussian noise sd {p.noise_multiplier * p.clip_norm:g}"
+                if p.clip_norm > 0
+                else "no noise"
+            )
+            prototypes = f"new cell types with at least {p.min_cells} cells; {noise}"
+        return {
+            "composition": composition,
+            "differential privacy": dp,
+            "adapters": adapters,
+            "new-type prototypes": prototypes,
+        }
 
 
 _HINT_FILE = "make LAB_DIR/policy.toml a UTF-8 TOML file, or remove it to use the defaults"

@@ -298,6 +298,14 @@ class ModelBackend:
 
         return [str(c) for c in model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping]
 
+    def add_cell_types(self, saved: dict[str, Any], prototypes: Mapping[str, np.ndarray]) -> None:
+        """Teach a saved model new cell types from their prototypes (name -> latent point); in place.
+
+        Only prototype models can: the default refuses.
+        """
+        msg = f"a {self.model_class} atlas cannot learn new cell types from prototypes"
+        raise AdapterError(msg, hint="new-type prototypes need an scPoli reference (--model scpoli)")
+
     def extend_batches(self, saved: dict[str, Any], categories: Sequence[str]) -> None:
         """Make a saved model's registry list ``categories`` as its batches (a merged atlas)."""
         batch_field = saved["attr_dict"]["registry_"]["field_registries"][BATCH_KEY]

@@ -9,11 +9,12 @@ adapter may carry.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from fedarches.shared.backends.base import ModelBackend, ReferenceTraining
+from fedarches.shared.backends.base import LABELS_KEY, ModelBackend, ReferenceTraining
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -64,3 +65,32 @@ class SCPOLIBackend(ModelBackend):
         """ScPoli's per-cell uncertainty: Euclidean distance from the cell's latent mean to its nearest prototype."""
         distances = model.prototype_distances()
         return {UNCERTAINTY_KEY: distances.min(axis=1).to_numpy().astype(np.float32)}
+
+    def add_cell_types(self, saved: dict[str, Any], prototypes: Mapping[str, np.ndarray]) -> None:
+        """Append each new type to the label registry and its prototype to the model's prototypes.
+
+        Existing label codes keep their meaning (new ones go last); the model then predicts the new
+        types like any other, for every lab that maps onto it.
+        """
+        import torch
+
+        field = saved["attr_dict"]["registry_"]["field_registries"][LABELS_KEY]
+        mapping = [str(c) for c in field["state_registry"]["categorical_mapping"]]
+        clash = sorted(set(prototypes) & set(mapping))
+        if clash:
+            from fedarches.shared.errors import AdapterError
+
+            msg = f"cell types {clash[:3]} are already in the atlas"
+            raise AdapterError(msg)
+        names = list(prototypes)
+        # scvi-tools keeps the unlabeled category last in the mapping: new types go just before it
+        unlabeled = saved["attr_dict"]["registry_"]["setup_args"].get("unlabeled_category")
+        at = mapping.index(unlabeled) if unlabeled in mapping else len(mapping)
+        grown = [*mapping[:at], *names, *mapping[at:]]
+        field["state_registry"]["categorical_mapping"] = np.asarray(grown, dtype=object)
+        field["summary_stats"]["n_labels"] = len(mapping) + len(names)
+        state = saved["model_state_dict"]
+        rows = torch.as_tensor(np.stack([prototypes[n] for n in names]), dtype=state["prototypes"].dtype)
+        state["prototypes"] = torch.cat([state["prototypes"][:at], rows, state["prototypes"][at:]])
+        present = state["prototype_set"]
+        state["prototype_set"] = torch.cat([present[:at], torch.ones(len(names), dtype=torch.bool), present[at:]])

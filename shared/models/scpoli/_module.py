@@ -111,7 +111,7 @@ class ScPoliModule(BaseModuleClass):
         self.register_buffer("prototypes", torch.zeros(n_labels, n_latent))
         self.register_buffer("prototype_set", torch.zeros(n_labels, dtype=torch.bool))
         # pooled per-dimension variance of labelled cells around their prototype: the scale of probabilities
-        self.register_buffer("prototype_variance", torch.ones(()))
+        self.register_buffer("prototype_variance", torch.ones(1))
         self.eta = 0.0  # weight of the prototype loss, set by training (not saved: a training option)
 
     # ---- the condition embedding --------------------------------------------------------------

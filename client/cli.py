@@ -202,6 +202,13 @@ def join(
             help="Seconds between the idle SuperNode's requests for a message (Flower's own: 3).",
         ),
     ] = DEFAULT_POLL_S,
+    labels_key: Annotated[
+        str | None,
+        typer.Option(
+            help="obs column with cell-type labels: with an scPoli atlas and prototypes.release in the policy, "
+            "the lab contributes prototypes of the types the atlas lacks."
+        ),
+    ] = None,
     debug: Debug = False,
 ) -> None:
     """Run this lab's SuperNode: map DATA locally whenever the coordinator starts a round.
@@ -226,6 +233,7 @@ def join(
             extra_mods=extra_mods,
             worker=worker,
             poll_interval=poll_interval,
+            labels_key=labels_key,
         )
         settings, lab = checked.settings, checked.settings.lab
         console.print(
@@ -256,6 +264,9 @@ def preview(
     max_epochs: Annotated[int | None, typer.Option(min=1, help="Surgery epochs (default: automatic).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads.")] = None,
+    labels_key: Annotated[
+        str | None, typer.Option(help="obs column with the lab's cell-type labels, as given to join.")
+    ] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -277,6 +288,7 @@ def preview(
             seed=seed,
             threads=threads,
             progress_bar=not quiet,
+            labels_key=labels_key,
         )
         print_policy(shown.policy, Path(lab_dir))
         print_egress(shown.description, n_cells=shown.n_cells)

@@ -50,8 +50,12 @@ def preview(
     seed: int = 0,
     threads: int | None = None,
     progress_bar: bool = False,
+    labels_key: str | None = None,
 ) -> Preview:
     """Map ``data`` onto the bundle as a round would, and return the reply the lab would send.
+
+    ``labels_key``: the obs column a round reads the lab's own labels from (``join --labels-key``),
+    for prototypes of cell types the atlas lacks when the policy releases them.
 
     The bundle is verified with the lab's trusted key, the lab's policy decides what is released
     (its ``release.min_count`` is the k), and the reply must pass the egress audit's allow-list.
@@ -66,7 +70,7 @@ def preview(
     from fedarches.client.mapping import map_query
     from fedarches.client.mods import EGRESS_LIMIT_BYTES
     from fedarches.client.options import MappingOptions
-    from fedarches.client.release import Releaser
+    from fedarches.client.release import LabelledCells, Releaser
     from fedarches.shared import protocol
     from fedarches.shared.bundle import ReferenceBundle
     from fedarches.shared.datafiles import query_obs, read_query
@@ -86,7 +90,8 @@ def preview(
     k = releaser.policy.release.min_count
     result = map_query(adata, bundle, batch_key=batch_key, layer=layer, lab_name=lab.name, options=options, min_count=k)
     timings = {key: float(v) for key, v in result.timings.items()}
-    _, _, reply = releaser.release_mapping(result, query_obs(adata), timings)
+    labelled = LabelledCells.of_mapping(adata, result, labels_key, bundle)
+    _, _, reply = releaser.release_mapping(result, query_obs(adata), timings, labelled=labelled)
     content = reply.to_content()
     protocol.check_egress(protocol.MAP, content, max_array_bytes=EGRESS_LIMIT_BYTES)
     return Preview(reply, describe_content(content), releaser.policy, int(adata.n_obs))

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import ConfigRecord, RecordDict
 
 from fedarches.client.lab import LabDir
-from fedarches.client.release import Releaser, read_exact_counts, write_exact_counts
+from fedarches.client.release import LabelledCells, Releaser, read_exact_counts, write_exact_counts
 from fedarches.shared import protocol
 from fedarches.shared.errors import ConfigError, PrivacyError
 
@@ -47,6 +47,7 @@ class NodeSettings:
     layer: str | None
     threads: int | None
     worker: bool = False
+    labels_key: str | None = None  # cell-type labels: prototypes of the atlas's missing types (scPoli)
 
     @classmethod
     def from_config(cls, config: Any) -> NodeSettings:
@@ -64,6 +65,7 @@ class NodeSettings:
             layer=str(config.get("layer") or "") or None,
             threads=threads or None,
             worker=config.get("worker") is True,
+            labels_key=str(config.get("labels-key") or "") or None,
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -76,6 +78,7 @@ class NodeSettings:
             "layer": self.layer or "",
             "threads": self.threads or 0,
             "worker": self.worker,
+            "labels-key": self.labels_key or "",
         }
 
 
@@ -159,15 +162,18 @@ def map_round(
     from fedarches.shared.datafiles import query_obs
 
     timings["handler_s"] = time.perf_counter() - tick_handler
-    released, counts, reply = releaser.release_mapping(result, query_obs(adata), timings)
+    labelled = LabelledCells.of_mapping(adata, result, settings.labels_key, bundle)
+    released, counts, reply = releaser.release_mapping(result, query_obs(adata), timings, labelled=labelled)
     composition = reply.lab.composition
     if composition == protocol.Composition.SECURE_SUM:
         write_exact_counts(settings.out_dir, request.round_id, counts)
+    new_types = list(released.new_types.names) if released.new_types else []
     parts = [
         part
         for part, present in (
             (f"a {released.adapter.nbytes if released.adapter else 0}-byte adapter", released.adapter),
             ("label statistics", released.label_statistics),
+            (f"prototypes of new cell types {new_types}", new_types),
         )
         if present
     ]

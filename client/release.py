@@ -5,7 +5,10 @@ Two kinds of release, each one ledger entry (see :mod:`fedarches.client.ledger`)
 - ``map-reply``: the reply to a mapping round. The adapter (unless ``adapters.release`` is off;
   clipped and noised when the policy says so) and, only when ``release.composition = "plain"``,
   the label statistics (noised with OpenDP when ``dp.enabled``, then primary, complement and
-  secondary suppression at ``k``).
+  secondary suppression at ``k``); and, when ``prototypes.release`` is on and the lab gave its
+  labels (``join --labels-key``), the prototypes of cell types the atlas lacks (sums of clipped
+  latents and cell counts, noised as the policy says; types under ``prototypes.min_cells`` cells
+  never leave).
 - ``secure-sum-counts``: the lab's count vector entering a SecAgg+ sum (when
   ``release.composition = "secure-sum"``), noised when ``dp.enabled``. The coordinator sees only
   the masked vector and learns only the sum over labs.
@@ -32,13 +35,14 @@ import numpy as np
 
 from fedarches.client.lab import LabDir
 from fedarches.client.ledger import GENESIS_HASH, Ledger, Release, ReleaseContext, open_lab_ledger
-from fedarches.shared import __version__, dp
+from fedarches.shared import __version__, dp, prototypes
 from fedarches.shared._io import atomic_write_bytes
 from fedarches.shared.adapters import Adapter
-from fedarches.shared.errors import PrivacyError
+from fedarches.shared.errors import ConfigError, PrivacyError
 from fedarches.shared.labels import LabelCounts, LabelStatistics, suppress
 from fedarches.shared.policy import PrivacyPolicy
 from fedarches.shared.protocol import Composition, LabInfo, MapReply
+from fedarches.shared.prototypes import NewTypePrototypes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,6 +50,37 @@ if TYPE_CHECKING:
 MAP_REPLY = "map-reply"
 SECURE_SUM_COUNTS = "secure-sum-counts"
 COUNTS_FILE_NAME = "label_counts.json"  # exact counts kept in the lab's out-dir for the secure-sum stage
+
+
+@dataclass(frozen=True)
+class LabelledCells:
+    """A lab's own cell-type labels beside its latent: the source of new-type prototypes (scPoli atlases)."""
+
+    latent: np.ndarray
+    labels: np.ndarray
+    bundle: Any  # the ReferenceBundle mapped onto: its id and cell types
+
+    @classmethod
+    def of_mapping(cls, adata: Any, result: Any, labels_key: str | None, bundle: Any) -> LabelledCells | None:
+        """The mapped cells' latent beside ``obs[labels_key]``; None without a labels column.
+
+        Raises :class:`ConfigError` when ``labels_key`` names no obs column.
+        """
+        if labels_key is None:
+            return None
+        from fedarches.shared.datafiles import query_obs
+
+        obs = query_obs(adata)
+        if labels_key not in obs:
+            msg = f"the lab's data has no obs column {labels_key!r} (its --labels-key)"
+            raise ConfigError(msg, hint="name the obs column with the lab's cell-type labels, or leave it out")
+        return cls(np.asarray(adata.obsm[result.latent_key]), obs[labels_key].to_numpy(), bundle)
+
+    def kept(self, keep: np.ndarray | None) -> LabelledCells:
+        """Only the cells ``keep`` marks (each donor's cells capped when the privacy unit is a donor)."""
+        if keep is None:
+            return self
+        return LabelledCells(np.asarray(self.latent)[keep], np.asarray(self.labels)[keep], self.bundle)
 
 
 @dataclass(frozen=True)
@@ -57,11 +92,12 @@ class MapRelease:
     entry_seq: int  # the entry this release wrote (or, retried, had written); 0 in a preview
     ledger_seq: int  # the ledger's newest entry after the release: the anchor the reply carries
     ledger_head: str  # that entry's hash (64 hex digits)
+    new_types: NewTypePrototypes | None = None
 
     def to_reply(self, lab_name: str, n_epochs: int, composition: str, timings: Mapping[str, float]) -> MapReply:
         """The round's reply carrying this release, the lab's name, its timings and its ledger anchor."""
         info = LabInfo(lab_name, __version__, n_epochs, Composition(composition), self.ledger_seq, self.ledger_head)
-        return MapReply(info, dict(timings), self.adapter, self.label_statistics)
+        return MapReply(info, dict(timings), self.adapter, self.label_statistics, self.new_types)
 
 
 @dataclass(frozen=True)
@@ -82,11 +118,16 @@ class Releaser:
         return cls(policy, ledger, context, preview=preview)
 
     def release_mapping(
-        self, result: Any, obs: pd.DataFrame, timings: Mapping[str, float]
+        self, result: Any, obs: pd.DataFrame, timings: Mapping[str, float], *, labelled: LabelledCells | None = None
     ) -> tuple[MapRelease, LabelCounts, MapReply]:
-        """Release a mapping result under the policy: what was released, the exact counts, and the lab's reply."""
+        """Release a mapping result under the policy: what was released, the exact counts, and the lab's reply.
+
+        ``labelled``: the lab's own labels beside its latent, for prototypes of the atlas's missing types.
+        """
         counts = self.exact_counts(result, obs)
-        released = self.map_reply(result.adapter, counts)
+        if labelled is not None:
+            labelled = labelled.kept(self._donor_cap(obs))
+        released = self.map_reply(result.adapter, counts, labelled=labelled)
         reply = released.to_reply(self.context.lab, int(result.n_epochs), self.policy.release.composition, timings)
         return released, counts, reply
 
@@ -105,23 +146,37 @@ class Releaser:
         """The policy's total (ε, δ) budget."""
         return self.policy.dp.budget_epsilon, self.policy.dp.budget_delta
 
+    def _donor_cap(self, obs: pd.DataFrame | None) -> np.ndarray | None:
+        """Cells kept when the unit is a donor (each donor's cells capped); None when the unit is a cell."""
+        donors = self.policy.dp.donors(obs)
+        return None if donors is None else dp.bound_donor_contributions(donors, self.policy.dp.max_cells_per_donor)
+
     def exact_counts(self, result: Any, obs: pd.DataFrame | None) -> LabelCounts:
         """The lab's exact counts, each donor's cells (``obs[dp.donor_key]``) capped when the unit is a donor."""
-        donors = self.policy.dp.donors(obs)
-        if donors is None:
-            return result.label_counts()
-        return result.label_counts(dp.bound_donor_contributions(donors, self.policy.dp.max_cells_per_donor))
+        keep = self._donor_cap(obs)
+        return result.label_counts() if keep is None else result.label_counts(keep)
 
-    def map_reply(self, adapter: Adapter, counts: LabelCounts) -> MapRelease:
-        """Release the adapter and (plain composition only) the label statistics, in one ledger entry."""
+    def map_reply(self, adapter: Adapter, counts: LabelCounts, *, labelled: LabelledCells | None = None) -> MapRelease:
+        """Release the adapter, (plain composition only) the label statistics and new-type prototypes, in one entry.
+
+        Prototypes leave only when the policy's ``prototypes.release`` is on and ``labelled`` is given.
+        """
         policy = self.policy
         plain = policy.release.composition == "plain"
         count_spend = dp.count_measurement(policy.dp)[2] if plain and policy.dp.enabled else dp.NO_NOISE
         adapter_spend = dp.adapter_spend(policy.adapters) if policy.adapters.release else dp.NO_NOISE
-        expected = _combined(count_spend, adapter_spend)
+        if not policy.prototypes.release:
+            labelled = None
+        known = [] if labelled is None else list(labelled.bundle.label_categories)
+        prototype_spend = (
+            dp.NO_NOISE
+            if labelled is None
+            else prototypes.expected_spend(labelled.labels, known, policy.prototypes, policy.dp)
+        )
+        expected = dp.combined(count_spend, adapter_spend, prototype_spend)
 
         def make() -> Release:
-            out: dict[str, Any] = {"adapter": None, "label_statistics": None}
+            out: dict[str, Any] = {"adapter": None, "label_statistics": None, "new_type_prototypes": None}
             spends = {}
             if policy.adapters.release:
                 released, spends["adapter"] = noised_adapter(adapter, policy)
@@ -129,19 +184,29 @@ class Releaser:
             if plain:
                 stats, spends["label-statistics"] = _released_statistics(counts, policy)
                 out["label_statistics"] = stats.to_dict()
+            if labelled is not None:
+                contribution, report = prototypes.contribute(
+                    labelled.latent, labelled.labels, known, bundle_id=labelled.bundle.bundle_id,
+                    policy=policy.prototypes, count_policy=policy.dp,
+                )  # fmt: skip
+                if contribution is not None:
+                    out["new_type_prototypes"] = contribution.to_json()
+                    spends["new-type-prototypes"] = report["total_spend"]
             detail = {
                 "policy": policy.model_dump(),
                 "parts": {name: spend.to_dict() for name, spend in spends.items()},
                 "composition": policy.release.composition,
             }
-            return Release(json.dumps(out, sort_keys=True).encode(), _combined(*spends.values()), detail)
+            return Release(json.dumps(out, sort_keys=True).encode(), dp.combined(*spends.values()), detail)
 
         payload, seq = self._release(MAP_REPLY, make, expected)
         data = json.loads(payload)
         adapter_out = Adapter.from_bytes(base64.b64decode(data["adapter"])) if data["adapter"] else None
         stats = LabelStatistics.from_dict(data["label_statistics"]) if data["label_statistics"] else None
+        types = data.get("new_type_prototypes")  # absent in entries written before prototypes
+        new_types = NewTypePrototypes.from_json(types) if types else None
         head_seq, head = self.head()
-        return MapRelease(adapter_out, stats, seq, head_seq, head)
+        return MapRelease(adapter_out, stats, seq, head_seq, head, new_types)
 
     def secure_sum_counts(self, counts: LabelCounts, categories: list[str]) -> tuple[np.ndarray, int]:
         """The (noised) count vector this lab adds to a secure sum, in the coordinator's type order."""
@@ -223,18 +288,3 @@ def noised_adapter(adapter: Adapter, policy: PrivacyPolicy) -> tuple[Adapter, dp
         out[name] = released[offset : offset + size].reshape(arrays[name].shape).astype(arrays[name].dtype)
         offset += size
     return Adapter.from_arrays(out, meta), spend
-
-
-def _combined(*spends: dp.PrivacySpend) -> dp.PrivacySpend:
-    """Basic composition of several spends into one ledger line."""
-    used = [s for s in spends if s.mechanism != "none"]
-    if not used:
-        return dp.NO_NOISE
-    return dp.PrivacySpend(
-        mechanism="+".join(s.mechanism for s in used),
-        epsilon=sum(s.epsilon for s in used),
-        delta=sum(s.delta for s in used),
-        unit="+".join(dict.fromkeys(s.unit for s in used if s.unit != "none")) or "none",
-        scale=max(s.scale for s in used),
-        sensitivity=max(s.sensitivity for s in used),
-    )

@@ -19,7 +19,7 @@ from fedarches.client.flower_supernode import DEFAULT_POLL_S
 from fedarches.client.lab import LabDir
 from fedarches.shared._io import write_toml
 from fedarches.shared._process import SUPERNODE_PID_FILE, flower_env, free_port, owning
-from fedarches.shared.errors import ConfigError, FederationError
+from fedarches.shared.errors import ConfigError, FederationError, UserInputError
 
 _EXIT_CODE = re.compile(r"Exit Code: (\d+)")
 # flower-supernode exit codes worth explaining (flwr.common.exit.ExitCode, 1.41).
@@ -45,6 +45,7 @@ class JoinSettings:
     threads: int | None = None
     port: int = 0
     egress_copy: bool = False
+    labels_key: str | None = None
     extra_mods: str = ""
     worker: bool = True
     poll_interval: float = DEFAULT_POLL_S
@@ -56,6 +57,7 @@ class JoinSettings:
             "data-path": str(Path(self.data_path).resolve()),
             "out-dir": str(Path(self.out_dir).resolve()),
             "batch-key": self.batch_key or "",
+            "labels-key": self.labels_key or "",
             "layer": self.layer or "",
             "threads": int(self.threads or 0),
             "egress-copy": self.egress_copy,
@@ -89,6 +91,7 @@ def prepare_join(
     extra_mods: str = "",
     worker: bool = True,
     poll_interval: float = DEFAULT_POLL_S,
+    labels_key: str | None = None,
 ) -> JoinCheck:
     """Check everything a round will need before the SuperNode starts: minutes before a round would find out.
 
@@ -119,7 +122,11 @@ def prepare_join(
     adata = read_query(data)
     rna = query_rna(adata, batch_key)
     batches, _, _ = validate_query(rna, batch_key=batch_key, layer=layer, batch_prefix=lab.name)
-    policy.dp.donors(query_obs(adata), source=str(data))  # a donor-unit policy needs its column: refuse now
+    obs = query_obs(adata)
+    policy.dp.donors(obs, source=str(data))  # a donor-unit policy needs its column: refuse now
+    if labels_key is not None and labels_key not in obs:
+        msg = f"--labels-key {labels_key!r} is not an obs column of {data}; columns are {list(obs.columns)[:12]}"
+        raise UserInputError(msg, hint="name the column with your cell-type labels, or leave --labels-key out")
     held = lab.newest_bundle()
     if held is not None:  # the round checks again, against its own bundle and limit, before training
         check_adapter_fits(held, batches, EGRESS_LIMIT_BYTES)
@@ -136,6 +143,7 @@ def prepare_join(
         extra_mods=extra_mods,
         worker=worker,
         poll_interval=poll_interval,
+        labels_key=labels_key,
     )
     return JoinCheck(settings, int(adata.n_obs), policy.summary())
 

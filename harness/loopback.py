@@ -61,6 +61,7 @@ class LabProcess:
     data: Path
     extra_mods: str = ""
     batch_key: str | None = None
+    labels_key: str | None = None
     process: subprocess.Popen[Any] | None = None
     log_path: Path | None = None
 
@@ -117,11 +118,20 @@ class LoopbackFederation:
         self.startup_s["superlink"] = time.monotonic() - start
         return self.startup_s["superlink"]
 
-    def add_lab(self, name: str, data: Path, *, extra_mods: str = "", batch_key: str | None = None) -> LabProcess:
+    def add_lab(
+        self,
+        name: str,
+        data: Path,
+        *,
+        extra_mods: str = "",
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+    ) -> LabProcess:
         """``fedarches-server add-lab NAME`` (the key is made at the coordinator and exported)."""
         export = self.workdir / "labs" / name / "lab-dir"
         self._cli(["fedarches-server", "add-lab", name, "--dir", str(self.coord.root), "--out", str(export)])
-        lab = LabProcess(name, export, self.workdir / "labs" / name / "out", Path(data), extra_mods, batch_key)
+        out = self.workdir / "labs" / name / "out"
+        lab = LabProcess(name, export, out, Path(data), extra_mods, batch_key, labels_key)
         self.labs[name] = lab
         return lab
 
@@ -145,6 +155,8 @@ class LoopbackFederation:
             command += ["--extra-mods", lab.extra_mods]
         if lab.batch_key:
             command += ["--batch-key", lab.batch_key]
+        if lab.labels_key:
+            command += ["--labels-key", lab.labels_key]
         command += list(self.join_args)
         start = time.monotonic()
         lab.process = self._spawn(command, f"lab-{name}")

@@ -73,8 +73,11 @@ def merge_adapters(
         if contribution.bundle_id != bundle.bundle_id:
             msg = f"new-type prototypes of {lab} were made against bundle {contribution.bundle_id}"
             raise AdapterError(msg)
+    summary = bundle.reference_summary
     if learned:
         backend.add_cell_types(saved, {name: mean for name, (mean, _, _) in learned.items()})
+        if summary is not None:
+            summary = summary.with_types(list(learned), np.stack([mean for mean, _, _ in learned.values()]))
     buffer = io.BytesIO()
     torch.save(saved, buffer)
 
@@ -105,7 +108,7 @@ def merge_adapters(
         gene_ids=bundle.genes["gene_id"].tolist(),
         gene_symbols=bundle.genes["gene_symbol"].tolist(),
         embedding=bundle.embedding,
-        summary=None if bundle.reference_summary is None else bundle.reference_summary.to_bytes(),
+        summary=None if summary is None else summary.to_bytes(),
         description={
             **{k: v for k, v in bundle.setup.items() if k not in _SETUP_FIELDS},
             "lineage": lineage,

@@ -342,12 +342,17 @@ class MappingRound(Strategy):
         else:
             tick = time.perf_counter()
             atlas_dir = settings.round_dir / "atlas"
+            new_types = [(lab.name, lab.reply.new_types) for lab in accepted if lab.reply and lab.reply.new_types]
             result.atlas = merge_adapters(
-                result.bundle, adapters, atlas_dir, self.coord.signing_key, round_id=settings.round_id
-            )
+                result.bundle, adapters, atlas_dir, self.coord.signing_key, round_id=settings.round_id,
+                new_types=new_types,
+            )  # fmt: skip
             result.phases["merge_s"] = time.perf_counter() - tick
             result.status = "completed"
             result.message = f"merged {n} labs into atlas {result.atlas.bundle_id}"
+            learned = [t for t in result.atlas.label_categories if t not in result.bundle.label_categories]
+            if learned:
+                result.message += f"; it learned cell types {learned} from labs' prototypes"
 
 
 def _held_bundles(coord: CoordinatorDir, name: str) -> list[str]:

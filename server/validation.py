@@ -22,6 +22,9 @@ records, each of its kind and keys, values well formed); this module judges what
   low-confidence at most cells; mean confidences finite in [0, 1]; a privacy claim, when present,
   consistent with its mechanism (``laplace``: δ = 0; ``gaussian``: 0 < δ < 1; ε, scale and sensitivity
   finite and positive; unit ``cell`` or ``donor``), as :class:`~fedarches.shared.dp.PrivacySpend` writes it;
+- new-type prototypes (optional: a lab's policy releases them): made against this round's bundle,
+  whose model holds prototypes (scPoli); names neither the bundle's types nor ``Unknown``; sums of
+  the bundle's latent size, finite and bounded; counts of at least one cell;
 - timings: allow-listed names, finite, non-negative numbers.
 
 Whatever else goes wrong while checking (a value of a type nothing expects) becomes a rejection
@@ -39,6 +42,7 @@ from fedarches.shared.adapters import Adapter
 from fedarches.shared.errors import FedarchesError
 from fedarches.shared.labels import LabelStatistics
 from fedarches.shared.protocol import MapReply
+from fedarches.shared.prototypes import PROTOTYPES_TENSOR, NewTypePrototypes
 from fedarches.shared.quality import UNKNOWN_LABEL
 from fedarches.shared.wire import PlainContent, one_line, shown
 
@@ -143,7 +147,22 @@ def _validate(plain: PlainContent, expected: Expected, lab: str) -> Accepted:
         _check_adapter(reply.adapter, expected, lab)
     if reply.label_statistics is not None:
         _check_label_statistics(reply.label_statistics, expected)
+    if reply.new_types is not None:
+        _check_new_types(reply.new_types, expected)
     return Accepted(reply)
+
+
+def _check_new_types(new_types: NewTypePrototypes, expected: Expected) -> None:
+    """Raise unless the prototypes fit this round's bundle: its id, a model with prototypes, new names only."""
+    if new_types.bundle_id != expected.bundle_id:
+        _refuse(f"new-type prototypes were made against bundle {shown(new_types.bundle_id)}, not {expected.bundle_id}")
+    shape = expected.reference_shapes.get(PROTOTYPES_TENSOR)
+    if shape is None or len(shape) != 2:
+        _refuse("the lab sent new-type prototypes, but this bundle's model has no prototypes (only scPoli's has)")
+    arrays, meta = new_types.to_arrays()
+    NewTypePrototypes.from_arrays(
+        arrays, meta, n_latent=shape[1], known_types=[*expected.label_categories, UNKNOWN_LABEL]
+    )
 
 
 def _check_adapter(adapter: Adapter, expected: Expected, lab: str) -> None:

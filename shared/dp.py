@@ -45,6 +45,21 @@ class PrivacySpend:
 NO_NOISE = PrivacySpend("none", 0.0, 0.0, "none", 0.0, 0.0)
 
 
+def combined(*spends: PrivacySpend) -> PrivacySpend:
+    """Basic composition of several spends into one (ε and δ add up)."""
+    used = [s for s in spends if s.mechanism != "none"]
+    if not used:
+        return NO_NOISE
+    return PrivacySpend(
+        mechanism="+".join(s.mechanism for s in used),
+        epsilon=sum(s.epsilon for s in used),
+        delta=sum(s.delta for s in used),
+        unit="+".join(dict.fromkeys(s.unit for s in used if s.unit != "none")) or "none",
+        scale=max(s.scale for s in used),
+        sensitivity=max(s.sensitivity for s in used),
+    )
+
+
 def warm_up() -> None:
     """Import OpenDP now (about 1.5 s) rather than at a process's first release."""
     _opendp()
@@ -150,6 +165,13 @@ def release_adapter(values: np.ndarray, policy: AdapterPolicy) -> tuple[np.ndarr
     return np.asarray(gaussian(clipped.tolist()), dtype=np.float64), spend
 
 
+def sums_spend(*, clip_norm: float, noise_multiplier: float, delta: float, bound: int = 1) -> PrivacySpend:
+    """The (ε, δ) of :func:`release_sums` under these settings, computed without drawing noise."""
+    if clip_norm <= 0 or noise_multiplier <= 0:
+        return NO_NOISE
+    return _sums_measurement(clip_norm, noise_multiplier, delta, bound)[1]
+
+
 def release_sums(sums: np.ndarray, *, clip_norm: float, noise_multiplier: float, delta: float, bound: int = 1
                  ) -> tuple[np.ndarray, PrivacySpend]:  # fmt: skip
     """Gaussian noise of sd ``noise_multiplier · clip_norm · bound`` on sums of latents clipped to ``clip_norm``.
@@ -161,6 +183,11 @@ def release_sums(sums: np.ndarray, *, clip_norm: float, noise_multiplier: float,
     sums = np.asarray(sums, dtype=np.float64)
     if clip_norm <= 0 or noise_multiplier <= 0:
         return sums.copy(), NO_NOISE
+    gaussian, spend = _sums_measurement(clip_norm, noise_multiplier, delta, bound)
+    return np.asarray(gaussian(sums.ravel().tolist()), dtype=np.float64).reshape(sums.shape), spend
+
+
+def _sums_measurement(clip_norm: float, noise_multiplier: float, delta: float, bound: int) -> tuple[Any, PrivacySpend]:
     dp = _opendp()
     d_in = 2.0 * clip_norm * bound
     scale = noise_multiplier * d_in / 2.0
@@ -168,5 +195,4 @@ def release_sums(sums: np.ndarray, *, clip_norm: float, noise_multiplier: float,
     gaussian = dp.m.make_gaussian(domain, dp.l2_distance(T=float), scale=scale)
     measurement = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(gaussian), delta=delta)
     epsilon, spent_delta = (float(v) for v in measurement.map(d_in))
-    noisy = np.asarray(gaussian(sums.ravel().tolist()), dtype=np.float64).reshape(sums.shape)
-    return noisy, PrivacySpend("gaussian", epsilon, spent_delta, "cell" if bound == 1 else "donor", scale, d_in)
+    return gaussian, PrivacySpend("gaussian", epsilon, spent_delta, "cell" if bound == 1 else "donor", scale, d_in)

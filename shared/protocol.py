@@ -7,9 +7,10 @@ Coordinator → lab, message type :data:`MAP` (``train.map``)
 
 Lab → coordinator, reply to :data:`MAP`
     :class:`MapReply`: :class:`LabInfo` (record :data:`LAB`), timings (:data:`TIMINGS`), the adapter
-    (:data:`ADAPTER` and :data:`ADAPTER_META`) unless the lab's policy keeps it in, and label
+    (:data:`ADAPTER` and :data:`ADAPTER_META`) unless the lab's policy keeps it in, label
     statistics (:data:`LABEL_STATS`) exactly when the lab releases composition as
-    :attr:`Composition.PLAIN`.
+    :attr:`Composition.PLAIN`, and prototypes of cell types the atlas lacks (:data:`NEW_TYPES` and
+    :data:`NEW_TYPES_META`) when the lab's policy releases them (scPoli atlases).
 
 Secure sum, message type :data:`SECURE_SUM` (``train``)
     Flower's SecAgg+ protocol in four stages adds up the labs' label-count vectors.
@@ -39,6 +40,7 @@ from fedarches.shared.adapters import Adapter
 from fedarches.shared.bundle_files import check_file_names
 from fedarches.shared.errors import AdapterError, BundleIntegrityError, BundleSizeError, PrivacyError, ProtocolError
 from fedarches.shared.labels import LabelStatistics
+from fedarches.shared.prototypes import NewTypePrototypes
 from fedarches.shared.wire import PlainContent, RecordRule, check_content, check_records, decode_array, peer_json, shown
 
 MAP = "train.map"
@@ -51,6 +53,8 @@ BUNDLE = "fedarches.bundle"
 ADAPTER = "fedarches.adapter"
 ADAPTER_META = "fedarches.adapter-meta"
 LABEL_STATS = "fedarches.label-stats"
+NEW_TYPES = "fedarches.new-types"
+NEW_TYPES_META = "fedarches.new-types-meta"
 LAB = "fedarches.lab"
 TIMINGS = "fedarches.timings"
 SECAGG_RECORD = RECORD_KEY_CONFIGS  # "secaggplus_configs"
@@ -242,6 +246,8 @@ TIMING_KEYS = (
     "handler_s",
 )
 ADAPTER_META_KEYS = ("format", "bundle-id", "batch-categories", "slices")
+NEW_TYPES_META_KEYS = ("format", "bundle-id", "names")
+NEW_TYPES_ARRAYS = ("sums", "counts")
 
 
 @dataclass(frozen=True)
@@ -259,12 +265,16 @@ class MapReply:
     label_statistics
         Suppressed (optionally noised) label statistics; present exactly when
         ``lab.composition`` is :attr:`Composition.PLAIN`.
+    new_types
+        Sums and counts of the lab's cells of types the atlas lacks (its prototypes); None unless
+        the lab's policy releases them.
     """
 
     lab: LabInfo
     timings: Mapping[str, float]
     adapter: Adapter | None = None
     label_statistics: LabelStatistics | None = None
+    new_types: NewTypePrototypes | None = None
 
     RECORDS: ClassVar[dict[str, RecordRule]] = {
         LAB: RecordRule("config", frozenset(_wire(f.name) for f in fields(LabInfo))),
@@ -272,6 +282,8 @@ class MapReply:
         ADAPTER: RecordRule("array", None),
         ADAPTER_META: RecordRule("config", frozenset(ADAPTER_META_KEYS)),
         LABEL_STATS: RecordRule("config", frozenset({"json"})),
+        NEW_TYPES: RecordRule("array", frozenset(NEW_TYPES_ARRAYS)),
+        NEW_TYPES_META: RecordRule("config", frozenset(NEW_TYPES_META_KEYS)),
     }
 
     def to_content(self) -> RecordDict:
@@ -292,6 +304,14 @@ class MapReply:
             )
         if self.label_statistics is not None:
             content[LABEL_STATS] = ConfigRecord({"json": json.dumps(self.label_statistics.to_dict(), sort_keys=True)})
+        if self.new_types is not None:
+            arrays, meta = self.new_types.to_arrays()
+            content[NEW_TYPES] = ArrayRecord(
+                array_dict={name: Array(np.ascontiguousarray(v)) for name, v in arrays.items()}
+            )
+            content[NEW_TYPES_META] = ConfigRecord(
+                {"format": meta["format"], "bundle-id": meta["bundle_id"], "names": json.dumps(meta["names"])}
+            )
         return content
 
     @classmethod
@@ -329,7 +349,12 @@ class MapReply:
         elif LABEL_STATS in reply.configs:
             msg = f"lab says it releases composition as {str(lab.composition)!r} but sent per-lab statistics"
             raise ProtocolError(msg)
-        return cls(lab, _timings(reply.metrics.get(TIMINGS, {})), adapter, stats)
+        has_types, has_types_meta = NEW_TYPES in reply.arrays, NEW_TYPES_META in reply.configs
+        if has_types != has_types_meta:
+            msg = f"reply carries {NEW_TYPES if has_types else NEW_TYPES_META} without its counterpart"
+            raise ProtocolError(msg)
+        new_types = _new_types(reply.arrays[NEW_TYPES], reply.configs[NEW_TYPES_META]) if has_types else None
+        return cls(lab, _timings(reply.metrics.get(TIMINGS, {})), adapter, stats, new_types)
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe summary for a report: adapter shapes (no values), statistics, timings, lab info."""
@@ -347,6 +372,7 @@ class MapReply:
                 "bytes": self.adapter.nbytes,
             },
             "label_statistics": None if self.label_statistics is None else self.label_statistics.to_dict(),
+            "new_types": None if self.new_types is None else _type_counts(self.new_types),
         }
 
 
@@ -376,6 +402,24 @@ def _adapter(arrays: Any, meta: Any) -> Adapter:
             "slices": slices,
         },
     )
+
+
+def _type_counts(new_types: NewTypePrototypes) -> dict[str, float]:
+    return {name: round(float(n), 1) for name, n in zip(new_types.names, new_types.counts, strict=True)}
+
+
+def _new_types(arrays: Any, meta: Any) -> NewTypePrototypes:
+    """:class:`NewTypePrototypes` from its arrays and the plain values of its :data:`NEW_TYPES_META` record."""
+    if not isinstance(meta, Mapping) or set(meta) != set(NEW_TYPES_META_KEYS):
+        msg = f"new-type metadata must hold exactly {sorted(NEW_TYPES_META_KEYS)}"
+        raise AdapterError(msg)
+    try:
+        names = peer_json(meta["names"], "new-type names")
+    except ValueError as err:
+        msg = f"new-type metadata is malformed ({err})"
+        raise AdapterError(msg) from err
+    values = {"format": meta["format"], "bundle_id": meta["bundle-id"], "names": names}
+    return NewTypePrototypes.from_arrays(arrays, values)
 
 
 def decode_label_statistics(record: Mapping[str, Any]) -> LabelStatistics:

@@ -24,9 +24,11 @@ from fedarches.shared.errors import AdapterError
 from fedarches.shared.policy import DPPolicy, PrototypePolicy
 
 PROTOTYPES_FORMAT = "fedarches.new-type-prototypes"
+PROTOTYPES_TENSOR = "prototypes"  # the state-dict entry where a prototype model keeps them (types x latent)
 MAX_NAME_CHARS = 100
 MAX_TYPES = 1_000
 MAX_ABS_SUM = 1e12
+MAX_LATENT = 10_000
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,25 @@ class NewTypePrototypes:
         """The contributed prototypes, ``sums / counts``."""
         return self.sums / self.counts[:, None]
 
+    def to_json(self) -> dict[str, Any]:
+        """The contribution as JSON values (what the lab's ledger records)."""
+        return {
+            "bundle_id": self.bundle_id,
+            "names": list(self.names),
+            "sums": self.sums.tolist(),
+            "counts": self.counts.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NewTypePrototypes:
+        """The contribution :meth:`to_json` wrote."""
+        return cls(
+            str(data["bundle_id"]),
+            tuple(data["names"]),
+            np.asarray(data["sums"], dtype=np.float64),
+            np.asarray(data["counts"], dtype=np.float64),
+        )
+
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Plain arrays and JSON-safe metadata (the form that travels in a Flower record)."""
         meta = {"format": PROTOTYPES_FORMAT, "bundle_id": self.bundle_id, "names": list(self.names)}
@@ -50,9 +71,17 @@ class NewTypePrototypes:
 
     @classmethod
     def from_arrays(
-        cls, arrays: Mapping[str, Any], meta: Mapping[str, Any], *, n_latent: int, known_types: Sequence[str]
+        cls,
+        arrays: Mapping[str, Any],
+        meta: Mapping[str, Any],
+        *,
+        n_latent: int | None = None,
+        known_types: Sequence[str] = (),
     ) -> NewTypePrototypes:
-        """Validate a contribution that arrived from a lab; :class:`AdapterError` names what is wrong."""
+        """Validate a contribution that arrived from a lab; :class:`AdapterError` names what is wrong.
+
+        ``n_latent`` (the atlas's latent size) and ``known_types`` (its cell types) are checked when given.
+        """
         try:
             return cls._validated(arrays, meta, n_latent=n_latent, known_types=set(known_types))
         except AdapterError:
@@ -63,7 +92,7 @@ class NewTypePrototypes:
 
     @classmethod
     def _validated(
-        cls, arrays: Mapping[str, Any], meta: Mapping[str, Any], *, n_latent: int, known_types: set[str]
+        cls, arrays: Mapping[str, Any], meta: Mapping[str, Any], *, n_latent: int | None, known_types: set[str]
     ) -> NewTypePrototypes:
         if not isinstance(meta, Mapping) or meta.get("format") != PROTOTYPES_FORMAT:
             msg = "new-type prototypes lack their format tag"
@@ -86,8 +115,9 @@ class NewTypePrototypes:
         if sums.dtype.kind != "f" or counts.dtype.kind != "f":
             msg = "new-type prototype sums and counts must be floating-point"
             raise AdapterError(msg)
-        if sums.shape != (len(names), n_latent) or counts.shape != (len(names),):
-            expected = (len(names), n_latent)
+        width = n_latent if n_latent is not None else (sums.shape[1] if sums.ndim == 2 else -1)
+        if sums.shape != (len(names), width) or counts.shape != (len(names),) or not 0 < width <= MAX_LATENT:
+            expected = (len(names), n_latent or "n_latent")
             msg = f"new-type prototypes have shapes {sums.shape} and {counts.shape}, expected {expected}"
             raise AdapterError(msg)
         if not (np.isfinite(sums).all() and np.isfinite(counts).all()) or np.abs(sums).max() > MAX_ABS_SUM:
@@ -101,6 +131,31 @@ class NewTypePrototypes:
             msg = "new-type prototypes do not name their bundle"
             raise AdapterError(msg)
         return cls(bundle_id, tuple(names), sums.astype(np.float64), counts.astype(np.float64))
+
+
+def qualifying_types(labels: Sequence[Any], known_types: Sequence[str], min_cells: int) -> list[str]:
+    """The new types (labels not in ``known_types``) with at least ``min_cells`` cells: what a release would hold."""
+    values = [str(v) for v in labels if not _missing(v)]
+    known = set(known_types)
+    sizes: dict[str, int] = {}
+    for value in values:
+        if value not in known:
+            sizes[value] = sizes.get(value, 0) + 1
+    return sorted(name for name, size in sizes.items() if size >= min_cells)
+
+
+def expected_spend(
+    labels: Sequence[Any], known_types: Sequence[str], policy: PrototypePolicy, count_policy: DPPolicy
+) -> dp.PrivacySpend:
+    """What :func:`contribute` will spend (sums and counts), known before any noise is drawn."""
+    if not policy.release or not qualifying_types(labels, known_types, policy.min_cells):
+        return dp.NO_NOISE
+    sums = dp.sums_spend(
+        clip_norm=policy.clip_norm, noise_multiplier=policy.noise_multiplier, delta=policy.delta,
+        bound=count_policy.contribution_bound,
+    )  # fmt: skip
+    counts = dp.count_measurement(count_policy)[2] if count_policy.enabled else dp.NO_NOISE
+    return dp.combined(sums, counts)
 
 
 def contribute(
@@ -133,10 +188,12 @@ def contribute(
     sums = np.stack([latent[labels == name].sum(axis=0) for name in released])
     counts = np.array([sizes[name] for name in released], dtype=np.int64)
     sums, sum_spend = dp.release_sums(
-        sums, clip_norm=policy.clip_norm, noise_multiplier=policy.noise_multiplier, delta=policy.delta
-    )
+        sums, clip_norm=policy.clip_norm, noise_multiplier=policy.noise_multiplier, delta=policy.delta,
+        bound=count_policy.contribution_bound,
+    )  # fmt: skip
     noisy_counts, count_spend = dp.release_counts(counts, count_policy)
     report["spend"] = {"sums": sum_spend.to_dict(), "counts": count_spend.to_dict()}
+    report["total_spend"] = dp.combined(sum_spend, count_spend)
     noisy_counts = np.maximum(noisy_counts.astype(np.float64), 1.0)  # a count below one cell carries no prototype
     return NewTypePrototypes(bundle_id, tuple(released), sums, noisy_counts), report
 

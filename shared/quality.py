@@ -98,6 +98,27 @@ class ReferenceSummary:
                 info=meta.get("info") or {},
             )
 
+    def with_types(self, names: list[str], means: np.ndarray) -> ReferenceSummary:
+        """The summary with Gaussians for types learned later from their prototypes alone (no cells).
+
+        Each new Gaussian is centred on its prototype with the reference types' average covariance:
+        a lab releases only a mean. Distances, scores and the Unknown call then treat the new types
+        like the reference's own; the threshold and temperature stay the reference's.
+        """
+        covariance = np.mean([np.linalg.inv(p) for p in np.asarray(self.precisions, dtype=np.float64)], axis=0)
+        precision = np.linalg.inv(covariance)
+        info = {**(self.info or {}), "learned_types": [*((self.info or {}).get("learned_types", [])), *names]}
+        return ReferenceSummary(
+            labels=(*self.labels, *names),
+            means=np.vstack([self.means, np.asarray(means, dtype=self.means.dtype)]),
+            precisions=np.concatenate([self.precisions, np.repeat(precision[None], len(names), axis=0)]),
+            distance_quantiles=self.distance_quantiles,
+            distance_threshold=self.distance_threshold,
+            temperature=self.temperature,
+            confidence_threshold=self.confidence_threshold,
+            info=info,
+        )
+
     def distances(self, latent: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of ``latent`` to its nearest reference type."""
         return min_mahalanobis(latent, self.means, self.precisions)

@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch (and BLAS) threads")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--quick", action="store_true", help="3 epochs (2 pretraining) each: a smoke run")
+    parser.add_argument(
+        "--epochs", type=int, default=FULL_EPOCHS[0], help="epochs of reference and query (80 %% of them pretraining)"
+    )
     return parser.parse_args(argv)
 
 
@@ -468,7 +471,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     from scarches.models.scpoli import scPoli
 
-    n_epochs, pretraining_epochs = QUICK_EPOCHS if args.quick else FULL_EPOCHS
+    n_epochs, pretraining_epochs = QUICK_EPOCHS if args.quick else (args.epochs, round(0.8 * args.epochs))
     hold_out = _split_list(args.hold_out)
     reference, query, genes = load_data(args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -513,12 +516,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         writer.writerow(["obs_name", "true_label", "predicted_label", "uncertainty"])
         for name, t, p, u in zip(query.obs_names, true, pred, uncert, strict=True):
             writer.writerow([name, t, p, f"{u:.6g}"])
+    # the labelled prototypes, in the model's cell-type order, so a caller can also classify the latent means
+    prototypes = np.asarray(query_model.prototypes_labeled_["mean"].detach().cpu().numpy(), dtype=np.float32)
+    encoder = {name: code for name, code in query_model.model.cell_type_encoder.items() if code >= 0}
+    prototype_names = [name for name, _ in sorted(encoder.items(), key=lambda item: item[1])][: len(prototypes)]
     np.savez(
         args.out / "latent.npz",
         query_latent=query_latent,
         query_obs_names=np.asarray(query.obs_names, dtype=str),
         reference_latent=reference_latent,
         reference_obs_names=np.asarray(reference.obs_names, dtype=str),
+        prototypes=prototypes,
+        prototype_names=np.asarray(prototype_names, dtype=str),
     )
 
     result = {

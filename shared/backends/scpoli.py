@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from fedarches.shared.backends.base import LABELS_KEY, ModelBackend, ReferenceTraining
+from fedarches.shared.prototypes import PROTOTYPES_TENSOR
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -90,7 +91,8 @@ class SCPOLIBackend(ModelBackend):
         field["state_registry"]["categorical_mapping"] = np.asarray(grown, dtype=object)
         field["summary_stats"]["n_labels"] = len(mapping) + len(names)
         state = saved["model_state_dict"]
-        rows = torch.as_tensor(np.stack([prototypes[n] for n in names]), dtype=state["prototypes"].dtype)
-        state["prototypes"] = torch.cat([state["prototypes"][:at], rows, state["prototypes"][at:]])
+        held = state[PROTOTYPES_TENSOR]
+        rows = torch.as_tensor(np.stack([prototypes[n] for n in names]), dtype=held.dtype)
+        state[PROTOTYPES_TENSOR] = torch.cat([held[:at], rows, held[at:]])
         present = state["prototype_set"]
         state["prototype_set"] = torch.cat([present[:at], torch.ones(len(names), dtype=torch.bool), present[at:]])

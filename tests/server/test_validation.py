@@ -543,3 +543,53 @@ def test_a_real_labs_reply_is_accepted_against_the_real_surgery_probe(demo_bundl
     verdict = validate_reply(PlainContent.from_content(content), expected, lab=LAB)
     assert isinstance(verdict, Accepted), verdict
     assert verdict.reply.adapter is not None and verdict.reply.adapter.batch_categories == ("lab_a/s1", "lab_a/s2")
+
+
+# ---- new-type prototypes (scPoli atlases) --------------------------------------------------------------
+PROTOTYPE_EXPECTED = replace(EXPECTED, reference_shapes={**REFERENCE, "prototypes": (4, 3)})
+
+
+def _with_new_types(names: list[str], sums: np.ndarray, counts: np.ndarray, bundle_id: str = BUNDLE_ID) -> Any:
+    from fedarches.shared.prototypes import NewTypePrototypes
+
+    info = protocol.LabInfo(LAB, "0.1.0", 3, protocol.Composition.PLAIN)
+    new_types = NewTypePrototypes(bundle_id, tuple(names), sums, counts)
+    reply = protocol.MapReply(info, {"train_s": 1.0}, make_adapter(), make_stats(), new_types)
+    return PlainContent.from_content(reply.to_content())
+
+
+def test_new_type_prototypes_are_accepted_against_a_prototype_bundle() -> None:
+    verdict = validate_reply(_with_new_types(["DC"], np.ones((1, 3)), np.array([30.0])), PROTOTYPE_EXPECTED, lab=LAB)
+    assert isinstance(verdict, Accepted), verdict
+    assert verdict.reply.new_types.names == ("DC",)
+    assert verdict.reply.summary()["new_types"] == {"DC": 30.0}
+
+
+@pytest.mark.parametrize(
+    ("names", "sums", "counts", "bundle_id", "expected", "reason"),
+    [
+        (["DC"], np.ones((1, 3)), np.array([30.0]), BUNDLE_ID, EXPECTED, "has no prototypes"),
+        (["DC"], np.ones((1, 3)), np.array([30.0]), "fedcba9876543210", PROTOTYPE_EXPECTED, "against bundle"),
+        (["NK"], np.ones((1, 3)), np.array([30.0]), BUNDLE_ID, PROTOTYPE_EXPECTED, "already has"),
+        (["Unknown"], np.ones((1, 3)), np.array([30.0]), BUNDLE_ID, PROTOTYPE_EXPECTED, "already has"),
+        (["DC"], np.ones((1, 5)), np.array([30.0]), BUNDLE_ID, PROTOTYPE_EXPECTED, "shapes"),
+        (["DC"], np.full((1, 3), np.inf), np.array([30.0]), BUNDLE_ID, PROTOTYPE_EXPECTED, "not finite"),
+        (["DC"], np.ones((1, 3)), np.array([0.0]), BUNDLE_ID, PROTOTYPE_EXPECTED, "fewer than one"),
+    ],
+)
+def test_bad_new_type_prototypes_reject_the_reply_with_a_reason(names, sums, counts, bundle_id, expected, reason):
+    verdict = validate_reply(_with_new_types(names, sums, counts, bundle_id), expected, lab=LAB)
+    assert isinstance(verdict, Rejected) and reason in verdict.reason, verdict
+
+
+def test_new_type_records_must_come_together_and_hold_only_sums_and_counts() -> None:
+    plain = _with_new_types(["DC"], np.ones((1, 3)), np.array([30.0]))
+    lone = copy.deepcopy(plain)
+    del lone.configs[protocol.NEW_TYPES_META]
+    assert "without its counterpart" in validate_reply(lone, PROTOTYPE_EXPECTED, lab=LAB).reason
+    extra = copy.deepcopy(plain)
+    extra.arrays[protocol.NEW_TYPES]["cells"] = np.ones((64, 3))
+    assert isinstance(validate_reply(extra, PROTOTYPE_EXPECTED, lab=LAB), Rejected)
+    names = copy.deepcopy(plain)
+    names.configs[protocol.NEW_TYPES_META]["names"] = "not json ["
+    assert "malformed" in validate_reply(names, PROTOTYPE_EXPECTED, lab=LAB).reason

@@ -197,6 +197,7 @@ def _original(
         "--seed", str(seed), "--threads", str(THREADS), "--out", str(out), "--epochs", str(epochs),
         *(["--quick"] if quick else []),
     ]  # fmt: skip
+    command += ["--save-reference", str(out / "reference-model")]
     subprocess.run(command, check=True, capture_output=True, text=True)
     result = json.loads((out / "result.json").read_text())
     cells = pd.read_csv(out / "query_cells.csv")
@@ -220,7 +221,34 @@ def _original(
     distances = np.linalg.norm(latent["query_latent"][:, None, :] - latent["prototypes"][None], axis=2)
     by_means = latent["prototype_names"].astype(str)[distances.argmin(axis=1)]
     mean_row = {**row, "method": "scArches 0.6.1 scPoli, latent means", **_scores(truth, by_means)}
-    return [row, mean_row]
+    return [row, mean_row, _imported(out / "reference-model", reference, lab, seed, epochs, out / "imported")]
+
+
+def _imported(saved: Path, reference: Any, lab: Any, seed: int, epochs: int, work: Path) -> dict[str, Any]:
+    """Import scArches' trained reference into a signed bundle (import-reference), then map with fedarches."""
+    from fedarches.server.reference import import_reference
+    from fedarches.shared.bundle import ReferenceBundle, write_bundle
+    from fedarches.shared.crypto import generate_signing_keys, load_private_key
+
+    contents = import_reference(saved, reference_adata=reference)
+    private, public = generate_signing_keys(work / "keys", overwrite=True)
+    written = write_bundle(work / "bundle", contents, load_private_key(private), overwrite=True)
+    bundle = ReferenceBundle.open(written, public)
+    result, annotated = _map(lab, bundle, "lab", seed, epochs)
+    truth = lab.obs["cell_type"].to_numpy()
+    joint = np.vstack([_reference_latent(bundle, reference), annotated.obsm["X_scPoli"]])
+    row = {
+        "method": "scArches-trained reference, imported; fedarches surgery", "epochs": epochs, "seed": seed,
+        **_scores(truth, annotated.obs["predicted_cell_type"].astype(str).to_numpy()),
+        **_integration(
+            joint, np.r_[reference.obs["cell_type"], truth], np.r_[reference.obs["batch"], lab.obs["batch"]]
+        ),
+        "build_s": None, "surgery_s": result.timings["train_s"], "adapter_bytes": result.adapter.nbytes,
+        "reference_values_changed": 0, "unknown_share": float(annotated.obs["is_unknown"].mean()),
+        "n_genes": len(bundle.var_names),
+    }  # fmt: skip
+    log(f"imported scArches reference seed {seed}: {row}")
+    return row
 
 
 # ---- new cell types ----------------------------------------------------------------------------------

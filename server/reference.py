@@ -192,8 +192,16 @@ def import_reference(
     labs get predictions and latents but no ``X_ref_umap``. ``labels_key`` names the reference
     data's cell-type column for models that register no labels (totalVI); others read theirs
     from the model's registry.
+
+    A directory written by the scArches package's scPoli ``model.save()`` (``attr.pkl``,
+    ``model_params.pt``, ``var_names.csv``) becomes an ``scpoli`` bundle: its files are read
+    without running pickled code (:mod:`fedarches.shared.models.scpoli`).
     """
     options = options or ReferenceOptions()
+    from fedarches.shared.models.scpoli import is_scarches_save
+
+    if is_scarches_save(model_dir):
+        return _import_scarches(Path(model_dir), reference_adata, gene_symbols_key, options)
     model_file = Path(model_dir) / "model.pt"
     if not model_file.is_file():
         msg = f"{model_dir} has no model.pt: not a directory written by scvi-tools' model.save()"
@@ -217,6 +225,34 @@ def import_reference(
         model = model_cls.load(safe_dir, adata=adata)
     with scoped_seed(options.seed):
         return _contents_from_model(backend, model, adata, symbols=symbols, options=options, labels_key=labels_key)
+
+
+def _import_scarches(
+    model_dir: Path, reference_adata: AnnData | MuData | None, gene_symbols_key: str | None, options: ReferenceOptions
+) -> BundleContents:
+    """Bundle contents of an scArches scPoli save, as fedarches' ``SCPOLI`` (same weights, same latent)."""
+    from fedarches.shared.models.scpoli import read_scarches_scpoli, scarches_to_model
+
+    backend = get_backend("scpoli")
+    saved = read_scarches_scpoli(model_dir)
+    log.info(
+        "scArches scPoli model: %d genes, %d conditions (%s), %d cell types (%s)",
+        len(saved.genes), len(saved.conditions), saved.condition_key, len(saved.cell_types), saved.cell_type_key,
+    )  # fmt: skip
+    adata = None
+    if reference_adata is not None:
+        adata = backend.reference_data(reference_adata, saved.condition_key, saved.cell_type_key)
+    model, adata = scarches_to_model(saved, adata)
+    if reference_adata is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save(tmp, overwrite=True, save_anndata=False)
+            model_dict = load_model_dict((Path(tmp) / "model.pt").read_bytes(), source="the converted scPoli model")
+        return _contents(backend, model_dict, symbols=None, embedding=None)
+    symbols = _gene_symbols(adata, gene_symbols_key)
+    with scoped_seed(options.seed):
+        return _contents_from_model(
+            backend, model, adata, symbols=symbols, options=options, labels_key=saved.cell_type_key
+        )
 
 
 def _contents_from_model(

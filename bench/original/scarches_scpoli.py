@@ -70,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch (and BLAS) threads")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--quick", action="store_true", help="3 epochs (2 pretraining) each: a smoke run")
+    parser.add_argument("--save-reference", type=Path, default=None, help="also save the reference model here")
     parser.add_argument(
         "--epochs", type=int, default=FULL_EPOCHS[0], help="epochs of reference and query (80 %% of them pretraining)"
     )
@@ -489,6 +490,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reference_model = scPoli(adata=reference, **reference_init)
     reference_model.train(**reference_train)
     reference_seconds = time.perf_counter() - start
+    if args.save_reference is not None:  # scArches' own model.save(): attr.pkl, model_params.pt, var_names.csv
+        reference_model.save(str(args.save_reference), overwrite=True)
     reference_state = state_dict_snapshot(reference_model.model)
     reference_params = count_parameters(reference_model.model)
     reference_description = describe_model(reference_model)

@@ -286,11 +286,27 @@ class SCPOLI(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         for code in np.unique(labelled_codes):
             prototypes[code] = torch.as_tensor(latent[labelled_codes == code].mean(axis=0))
             present[code] = True
-        offsets = latent - prototypes.numpy()[labelled_codes]
-        variance = float(np.mean(np.square(offsets)))  # pooled over cells and dimensions
         self.module.prototypes.copy_(prototypes)
         self.module.prototype_set.copy_(present)
-        self.module.prototype_variance.fill_(max(variance, 1e-12))
+        self._set_prototype_variance(labelled, latent, batch_size)
+
+    def _set_prototype_variance(
+        self, labelled: np.ndarray | None = None, latent: np.ndarray | None = None, batch_size: int = 128
+    ) -> None:
+        """``prototype_variance`` := the mean squared offset of labelled cells' latent means from their prototype.
+
+        Pooled over cells and dimensions; ``labelled`` (default: every labelled cell of a type with a
+        prototype) and their ``latent`` means when already computed.
+        """
+        codes = np.asarray(self.get_from_registry(self.adata, REGISTRY_KEYS.LABELS_KEY)).ravel().astype(int)
+        if labelled is None:
+            labelled = np.flatnonzero(self.module.prototype_set.cpu().numpy()[codes])
+        if len(labelled) == 0:
+            return
+        if latent is None:
+            latent = self._latent_means(labelled, batch_size)
+        offsets = latent - self.module.prototypes.cpu().numpy()[codes[labelled]]
+        self.module.prototype_variance.fill_(max(float(np.mean(np.square(offsets))), 1e-12))
 
     def _latent_means(self, indices: np.ndarray, batch_size: int) -> np.ndarray:
         """Posterior means of ``indices`` in evaluation mode, whatever the module's mode was."""

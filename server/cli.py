@@ -110,7 +110,11 @@ def build_reference_command(
 @app.command("import-reference")
 def import_reference_command(
     model_dir: Annotated[
-        Path, typer.Argument(help="Directory written by scvi-tools' model.save() (any class `backends` lists).")
+        Path,
+        typer.Argument(
+            help="Directory written by scvi-tools' model.save() (any class `backends` lists), "
+            "or by the scArches package's scPoli model.save() (read without running its pickle)."
+        ),
     ],
     signing_key: SigningKey,
     out: Out,
@@ -126,7 +130,7 @@ def import_reference_command(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Wrap an existing scvi-tools model into a signed reference bundle, offline."""
+    """Wrap an existing scvi-tools (or scArches scPoli) model into a signed reference bundle, offline."""
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
         from fedarches.server import import_bundle
@@ -159,13 +163,13 @@ def backends_command() -> None:
     """List the model families a reference can use, with what each needs and predicts."""
     from rich.table import Table
 
-    table = Table("--model", "scvi-tools class", "latent key", "cell types", "inputs")
+    table = Table("--model", "model class", "latent key", "cell types", "inputs")
     for name, backend in BACKENDS.items():
         table.add_row(
             name,
             f"{backend.module_path}.{backend.model_class}",
             backend.latent_key,
-            "classifier" if backend.has_classifier else "kNN on the reference",
+            backend.cell_type_call,
             " + ".join(backend.modalities),
         )
     console.print(table)

@@ -153,9 +153,7 @@ class AdapterPolicy(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> AdapterPolicy:
-        if self.noise_multiplier > 0 and self.clip_norm <= 0:
-            msg = "adapters.noise_multiplier needs adapters.clip_norm > 0 (noise is calibrated to the clip)"
-            raise ValueError(msg)
+        _noise_needs_clip("adapters", self.clip_norm, self.noise_multiplier)
         return self
 
 
@@ -175,10 +173,15 @@ class PrototypePolicy(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> PrototypePolicy:
-        if self.noise_multiplier > 0 and self.clip_norm <= 0:
-            msg = "prototypes.noise_multiplier needs prototypes.clip_norm > 0 (noise is calibrated to the clip)"
-            raise ValueError(msg)
+        _noise_needs_clip("prototypes", self.clip_norm, self.noise_multiplier)
         return self
+
+
+def _noise_needs_clip(section: str, clip_norm: float, noise_multiplier: float) -> None:
+    """Gaussian noise is calibrated to the clip: noise without one is refused."""
+    if noise_multiplier > 0 and clip_norm <= 0:
+        msg = f"{section}.noise_multiplier needs {section}.clip_norm > 0 (noise is calibrated to the clip)"
+        raise ValueError(msg)
 
 
 class PrivacyPolicy(_Section):

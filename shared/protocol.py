@@ -385,14 +385,7 @@ def _adapter(arrays: Any, meta: Any) -> Adapter:
     if not_arrays:
         msg = f"adapter tensor {shown(not_arrays[0])} is not an array"
         raise AdapterError(msg)
-    if not isinstance(meta, Mapping) or set(meta) != set(ADAPTER_META_KEYS):
-        msg = f"adapter metadata must hold exactly {sorted(ADAPTER_META_KEYS)}"
-        raise AdapterError(msg)
-    try:
-        slices = peer_json(meta["slices"], "adapter slices")
-    except ValueError as err:
-        msg = f"adapter metadata is malformed ({err})"
-        raise AdapterError(msg) from err
+    slices = _meta_json(meta, ADAPTER_META_KEYS, "slices", "adapter")
     return Adapter.from_arrays(
         arrays,
         {
@@ -410,16 +403,21 @@ def _type_counts(new_types: NewTypePrototypes) -> dict[str, float]:
 
 def _new_types(arrays: Any, meta: Any) -> NewTypePrototypes:
     """:class:`NewTypePrototypes` from its arrays and the plain values of its :data:`NEW_TYPES_META` record."""
-    if not isinstance(meta, Mapping) or set(meta) != set(NEW_TYPES_META_KEYS):
-        msg = f"new-type metadata must hold exactly {sorted(NEW_TYPES_META_KEYS)}"
-        raise AdapterError(msg)
-    try:
-        names = peer_json(meta["names"], "new-type names")
-    except ValueError as err:
-        msg = f"new-type metadata is malformed ({err})"
-        raise AdapterError(msg) from err
+    names = _meta_json(meta, NEW_TYPES_META_KEYS, "names", "new-type")
     values = {"format": meta["format"], "bundle_id": meta["bundle-id"], "names": names}
     return NewTypePrototypes.from_arrays(arrays, values)
+
+
+def _meta_json(meta: Any, keys: tuple[str, ...], field: str, what: str) -> Any:
+    """The JSON value of ``meta[field]`` in a metadata record that must hold exactly ``keys``."""
+    if not isinstance(meta, Mapping) or set(meta) != set(keys):
+        msg = f"{what} metadata must hold exactly {sorted(keys)}"
+        raise AdapterError(msg)
+    try:
+        return peer_json(meta[field], f"{what} {field}")
+    except ValueError as err:
+        msg = f"{what} metadata is malformed ({err})"
+        raise AdapterError(msg) from err
 
 
 def decode_label_statistics(record: Mapping[str, Any]) -> LabelStatistics:

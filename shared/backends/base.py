@@ -67,6 +67,8 @@ class ModelBackend:
     """``obsm`` key of the latent representation, as in scvi-tools' tutorials."""
     has_classifier: ClassVar[bool] = False
     """Predicts cell types itself (``model.predict``); otherwise kNN on the reference embedding."""
+    cell_type_call: ClassVar[str] = "kNN on the reference"
+    """How cell types are called, in words (``fedarches-server backends``)."""
     needs_labels: ClassVar[bool] = False
     """Training a reference needs a labels column."""
     modalities: ClassVar[tuple[str, ...]] = ("RNA",)

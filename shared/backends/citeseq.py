@@ -251,6 +251,7 @@ class TOTALANVIBackend(CITEseqBackend):
     model_class: ClassVar[str] = "TOTALANVI"
     module_path: ClassVar[str] = "scvi.external"
     has_classifier: ClassVar[bool] = True
+    cell_type_call: ClassVar[str] = "its classifier"
     needs_labels: ClassVar[bool] = True
 
     def train_reference(

@@ -27,6 +27,7 @@ class SCANVIBackend(ModelBackend):
     model_class: ClassVar[str] = "SCANVI"
     latent_key: ClassVar[str] = "X_scANVI"
     has_classifier: ClassVar[bool] = True
+    cell_type_call: ClassVar[str] = "its classifier"
     needs_labels: ClassVar[bool] = True
 
     def train_reference(

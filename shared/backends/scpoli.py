@@ -37,6 +37,7 @@ class SCPOLIBackend(ModelBackend):
     module_path: ClassVar[str] = "fedarches.shared.models.scpoli"
     latent_key: ClassVar[str] = "X_scPoli"
     has_classifier: ClassVar[bool] = True
+    cell_type_call: ClassVar[str] = "nearest prototype"
     needs_labels: ClassVar[bool] = True
     adapter_tensors: ClassVar[tuple[str, ...]] = (r"embedding\.weight", r"theta")
     surgery_epochs: ClassVar[int | None] = TUTORIAL_EPOCHS

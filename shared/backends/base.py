@@ -68,7 +68,7 @@ class ModelBackend:
     has_classifier: ClassVar[bool] = False
     """Predicts cell types itself (``model.predict``); otherwise kNN on the reference embedding."""
     cell_type_call: ClassVar[str] = "kNN on the reference"
-    """How cell types are called, in words (``fedarches-server backends``)."""
+    """How cell types are called, in words (the list of backends shows it)."""
     needs_labels: ClassVar[bool] = False
     """Training a reference needs a labels column."""
     modalities: ClassVar[tuple[str, ...]] = ("RNA",)

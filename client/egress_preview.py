@@ -70,7 +70,7 @@ def preview(
     from fedarches.client.mapping import map_query
     from fedarches.client.mods import EGRESS_LIMIT_BYTES
     from fedarches.client.options import MappingOptions
-    from fedarches.client.release import LabelledCells, Releaser
+    from fedarches.client.release import LabelledCells, Releaser, check_labels_key
     from fedarches.shared import protocol
     from fedarches.shared.bundle import ReferenceBundle
     from fedarches.shared.datafiles import query_obs, read_query
@@ -80,6 +80,7 @@ def preview(
     releaser = Releaser.for_lab(lab, run_id="preview", round_id="preview", preview=True)
     bundle = ReferenceBundle.open(bundle_dir, lab.trusted_key)
     adata = read_query(Path(data))
+    check_labels_key(query_obs(adata), labels_key)  # before any training
     options = MappingOptions(
         max_epochs=max_epochs,
         seed=seed,

@@ -71,9 +71,7 @@ class LabelledCells:
         from fedarches.shared.datafiles import query_obs
 
         obs = query_obs(adata)
-        if labels_key not in obs:
-            msg = f"the lab's data has no obs column {labels_key!r} (its --labels-key)"
-            raise ConfigError(msg, hint="name the obs column with the lab's cell-type labels, or leave it out")
+        check_labels_key(obs, labels_key)
         return cls(np.asarray(adata.obsm[result.latent_key]), obs[labels_key].to_numpy(), bundle)
 
     def kept(self, keep: np.ndarray | None) -> LabelledCells:
@@ -81,6 +79,13 @@ class LabelledCells:
         if keep is None:
             return self
         return LabelledCells(np.asarray(self.latent)[keep], np.asarray(self.labels)[keep], self.bundle)
+
+
+def check_labels_key(obs: pd.DataFrame, labels_key: str | None) -> None:
+    """Raise :class:`ConfigError` unless ``labels_key`` (when given) is a column of ``obs``."""
+    if labels_key is not None and labels_key not in obs:
+        msg = f"the lab's data has no obs column {labels_key!r} (its --labels-key); columns: {list(obs.columns)[:12]}"
+        raise ConfigError(msg, hint="name the obs column with the lab's cell-type labels, or leave it out")
 
 
 @dataclass(frozen=True)

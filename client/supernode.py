@@ -19,7 +19,7 @@ from fedarches.client.flower_supernode import DEFAULT_POLL_S
 from fedarches.client.lab import LabDir
 from fedarches.shared._io import write_toml
 from fedarches.shared._process import SUPERNODE_PID_FILE, flower_env, free_port, owning
-from fedarches.shared.errors import ConfigError, FederationError, UserInputError
+from fedarches.shared.errors import ConfigError, FederationError
 
 _EXIT_CODE = re.compile(r"Exit Code: (\d+)")
 # flower-supernode exit codes worth explaining (flwr.common.exit.ExitCode, 1.41).
@@ -108,6 +108,7 @@ def prepare_join(
     from fedarches.client.mods import EGRESS_LIMIT_BYTES, check_extra_mods
     from fedarches.client.outputs import MappingOutputs
     from fedarches.client.query import validate_query
+    from fedarches.client.release import check_labels_key
     from fedarches.shared.datafiles import query_obs, query_rna, query_suffix, read_query
     from fedarches.shared.policy import PrivacyPolicy
 
@@ -124,9 +125,7 @@ def prepare_join(
     batches, _, _ = validate_query(rna, batch_key=batch_key, layer=layer, batch_prefix=lab.name)
     obs = query_obs(adata)
     policy.dp.donors(obs, source=str(data))  # a donor-unit policy needs its column: refuse now
-    if labels_key is not None and labels_key not in obs:
-        msg = f"--labels-key {labels_key!r} is not an obs column of {data}; columns are {list(obs.columns)[:12]}"
-        raise UserInputError(msg, hint="name the column with your cell-type labels, or leave --labels-key out")
+    check_labels_key(obs, labels_key)
     held = lab.newest_bundle()
     if held is not None:  # the round checks again, against its own bundle and limit, before training
         check_adapter_fits(held, batches, EGRESS_LIMIT_BYTES)

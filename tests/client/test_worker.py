@@ -273,3 +273,18 @@ def test_a_second_join_for_the_same_lab_directory_is_refused(lab, serve, tmp_pat
     assert "one join per lab directory" in refused.value.hint
     checked = prepare_join(lab_dir.root, DEMO / "lab_a.h5ad", tmp_path / "out", worker=False)
     assert checked.n_cells == 210 and checked.settings.worker is False
+
+
+def test_join_checks_the_labels_column_before_connecting_and_passes_it_to_the_rounds(lab, tmp_path: Path) -> None:
+    from fedarches.client.lab_work import NodeSettings
+    from fedarches.client.supernode import prepare_join
+    from fedarches.shared.errors import ConfigError
+
+    lab_dir, _ = lab
+    with pytest.raises(ConfigError, match=r"no obs column 'celltype'.*'cell_type'"):
+        prepare_join(lab_dir.root, DEMO / "lab_a.h5ad", tmp_path / "out", worker=False, labels_key="celltype")
+    checked = prepare_join(lab_dir.root, DEMO / "lab_a.h5ad", tmp_path / "out", worker=False, labels_key="cell_type")
+    config = checked.settings.node_config()
+    assert config["labels-key"] == "cell_type"
+    assert NodeSettings.from_config(config).labels_key == "cell_type"
+    assert NodeSettings.from_config({**config, "labels-key": ""}).labels_key is None

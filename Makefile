@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test test-fast lint compare bench bench-unknown bench-backends scarches-env privacy-eval clean
+.PHONY: venv demo test test-fast lint compare bench bench-unknown bench-backends bench-scpoli scarches-env privacy-eval clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-unknown: $(STAMP)
 # every model backend on real data beside plain scvi-tools (6-10 min on 2 cores, 1 torch thread); regenerates docs/benchmarks_backends.md
 bench-backends: $(STAMP)
 	$(PY) scripts/bench_backends.py
+
+# scPoli on PBMC beside the scArches package (when `make scarches-env` has run) and new cell types learned from labs (about 10 min on 2 cores); regenerates docs/benchmarks_scpoli.md
+bench-scpoli: $(STAMP)
+	$(PY) -m fedarches.bench scpoli
 
 # the original scArches 0.6.1 for bench/original, in its own venv with the older versions it needs (requirements-scarches.lock); torch pinned on both lines so pip never swaps in a CUDA build
 scarches-env:

@@ -16,6 +16,7 @@ from fedarches.shared.backends.base import ModelBackend, ReferenceTraining
 from fedarches.shared.backends.citeseq import TOTALANVIBackend, TOTALVIBackend
 from fedarches.shared.backends.rna import SCANVIBackend, SCVIBackend
 from fedarches.shared.backends.scpoli import SCPOLIBackend
+from fedarches.shared.backends.trvae import TRVAEBackend
 from fedarches.shared.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ BACKENDS: dict[str, ModelBackend] = {
         TOTALVIBackend(),
         TOTALANVIBackend(),
         SCPOLIBackend(),
+        TRVAEBackend(),
     )
 }
 MODEL_CLASSES: dict[str, str] = {backend.model_class: name for name, backend in BACKENDS.items()}

@@ -31,6 +31,7 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, LayerField
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
+from fedarches.shared.models._surgery import FC_LAYER_OPTIONS, reference_batch_count, train_only_new_conditions
 from fedarches.shared.models.scpoli._module import ScPoliModule
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 UNLABELED_CATEGORY = "Unknown"
 REFERENCE_ETA, QUERY_ETA = 5.0, 10.0  # the tutorial's prototype-loss weights
 PRETRAINING_SHARE = 0.8  # the tutorial: 40 of 50 epochs without the prototype loss
-TRAINABLE_IN_SURGERY = ("embedding.weight", "theta")
+TRAINABLE_IN_SURGERY = {"embedding.weight": 0, "theta": 1}  # tensor -> its axis of conditions
 
 
 class SCPOLI(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
@@ -196,16 +197,10 @@ class SCPOLI(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         Only those train (gradient hooks zero the reference's rows and columns); every other value is
         frozen. Options of scvi-tools' ``load_query_data`` that freeze parts of FC layers do not apply.
         """
-        for option in ("unfrozen", "freeze_dropout", "freeze_expression", "freeze_decoder_first_layer",
-                       "freeze_batchnorm_encoder", "freeze_batchnorm_decoder", "freeze_classifier"):  # fmt: skip
-            kwargs.pop(option, None)
+        kwargs = {k: v for k, v in kwargs.items() if k not in FC_LAYER_OPTIONS}
         model = super().load_query_data(adata, reference_model, unfrozen=True, **kwargs)
-        n_reference = _reference_batch_count(reference_model)
-        model.n_reference_batches = n_reference
-        for name, parameter in model.module.named_parameters():
-            parameter.requires_grad = name in TRAINABLE_IN_SURGERY
-        model.module.embedding.weight.register_hook(_zero_leading(n_reference, axis=0))
-        model.module.theta.register_hook(_zero_leading(n_reference, axis=1))
+        model.n_reference_batches = reference_batch_count(reference_model)
+        train_only_new_conditions(model.module, TRAINABLE_IN_SURGERY, model.n_reference_batches)
         return model
 
     # ---- prototypes and label transfer ---------------------------------------------------------------
@@ -365,25 +360,3 @@ class _AdamGroups:
         groups = [{"params": embedding, "weight_decay": 0.0}, {"params": rest}]
         groups = [g for g in groups if g["params"]]
         return torch.optim.Adam(groups, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
-
-
-def _zero_leading(n: int, *, axis: int) -> Any:
-    """A gradient hook that zeroes the first ``n`` entries along ``axis`` (the reference's conditions)."""
-
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        grad.narrow(axis, 0, n).zero_()
-        return grad
-
-    return hook
-
-
-def _reference_batch_count(reference_model: Any) -> int:
-    """Conditions of the reference (a loaded model, or a directory holding one)."""
-    if isinstance(reference_model, BaseModelClass):
-        registry = reference_model.registry_
-    else:
-        from scvi.model.base._save_load import _load_saved_files
-
-        registry = _load_saved_files(str(reference_model), load_adata=False, map_location="cpu")[0]["registry_"]
-    return len(registry["field_registries"][REGISTRY_KEYS.BATCH_KEY]["state_registry"]["categorical_mapping"])

@@ -28,20 +28,9 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
+from fedarches.shared.models._layers import ConditionalLayer
+
 LATENT_VARIANCE_FLOOR = 1e-4  # scPoli adds it to the encoder's variance
-
-
-class ConditionalLayer(nn.Module):
-    """``expr_L(x) + cond_L(embedding)``: a linear layer fed a cell's input and its condition's embedding."""
-
-    def __init__(self, n_in: int, n_out: int, n_cond: int, *, bias: bool) -> None:
-        super().__init__()
-        self.expr_L = nn.Linear(n_in, n_out, bias=bias)
-        self.cond_L = nn.Linear(n_cond, n_out, bias=False)
-
-    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """The layer's pre-activation."""
-        return self.expr_L(x) + self.cond_L(condition)
 
 
 class _Block(nn.Module):

@@ -96,6 +96,18 @@ def _run_scpoli(args: argparse.Namespace, invoked: str) -> None:
     run(args.out, seeds=tuple(args.seeds), quick=args.quick, invoked=invoked)
 
 
+def _trvae_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=OUTPUT / "trvae", help="Working directory for the run.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="Seeds.")
+    parser.add_argument("--quick", action="store_true", help="3 epochs everywhere, no document: a smoke run.")
+
+
+def _run_trvae(args: argparse.Namespace, invoked: str) -> None:
+    from fedarches.bench.trvae import run
+
+    run(args.out, seeds=tuple(args.seeds), quick=args.quick, invoked=invoked)
+
+
 def _latency_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=OUTPUT / "latency", help="Working directory for the run.")
     parser.add_argument(
@@ -310,6 +322,8 @@ COMMANDS: dict[str, Command] = {
                        _latency_arguments, _run_latency),
     "scpoli": Command("the scPoli backend on PBMC beside scArches' own, and new cell types; docs/benchmarks_scpoli.md",
                       _scpoli_arguments, _run_scpoli),
+    "trvae": Command("the trVAE backend on PBMC beside scArches' own; docs/benchmarks_trvae.md",
+                     _trvae_arguments, _run_trvae),
     "build-threads": Command("build-reference on PBMC alone and beside another build, by --threads",
                              _build_threads_arguments, _run_build_threads),
     "worker": Command("one measured step in a fresh process", _worker_arguments, _run_worker, listed=False),

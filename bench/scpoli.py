@@ -96,12 +96,12 @@ def _cells(adata: Any, batches: tuple[str, ...], half: int = 0, drop: str | None
     return adata[keep].copy()
 
 
-def _bundle(reference: Any, work: Path, seed: int, epochs: int | None) -> Any:
+def _bundle(reference: Any, work: Path, seed: int, epochs: int | None, model: str = "scpoli") -> Any:
     from fedarches.bench.bundles import make_bundle
     from fedarches.server.reference import ReferenceOptions
 
     options = ReferenceOptions(
-        model="scpoli", n_top_genes=N_TOP_GENES, seed=seed, progress_bar=False, threads=THREADS, max_epochs=epochs
+        model=model, n_top_genes=N_TOP_GENES, seed=seed, progress_bar=False, threads=THREADS, max_epochs=epochs
     )
     return make_bundle(reference, work, options)
 
@@ -138,11 +138,11 @@ def _integration(latent: np.ndarray, labels: np.ndarray, batches: np.ndarray) ->
 
 def _reference_latent(bundle: Any, reference: Any) -> np.ndarray:
     """Latent of the reference's own cells under the bundle's model."""
-    from fedarches.shared.models.scpoli import SCPOLI
+    from fedarches.shared.backends import backend_for
 
     cells = reference[:, bundle.var_names].copy()
     with tempfile.TemporaryDirectory() as tmp:
-        model = SCPOLI.load(str(bundle.write_model_dir(Path(tmp) / "model")), adata=cells)
+        model = backend_for(bundle).model_cls().load(str(bundle.write_model_dir(Path(tmp) / "model")), adata=cells)
         return model.get_latent_representation()
 
 

@@ -184,43 +184,61 @@ def pbmc_and_parity(
     return {"rows": rows, "original_available": ORIGINAL_PYTHON.exists()}
 
 
-def _original(
-    genes: Path, seed: int, out: Path, reference: Any, lab: Any, *, epochs: int, quick: bool
-) -> list[dict[str, Any]]:
-    """Run scArches 0.6.1's scPoli on the same genes, split and seed, in its own environment.
+@dataclass(frozen=True)
+class OriginalRun:
+    """What a scArches runner (``bench/original``) wrote: its result, its cells' calls, its latents."""
 
-    Two rows: its own ``classify`` (a sampled latent), and nearest prototype of the latent means.
-    """
+    result: dict[str, Any]
+    latent: Any  # the npz
+    truth: np.ndarray
+    predicted: np.ndarray
+    row: dict[str, Any]  # scores, integration metrics, times, adapter bytes, reference values changed
+
+
+def run_original(runner: Path, genes: Path, seed: int, out: Path, reference: Any, lab: Any, *extra: str) -> OriginalRun:
+    """Run a scArches runner on the PBMC split with these genes and seed in ``.venv-scarches``; read its outputs."""
     command = [
-        str(ORIGINAL_PYTHON), str(ORIGINAL_RUNNER), "--data", str(SHARED_DATA / PBMC), "--genes", str(genes),
+        str(ORIGINAL_PYTHON), str(runner), "--data", str(SHARED_DATA / PBMC), "--genes", str(genes),
         "--reference-batches", ",".join(REFERENCE_BATCHES), "--query-batches", LAB_BATCH,
-        "--seed", str(seed), "--threads", str(THREADS), "--out", str(out), "--epochs", str(epochs),
-        *(["--quick"] if quick else []),
+        "--seed", str(seed), "--threads", str(THREADS), "--out", str(out), *extra,
     ]  # fmt: skip
-    command += ["--save-reference", str(out / "reference-model")]
     subprocess.run(command, check=True, capture_output=True, text=True)
     result = json.loads((out / "result.json").read_text())
     cells = pd.read_csv(out / "query_cells.csv")
     latent = np.load(out / "latent.npz", allow_pickle=False)
     truth = cells["true_label"].astype(str).to_numpy()
+    predicted = cells["predicted_label"].astype(str).to_numpy()
     ref_obs = reference.obs.loc[latent["reference_obs_names"].astype(str)]
     joint = np.vstack([latent["reference_latent"], latent["query_latent"]])
+    labels = np.r_[ref_obs["cell_type"], truth]
+    batches = np.r_[ref_obs["batch"], lab.obs["batch"].to_numpy()]
     row = {
-        "method": "scArches 0.6.1 scPoli", "epochs": epochs, "seed": seed,
-        **_scores(truth, cells["predicted_label"].astype(str).to_numpy()),
-        **_integration(
-            joint, np.r_[ref_obs["cell_type"], truth], np.r_[ref_obs["batch"], lab.obs["batch"].to_numpy()]
-        ),
+        **_scores(truth, predicted), **_integration(joint, labels, batches),
         "build_s": result["wall_seconds"]["reference_training"], "surgery_s": result["wall_seconds"]["query_surgery"],
         "adapter_bytes": 4 * result["state_changes"]["new_values_grown_part"],  # float32 values
         "reference_values_changed": result["state_changes"]["changed_values_shared_part"],
-        "unknown_share": None, "n_genes": result["n_genes"],
     }  # fmt: skip
+    return OriginalRun(result, latent, truth, predicted, row)
+
+
+def _original(
+    genes: Path, seed: int, out: Path, reference: Any, lab: Any, *, epochs: int, quick: bool
+) -> list[dict[str, Any]]:
+    """Run scArches 0.6.1's scPoli on the same genes, split and seed, in its own environment.
+
+    Three rows: its own ``classify`` (a sampled latent), nearest prototype of the latent means, and its
+    trained reference imported into a bundle and mapped onto by fedarches.
+    """
+    extra = ["--epochs", str(epochs), "--save-reference", str(out / "reference-model"), *(["--quick"] if quick else [])]
+    run = run_original(ORIGINAL_RUNNER, genes, seed, out, reference, lab, *extra)
+    row = {"method": "scArches 0.6.1 scPoli", "epochs": epochs, "seed": seed, **run.row, "unknown_share": None,
+           "n_genes": run.result["n_genes"]}  # fmt: skip
     log(f"scArches scPoli seed {seed}: {row}")
     # the same model's latent means against its prototypes: what fedarches predicts from (scArches samples)
+    latent = run.latent
     distances = np.linalg.norm(latent["query_latent"][:, None, :] - latent["prototypes"][None], axis=2)
     by_means = latent["prototype_names"].astype(str)[distances.argmin(axis=1)]
-    mean_row = {**row, "method": "scArches 0.6.1 scPoli, latent means", **_scores(truth, by_means)}
+    mean_row = {**row, "method": "scArches 0.6.1 scPoli, latent means", **_scores(run.truth, by_means)}
     return [row, mean_row, _imported(out / "reference-model", reference, lab, seed, epochs, out / "imported")]
 
 

@@ -19,7 +19,6 @@ surgery seconds, adapter bytes, reference values surgery changed. Writes docs/be
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedarches.bench.paths import DOCS, OUTPUT, SHARED_DATA
+from fedarches.bench.paths import DOCS, OUTPUT
 from fedarches.bench.runner import log
 from fedarches.bench.scpoli import (
     LAB_BATCH,
@@ -43,6 +42,7 @@ from fedarches.bench.scpoli import (
     _map,
     _reference_latent,
     _scores,
+    run_original,
 )
 
 DOC = DOCS / "benchmarks_trvae.md"
@@ -128,30 +128,9 @@ def _api_z(reference: Any, lab: Any, seed: int, epochs: int) -> dict[str, Any]:
 
 def _original(genes: Path, seed: int, out: Path, reference: Any, lab: Any, *, quick: bool) -> dict[str, Any]:
     """Run scArches 0.6.1's TRVAE on the same genes, split and seed, in its own environment."""
-    command = [
-        str(ORIGINAL_PYTHON), str(ORIGINAL_RUNNER), "--data", str(SHARED_DATA / PBMC), "--genes", str(genes),
-        "--reference-batches", ",".join(REFERENCE_BATCHES), "--query-batches", LAB_BATCH,
-        "--seed", str(seed), "--threads", str(THREADS), "--out", str(out), *(["--quick"] if quick else []),
-    ]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, text=True)
-    result = json.loads((out / "result.json").read_text())
-    cells = pd.read_csv(out / "query_cells.csv")
-    latent = np.load(out / "latent.npz", allow_pickle=False)
-    truth = cells["true_label"].astype(str).to_numpy()
-    ref_obs = reference.obs.loc[latent["reference_obs_names"].astype(str)]
-    joint = np.vstack([latent["reference_latent"], latent["query_latent"]])
-    changes = result["state_changes"]
-    labels = np.r_[ref_obs["cell_type"], truth]
-    batches = np.r_[ref_obs["batch"], lab.obs["batch"].to_numpy()]
-    return {
-        "method": "scArches 0.6.1 TRVAE", "seed": seed,
-        **_scores(truth, cells["predicted_label"].astype(str).to_numpy()),
-        **_integration(joint, labels, batches),
-        "build_s": result["wall_seconds"]["reference_training"], "surgery_s": result["wall_seconds"]["query_surgery"],
-        "epochs_query": result["epochs_trained"]["query"],
-        "adapter_bytes": 4 * changes["new_values_grown_part"],
-        "reference_values_changed": changes["changed_values_shared_part"],
-    }  # fmt: skip
+    run = run_original(ORIGINAL_RUNNER, genes, seed, out, reference, lab, *(["--quick"] if quick else []))
+    return {"method": "scArches 0.6.1 TRVAE", "seed": seed, **run.row,
+            "epochs_query": run.result["epochs_trained"]["query"]}  # fmt: skip
 
 
 def run(out: Path = OUTPUT / "trvae", *, seeds: tuple[int, ...] = (0, 1), quick: bool = False, doc: bool = True,

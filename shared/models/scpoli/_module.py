@@ -23,14 +23,11 @@ import math
 import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
-from scvi.distributions import NegativeBinomial
-from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.module.base import LossOutput
 from torch import nn
-from torch.distributions import Normal, kl_divergence
 
-from fedarches.shared.models._layers import ConditionalLayer
-
-LATENT_VARIANCE_FLOOR = 1e-4  # scPoli adds it to the encoder's variance
+from fedarches.shared.models._base import CountsCVAE
+from fedarches.shared.models._layers import ConditionalLayer, normed
 
 
 class _Block(nn.Module):
@@ -39,14 +36,13 @@ class _Block(nn.Module):
     def __init__(self, n_in: int, n_out: int, n_cond: int, *, bias: bool, dropout_rate: float, layer_norm: bool):
         super().__init__()
         self.layer = ConditionalLayer(n_in, n_out, n_cond, bias=bias)
-        self.norm = nn.LayerNorm(n_out, elementwise_affine=False) if layer_norm else nn.Identity()
-        self.dropout = nn.Dropout(p=dropout_rate)
+        self.out = normed(n_out, layer_norm=layer_norm, dropout_rate=dropout_rate)
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        return self.dropout(F.relu(self.norm(self.layer(x, condition))))
+        return self.out(self.layer(x, condition))
 
 
-class ScPoliModule(BaseModuleClass):
+class ScPoliModule(CountsCVAE):
     """scPoli's conditional VAE with prototypes.
 
     Parameters
@@ -115,39 +111,14 @@ class ScPoliModule(BaseModuleClass):
         scale = torch.clamp(self.embedding_max_norm / (norms + 1e-7), max=1.0).detach()
         return rows * scale
 
-    # ---- scvi-tools' module interface ----------------------------------------------------------
-    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"x": tensors[REGISTRY_KEYS.X_KEY], "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY]}
+    # ---- the conditional VAE (CountsCVAE) ----------------------------------------------------------
+    def encode(self, x_log: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        """The encoder's hidden layer, the condition's embedding injected."""
+        return self.encoder(x_log, self.condition_embedding(batch_index))
 
-    def _get_generative_input(
-        self, tensors: dict[str, torch.Tensor], inference_outputs: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        return {
-            "z": inference_outputs["z"],
-            "library": inference_outputs["library"],
-            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
-        }
-
-    @auto_move_data
-    def inference(self, x: torch.Tensor, batch_index: torch.Tensor, n_samples: int = 1) -> dict[str, torch.Tensor]:
-        """Posterior ``q(z | x, condition)`` and a sample of it."""
-        condition = self.condition_embedding(batch_index)
-        hidden = self.encoder(torch.log1p(x), condition)
-        mean = self.mean_encoder(hidden)
-        variance = torch.exp(self.log_var_encoder(hidden)) + LATENT_VARIANCE_FLOOR
-        qz = Normal(mean, variance.sqrt())
-        z = qz.rsample() if n_samples == 1 else qz.rsample((n_samples,))
-        return {"z": z, "qz": qz, "library": x.sum(dim=1, keepdim=True)}
-
-    @auto_move_data
-    def generative(self, z: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor) -> dict[str, object]:
-        """Negative-binomial ``p(x | z, condition)``."""
-        condition = self.condition_embedding(batch_index)
-        hidden = self.decoder(z, condition)
-        scale = torch.softmax(self.mean_decoder(hidden), dim=-1)
-        codes = batch_index.long().view(-1)
-        inverse_dispersion = torch.exp(self.theta.T[codes])
-        return {"px": NegativeBinomial(mu=scale * library, theta=inverse_dispersion)}
+    def decode(self, z: torch.Tensor, batch_index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Gene logits, the condition's embedding injected into the first decoder layer."""
+        return self.mean_decoder(self.decoder(z, self.condition_embedding(batch_index))), {}
 
     def loss(
         self,
@@ -157,10 +128,7 @@ class ScPoliModule(BaseModuleClass):
         kl_weight: float = 1.0,
     ) -> LossOutput:
         """Reconstruction + ``kl_weight`` * KL + ``eta`` * prototype loss, averaged over cells."""
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        reconstruction = -generative_outputs["px"].log_prob(x).sum(dim=-1)
-        qz = inference_outputs["qz"]
-        kl = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).sum(dim=-1)
+        reconstruction, kl = self.elbo_terms(tensors, inference_outputs, generative_outputs)
         prototype = self.prototype_loss(inference_outputs["z"], tensors[REGISTRY_KEYS.LABELS_KEY])
         loss = torch.mean(reconstruction + kl_weight * kl) + self.eta * prototype
         return LossOutput(

@@ -22,19 +22,17 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
-from scvi.distributions import NegativeBinomial
-from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.module.base import LossOutput
 from torch import nn
-from torch.distributions import Normal, kl_divergence
 
+from fedarches.shared.models._base import CountsCVAE
 from fedarches.shared.models._layers import ConditionalLayer, normed
 
-LATENT_VARIANCE_FLOOR = 1e-4
 # the kernel widths of scArches' multi-scale RBF kernel (its ``mmd_loss_calc``)
 MMD_ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 5, 10, 15, 20, 25, 30, 35, 100, 1e3, 1e4, 1e5, 1e6)
 
 
-class TrVAEModule(BaseModuleClass):
+class TrVAEModule(CountsCVAE):
     """trVAE's conditional VAE.
 
     Parameters
@@ -99,36 +97,15 @@ class TrVAEModule(BaseModuleClass):
     def _one_hot(self, batch_index: torch.Tensor) -> torch.Tensor:
         return F.one_hot(batch_index.long().view(-1), self.n_batch).to(torch.float32)
 
-    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"x": tensors[REGISTRY_KEYS.X_KEY], "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY]}
+    def encode(self, x_log: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        """The encoder's last hidden layer, the condition one-hot in its first."""
+        hidden = self.encoder_first_out(self.encoder_first(x_log, self._one_hot(batch_index)))
+        return self.encoder_hidden(hidden)
 
-    def _get_generative_input(
-        self, tensors: dict[str, torch.Tensor], inference_outputs: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        return {
-            "z": inference_outputs["z"],
-            "library": inference_outputs["library"],
-            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
-        }
-
-    @auto_move_data
-    def inference(self, x: torch.Tensor, batch_index: torch.Tensor, n_samples: int = 1) -> dict[str, torch.Tensor]:
-        """Posterior ``q(z | x, condition)`` and a sample of it."""
-        hidden = self.encoder_first_out(self.encoder_first(torch.log1p(x), self._one_hot(batch_index)))
-        hidden = self.encoder_hidden(hidden)
-        mean = self.mean_encoder(hidden)
-        variance = torch.exp(self.log_var_encoder(hidden)) + LATENT_VARIANCE_FLOOR
-        qz = Normal(mean, variance.sqrt())
-        z = qz.rsample() if n_samples == 1 else qz.rsample((n_samples,))
-        return {"z": z, "qz": qz, "library": x.sum(dim=1, keepdim=True)}
-
-    @auto_move_data
-    def generative(self, z: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor) -> dict[str, object]:
-        """Negative-binomial ``p(x | z, condition)``, and the first decoder layer's output ``y``."""
+    def decode(self, z: torch.Tensor, batch_index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Gene logits, and the first decoder layer's output ``y`` (where the MMD may apply)."""
         y = self.decoder_first_out(self.decoder_first(z, self._one_hot(batch_index)))
-        scale = torch.softmax(self.mean_decoder(self.decoder_hidden(y)), dim=-1)
-        inverse_dispersion = torch.exp(self.theta.T[batch_index.long().view(-1)])
-        return {"px": NegativeBinomial(mu=scale * library, theta=inverse_dispersion), "y": y}
+        return self.mean_decoder(self.decoder_hidden(y)), {"y": y}
 
     def loss(
         self,
@@ -138,10 +115,7 @@ class TrVAEModule(BaseModuleClass):
         kl_weight: float = 1.0,
     ) -> LossOutput:
         """Reconstruction + ``kl_weight`` * KL + ``beta`` * MMD between conditions, averaged over cells."""
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        reconstruction = -generative_outputs["px"].log_prob(x).sum(dim=-1)
-        qz = inference_outputs["qz"]
-        kl = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).sum(dim=-1)
+        reconstruction, kl = self.elbo_terms(tensors, inference_outputs, generative_outputs)
         features = generative_outputs["y"] if self.mmd_on == "y" else inference_outputs["z"]
         mmd = self.beta * conditions_mmd(features, tensors[REGISTRY_KEYS.BATCH_KEY]) if self.beta else 0.0
         loss = torch.mean(reconstruction + kl_weight * kl) + mmd

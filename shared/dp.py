@@ -136,14 +136,8 @@ def adapter_spend(policy: AdapterPolicy) -> PrivacySpend:
     """The (ε, δ) of clipping to ``clip_norm`` plus Gaussian noise, with the lab's dataset as the unit."""
     if policy.clip_norm <= 0 or policy.noise_multiplier <= 0:
         return NO_NOISE
-    dp = _opendp()
-    scale = policy.noise_multiplier * policy.clip_norm
-    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
-    gaussian = dp.m.make_gaussian(domain, dp.l2_distance(T=float), scale=scale)
-    measurement = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(gaussian), delta=policy.delta)
-    d_in = 2.0 * policy.clip_norm
-    epsilon, delta = (float(v) for v in measurement.map(d_in))
-    return PrivacySpend("gaussian", epsilon, delta, "dataset", float(scale), d_in)
+    return _gaussian_release(policy.noise_multiplier * policy.clip_norm, 2.0 * policy.clip_norm, policy.delta,
+                             "dataset")[1]  # fmt: skip
 
 
 def release_adapter(values: np.ndarray, policy: AdapterPolicy) -> tuple[np.ndarray, PrivacySpend]:
@@ -158,10 +152,9 @@ def release_adapter(values: np.ndarray, policy: AdapterPolicy) -> tuple[np.ndarr
     clipped = values * min(1.0, policy.clip_norm / norm) if norm > 0 else values.copy()
     if policy.noise_multiplier <= 0:
         return clipped, PrivacySpend("clip", 0.0, 0.0, "none", 0.0, 0.0)
-    dp = _opendp()
-    spend = adapter_spend(policy)
-    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
-    gaussian = dp.m.make_gaussian(domain, dp.l2_distance(T=float), scale=spend.scale)
+    gaussian, spend = _gaussian_release(
+        policy.noise_multiplier * policy.clip_norm, 2.0 * policy.clip_norm, policy.delta, "dataset"
+    )
     return np.asarray(gaussian(clipped.tolist()), dtype=np.float64), spend
 
 
@@ -169,7 +162,7 @@ def sums_spend(*, clip_norm: float, noise_multiplier: float, delta: float, bound
     """The (ε, δ) of :func:`release_sums` under these settings, computed without drawing noise."""
     if clip_norm <= 0 or noise_multiplier <= 0:
         return NO_NOISE
-    return _sums_measurement(clip_norm, noise_multiplier, delta, bound)[1]
+    return _sums_release(clip_norm, noise_multiplier, delta, bound)[1]
 
 
 def release_sums(sums: np.ndarray, *, clip_norm: float, noise_multiplier: float, delta: float, bound: int = 1
@@ -183,16 +176,20 @@ def release_sums(sums: np.ndarray, *, clip_norm: float, noise_multiplier: float,
     sums = np.asarray(sums, dtype=np.float64)
     if clip_norm <= 0 or noise_multiplier <= 0:
         return sums.copy(), NO_NOISE
-    gaussian, spend = _sums_measurement(clip_norm, noise_multiplier, delta, bound)
+    gaussian, spend = _sums_release(clip_norm, noise_multiplier, delta, bound)
     return np.asarray(gaussian(sums.ravel().tolist()), dtype=np.float64).reshape(sums.shape), spend
 
 
-def _sums_measurement(clip_norm: float, noise_multiplier: float, delta: float, bound: int) -> tuple[Any, PrivacySpend]:
-    dp = _opendp()
+def _sums_release(clip_norm: float, noise_multiplier: float, delta: float, bound: int) -> tuple[Any, PrivacySpend]:
     d_in = 2.0 * clip_norm * bound
-    scale = noise_multiplier * d_in / 2.0
+    return _gaussian_release(noise_multiplier * d_in / 2.0, d_in, delta, "cell" if bound == 1 else "donor")
+
+
+def _gaussian_release(scale: float, d_in: float, delta: float, unit: str) -> tuple[Any, PrivacySpend]:
+    """OpenDP's Gaussian mechanism on float vectors of L2 sensitivity ``d_in``, and its (ε, δ) at ``delta``."""
+    dp = _opendp()
     domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
     gaussian = dp.m.make_gaussian(domain, dp.l2_distance(T=float), scale=scale)
     measurement = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(gaussian), delta=delta)
     epsilon, spent_delta = (float(v) for v in measurement.map(d_in))
-    return gaussian, PrivacySpend("gaussian", epsilon, spent_delta, "cell" if bound == 1 else "donor", scale, d_in)
+    return gaussian, PrivacySpend("gaussian", epsilon, spent_delta, unit, float(scale), float(d_in))

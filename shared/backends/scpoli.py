@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from fedarches.shared.backends.base import LABELS_KEY, ModelBackend, ReferenceTraining
+from fedarches.shared.backends.rna import UNLABELED_CATEGORY
 from fedarches.shared.prototypes import PROTOTYPES_TENSOR
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
     from fedarches.shared.bundle import ReferenceBundle
 
-UNLABELED_CATEGORY = "Unknown"
 TUTORIAL_EPOCHS = 50  # scArches' scPoli surgery tutorial, reference and query alike
 UNCERTAINTY_KEY = "prediction_uncertainty"
 

@@ -17,9 +17,6 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
-TUTORIAL_EPOCHS = 500  # with early stopping, as scArches' trVAE surgery tutorial
-
-
 class TRVAEBackend(ModelBackend):
     """``TRVAE``: the scArches tutorial's architecture and training, kNN labels."""
 
@@ -37,7 +34,7 @@ class TRVAEBackend(ModelBackend):
         cls.setup_anndata(train, batch_key=batch_key, labels_key=labels_key)
         model = cls(train, n_latent=options.n_latent)
         model.train(
-            max_epochs=options.max_epochs or TUTORIAL_EPOCHS,
+            max_epochs=options.max_epochs,  # None: the tutorial's 500, with early stopping
             early_stopping=options.early_stopping,
             enable_progress_bar=options.progress_bar,
         )

@@ -133,15 +133,19 @@ class NewTypePrototypes:
         return cls(bundle_id, tuple(names), sums.astype(np.float64), counts.astype(np.float64))
 
 
-def qualifying_types(labels: Sequence[Any], known_types: Sequence[str], min_cells: int) -> list[str]:
-    """The new types (labels not in ``known_types``) with at least ``min_cells`` cells: what a release would hold."""
-    values = [str(v) for v in labels if not _missing(v)]
+def new_type_sizes(labels: Sequence[Any], known_types: Sequence[str]) -> dict[str, int]:
+    """Cells per labelled type that ``known_types`` lacks (missing labels ignored), sorted by name."""
     known = set(known_types)
     sizes: dict[str, int] = {}
-    for value in values:
-        if value not in known:
-            sizes[value] = sizes.get(value, 0) + 1
-    return sorted(name for name, size in sizes.items() if size >= min_cells)
+    for value in labels:
+        if not _missing(value) and str(value) not in known:
+            sizes[str(value)] = sizes.get(str(value), 0) + 1
+    return dict(sorted(sizes.items()))
+
+
+def qualifying_types(labels: Sequence[Any], known_types: Sequence[str], min_cells: int) -> list[str]:
+    """The new types (labels not in ``known_types``) with at least ``min_cells`` cells: what a release would hold."""
+    return [name for name, size in new_type_sizes(labels, known_types).items() if size >= min_cells]
 
 
 def expected_spend(
@@ -175,11 +179,9 @@ def contribute(
     """
     labels = np.asarray([None if _missing(v) else str(v) for v in labels], dtype=object)
     latent = np.asarray(latent, dtype=np.float64)
-    known = set(known_types)
-    new = sorted({v for v in labels if v is not None and v not in known})
-    sizes = {name: int((labels == name).sum()) for name in new}
-    released = [name for name in new if sizes[name] >= policy.min_cells]
-    report: dict[str, Any] = {"released": released, "suppressed": [n for n in new if n not in released]}
+    sizes = new_type_sizes(labels, known_types)
+    released = [name for name, size in sizes.items() if size >= policy.min_cells]  # as qualifying_types
+    report: dict[str, Any] = {"released": released, "suppressed": [n for n in sizes if n not in released]}
     if not released:
         return None, report
     if policy.clip_norm > 0:

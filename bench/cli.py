@@ -108,6 +108,17 @@ def _run_trvae(args: argparse.Namespace, invoked: str) -> None:
     run(args.out, seeds=tuple(args.seeds), quick=args.quick, invoked=invoked)
 
 
+def _run_expimap(args: argparse.Namespace, invoked: str) -> None:
+    from fedarches.bench.expimap import run
+
+    run(args.out, seeds=tuple(args.seeds), quick=args.quick, invoked=invoked)
+
+
+def _expimap_arguments(parser: argparse.ArgumentParser) -> None:
+    _trvae_arguments(parser)
+    parser.set_defaults(out=OUTPUT / "expimap")
+
+
 def _latency_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=OUTPUT / "latency", help="Working directory for the run.")
     parser.add_argument(
@@ -324,6 +335,8 @@ COMMANDS: dict[str, Command] = {
                       _scpoli_arguments, _run_scpoli),
     "trvae": Command("the trVAE backend on PBMC beside scArches' own; docs/benchmarks_trvae.md",
                      _trvae_arguments, _run_trvae),
+    "expimap": Command("the expiMap backend on PBMC beside scArches' own; docs/benchmarks_expimap.md",
+                       _expimap_arguments, _run_expimap),
     "build-threads": Command("build-reference on PBMC alone and beside another build, by --threads",
                              _build_threads_arguments, _run_build_threads),
     "worker": Command("one measured step in a fresh process", _worker_arguments, _run_worker, listed=False),

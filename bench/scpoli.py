@@ -96,13 +96,14 @@ def _cells(adata: Any, batches: tuple[str, ...], half: int = 0, drop: str | None
     return adata[keep].copy()
 
 
-def _bundle(reference: Any, work: Path, seed: int, epochs: int | None, model: str = "scpoli") -> Any:
+def _bundle(reference: Any, work: Path, seed: int, epochs: int | None, model: str = "scpoli", **extra: Any) -> Any:
     from fedarches.bench.bundles import make_bundle
     from fedarches.server.reference import ReferenceOptions
 
     options = ReferenceOptions(
-        model=model, n_top_genes=N_TOP_GENES, seed=seed, progress_bar=False, threads=THREADS, max_epochs=epochs
-    )
+        model=model, n_top_genes=N_TOP_GENES, seed=seed, progress_bar=False, threads=THREADS, max_epochs=epochs,
+        **extra,
+    )  # fmt: skip
     return make_bundle(reference, work, options)
 
 
@@ -141,9 +142,10 @@ def _reference_latent(bundle: Any, reference: Any) -> np.ndarray:
     from fedarches.shared.backends import backend_for
 
     cells = reference[:, bundle.var_names].copy()
+    backend = backend_for(bundle)
     with tempfile.TemporaryDirectory() as tmp:
-        model = backend_for(bundle).model_cls().load(str(bundle.write_model_dir(Path(tmp) / "model")), adata=cells)
-        return model.get_latent_representation()
+        model = backend.model_cls().load(str(bundle.write_model_dir(Path(tmp) / "model")), adata=cells)
+        return backend.latent(model)
 
 
 # ---- PBMC and parity ---------------------------------------------------------------------------------

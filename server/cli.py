@@ -74,6 +74,13 @@ def build_reference_command(
     threads: Annotated[
         int | None, typer.Option(min=1, help="torch threads (default: torch's choice; 1 when jobs share the cores).")
     ] = None,
+    gene_programs: Annotated[
+        Path | None,
+        typer.Option(
+            help="GMT file of gene programs (--model expimap): one latent dimension per gene set with more than "
+            "12 of the reference's genes. Without it, expimap reads varm['I'] and uns['terms']."
+        ),
+    ] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -92,6 +99,7 @@ def build_reference_command(
             seed=seed,
             progress_bar=not quiet,
             threads=threads,
+            gene_programs=gene_programs,
         )
         bundle = build_bundle(
             reference,

@@ -23,6 +23,8 @@ from fedarches.shared.backends import ModelBackend, ReferenceTraining, backend_f
 from fedarches.shared.bundle import BundleContents
 from fedarches.shared.counts import get_counts
 from fedarches.shared.errors import UserInputError
+from fedarches.shared.features import select_variable_genes
+from fedarches.shared.gene_programs import GenePrograms, add_gene_programs, read_gmt
 from fedarches.shared.quality import DISTANCE_PERCENTILE, ReferenceSummary, fit_reference_summary
 from fedarches.shared.weights import load_model_dict, model_dict_bytes
 
@@ -60,6 +62,7 @@ class ReferenceOptions:
     seed: int = 0
     progress_bar: bool = True
     threads: int | None = None  # torch threads (None: torch's choice, every core)
+    gene_programs: str | Path | None = None  # a GMT file, for models over gene programs (expiMap)
 
 
 def build_reference(
@@ -86,7 +89,9 @@ def build_reference(
     if adata.n_obs == 0:
         msg = "the reference has no cells"
         raise UserInputError(msg)
-    backend.check_reference(adata)
+    programs = _gene_programs(backend, adata, options.gene_programs, gene_symbols_key)
+    if programs is None:
+        backend.check_reference(adata)
     counts, source = get_counts(adata, layer)
     log.info("reference: %d cells x %d genes, counts from %s", adata.n_obs, adata.n_vars, source)
     with quiet_training(), torch_threads(options.threads), scoped_seed(options.seed):
@@ -98,35 +103,26 @@ def build_reference(
             labels_key=labels_key,
             gene_symbols_key=gene_symbols_key,
             options=options,
+            programs=programs,
         )
 
 
-HVG_ATTEMPTS = ((0.3, True), (0.6, True), (1.0, True), (0.3, False))  # (loess span, per batch)
+def _gene_programs(
+    backend: ModelBackend, adata: AnnData, gmt: str | Path | None, gene_symbols_key: str | None
+) -> GenePrograms | None:
+    """The GMT file's programs, checked against the reference's genes before any training; ``None`` without one."""
+    if gmt is None:
+        return None
+    if not backend.needs_gene_programs:
+        msg = f"--gene-programs applies to models over gene programs (expimap), not to {backend.name}"
+        raise UserInputError(msg, hint="drop --gene-programs, or build with --model expimap")
+    import anndata as ad
 
-
-def _select_variable_genes(train: AnnData, n_top_genes: int, batch_key: str) -> None:
-    """The ``seurat_v3`` HVG selection of scanpy, per batch (the scvi-tools tutorials' choice).
-
-    Its loess fit (scikit-misc) fails on sparse, shallow batches (``ValueError: reciprocal condition
-    number`` or ``near singularities``, e.g. a small batch thinned to 500 UMIs per cell). Then a wider
-    ``span`` is tried, as scanpy advises, and last one fit over all cells instead of one per batch.
-    """
-    import scanpy as sc
-
-    for i, (span, per_batch) in enumerate(HVG_ATTEMPTS):
-        try:
-            sc.pp.highly_variable_genes(
-                train, flavor="seurat_v3", n_top_genes=n_top_genes, subset=False, span=span,
-                batch_key=batch_key if per_batch else None,
-            )  # fmt: skip
-        except ValueError as err:  # skmisc's loess reports numerical failures as ValueError(bytes)
-            if i == len(HVG_ATTEMPTS) - 1:
-                raise
-            nxt = HVG_ATTEMPTS[i + 1]
-            log.warning("seurat_v3 HVG loess failed (span %.1f): %s; retrying with span %.1f%s", span, err, nxt[0],
-                        "" if nxt[1] else " over all cells")  # fmt: skip
-        else:
-            return
+    programs = read_gmt(gmt)
+    symbols = _gene_symbols(adata, gene_symbols_key)
+    genes = ad.AnnData(var=pd.DataFrame(index=adata.var_names))
+    add_gene_programs(genes, programs, genes=symbols)  # raises if no program fits the reference's genes
+    return programs
 
 
 def _train_reference(
@@ -138,8 +134,8 @@ def _train_reference(
     labels_key: str,
     gene_symbols_key: str | None,
     options: ReferenceOptions,
+    programs: GenePrograms | None = None,
 ) -> BundleContents:
-
     import anndata as ad
 
     train = ad.AnnData(
@@ -155,10 +151,12 @@ def _train_reference(
     )
     backend.reference_inputs(adata, train)
     symbols = _gene_symbols(adata, gene_symbols_key)
+    if programs is not None:
+        add_gene_programs(train, programs, genes=symbols)
     if options.n_top_genes and train.n_vars > options.n_top_genes:
         keep = backend.select_features(train, options.n_top_genes, batch_key)
         if keep is None:
-            _select_variable_genes(train, options.n_top_genes, batch_key)
+            select_variable_genes(train, options.n_top_genes, batch_key)
             keep = train.var["highly_variable"].to_numpy()
         train = train[:, keep].copy()
         symbols = symbols[keep] if symbols is not None else None

@@ -13,6 +13,9 @@ The coordinator fits a :class:`ReferenceSummary` when it builds a bundle, on the
   the shift is the ratio of their medians (at least 1). The reference thus shows what a new
   technology or donor does to the distances, measured where it is robust (the median, not a tail
   of a few hundred cells);
+* for a latent of more than ``MAX_SUMMARY_DIMENSIONS`` dimensions (expiMap: one per gene program),
+  the Gaussians live in the reference latent's first principal components (``projection``), where
+  every type has enough cells for a covariance; a lab's cells are projected the same way;
 * the distance distribution: the in-sample distances of every labelled cell times the shift (101
   quantiles), and the distance threshold, their 99th percentile;
 * a temperature (at least 1) for the classifier's probabilities, fitted on held-out reference
@@ -41,6 +44,7 @@ from typing import Any
 import numpy as np
 
 DISTANCE_PERCENTILE = 99.0
+MAX_SUMMARY_DIMENSIONS = 30  # Gaussians need more cells per type than dimensions
 UNKNOWN_CONFIDENCE = 0.5
 UNKNOWN_LABEL = "Unknown"
 
@@ -57,11 +61,21 @@ class ReferenceSummary:
     temperature: float
     confidence_threshold: float = UNKNOWN_CONFIDENCE
     info: dict[str, Any] | None = None
+    projection_center: np.ndarray | None = None  # (n_latent,): the reference latent's mean
+    projection_axes: np.ndarray | None = None  # (n_latent, k): its first k principal axes
 
     @property
     def nbytes(self) -> int:
-        """Size of the summary's arrays (means, precisions, distance quantiles) in bytes."""
-        return int(self.means.nbytes + self.precisions.nbytes + self.distance_quantiles.nbytes)
+        """Size of the summary's arrays (means, precisions, distance quantiles, projection) in bytes."""
+        arrays = (self.means, self.precisions, self.distance_quantiles, self.projection_center, self.projection_axes)
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+    def project(self, latent: np.ndarray) -> np.ndarray:
+        """Latent points in the space of the Gaussians (the latent itself without a projection)."""
+        latent = np.asarray(latent, dtype=np.float64)
+        if self.projection_axes is None or self.projection_center is None:
+            return latent
+        return (latent - self.projection_center) @ self.projection_axes
 
     def to_bytes(self) -> bytes:
         """``.npz`` bytes (readable with ``allow_pickle=False``)."""
@@ -79,6 +93,11 @@ class ReferenceSummary:
             precisions=self.precisions.astype(np.float32),
             distance_quantiles=self.distance_quantiles.astype(np.float32),
             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            **(
+                {"projection_center": self.projection_center, "projection_axes": self.projection_axes}
+                if self.projection_axes is not None and self.projection_center is not None
+                else {}
+            ),
         )
         return buffer.getvalue()
 
@@ -96,6 +115,8 @@ class ReferenceSummary:
                 temperature=float(meta["temperature"]),
                 confidence_threshold=float(meta["confidence_threshold"]),
                 info=meta.get("info") or {},
+                projection_center=npz["projection_center"] if "projection_center" in npz else None,
+                projection_axes=npz["projection_axes"] if "projection_axes" in npz else None,
             )
 
     def with_types(self, names: list[str], means: np.ndarray) -> ReferenceSummary:
@@ -110,18 +131,20 @@ class ReferenceSummary:
         info = {**(self.info or {}), "learned_types": [*((self.info or {}).get("learned_types", [])), *names]}
         return ReferenceSummary(
             labels=(*self.labels, *names),
-            means=np.vstack([self.means, np.asarray(means, dtype=self.means.dtype)]),
+            means=np.vstack([self.means, self.project(means).astype(self.means.dtype)]),
             precisions=np.concatenate([self.precisions, np.repeat(precision[None], len(names), axis=0)]),
             distance_quantiles=self.distance_quantiles,
             distance_threshold=self.distance_threshold,
             temperature=self.temperature,
             confidence_threshold=self.confidence_threshold,
             info=info,
+            projection_center=self.projection_center,
+            projection_axes=self.projection_axes,
         )
 
     def distances(self, latent: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of ``latent`` to its nearest reference type."""
-        return min_mahalanobis(latent, self.means, self.precisions)
+        return min_mahalanobis(self.project(latent), self.means, self.precisions)
 
     def scores(self, distances: np.ndarray) -> np.ndarray:
         """Share of reference cells at least as far from their type (1 typical, 0 beyond all)."""
@@ -146,6 +169,7 @@ def fit_reference_summary(
     probabilities: np.ndarray | None = None,
     probability_labels: np.ndarray | None = None,
     seed: int = 0,
+    max_dimensions: int = MAX_SUMMARY_DIMENSIONS,
 ) -> ReferenceSummary:
     """Fit the summary from reference latents, integer labels (-1 = unlabelled) and batch codes.
 
@@ -153,11 +177,15 @@ def fit_reference_summary(
     threshold and the mapping score's quantiles from their in-sample distances scaled by the batch
     shift that :func:`held_out_distances` measures.
     ``probabilities``/``probability_labels`` (held-out cells' classifier output and their true
-    label codes) fit the temperature; without them it stays 1.
+    label codes) fit the temperature; without them it stays 1. A latent of more than
+    ``max_dimensions`` dimensions is first projected on its first ``max_dimensions`` principal axes.
     """
     labels = np.asarray(labels)
     labelled = labels >= 0
     batches = np.zeros(len(labels), dtype=int) if batches is None else np.asarray(batches).ravel()
+    center, axes = principal_axes(latent[labelled] if labelled.any() else latent, max_dimensions)
+    if axes is not None:
+        latent = (np.asarray(latent, dtype=np.float64) - center) @ axes
     smallest = smallest_fitted_type(labels, latent.shape[1])
     codes, means, precisions = fit_gaussians(latent, labels, labelled, smallest)
     fitted = labelled & np.isin(labels, codes)
@@ -191,8 +219,21 @@ def fit_reference_summary(
             "n_cells_held_out": int(held_out.size),
             "n_cells_temperature": 0 if probability_labels is None else len(probability_labels),
             "distance_percentile": DISTANCE_PERCENTILE,
+            **({"projected_from": int(axes.shape[0]), "dimensions": int(axes.shape[1])} if axes is not None else {}),
         },
+        projection_center=None if axes is None else center.astype(np.float32),
+        projection_axes=None if axes is None else axes.astype(np.float32),
     )
+
+
+def principal_axes(latent: np.ndarray, max_dimensions: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The mean of ``latent`` and its first ``max_dimensions`` principal axes (columns; ``None`` if it has no more)."""
+    latent = np.asarray(latent, dtype=np.float64)
+    center = latent.mean(axis=0)
+    if latent.shape[1] <= max_dimensions:
+        return center, None
+    _, _, components = np.linalg.svd(latent - center, full_matrices=False)
+    return center, components[:max_dimensions].T
 
 
 def smallest_fitted_type(labels: np.ndarray, n_latent: int) -> int:

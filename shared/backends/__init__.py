@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from fedarches.shared.backends.atac import PEAKVIBackend
 from fedarches.shared.backends.base import ModelBackend, ReferenceTraining
 from fedarches.shared.backends.citeseq import TOTALANVIBackend, TOTALVIBackend
+from fedarches.shared.backends.expimap import EXPIMAPBackend
 from fedarches.shared.backends.rna import SCANVIBackend, SCVIBackend
 from fedarches.shared.backends.scpoli import SCPOLIBackend
 from fedarches.shared.backends.trvae import TRVAEBackend
@@ -32,6 +33,7 @@ BACKENDS: dict[str, ModelBackend] = {
         TOTALANVIBackend(),
         SCPOLIBackend(),
         TRVAEBackend(),
+        EXPIMAPBackend(),
     )
 }
 MODEL_CLASSES: dict[str, str] = {backend.model_class: name for name, backend in BACKENDS.items()}

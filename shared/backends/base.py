@@ -71,6 +71,8 @@ class ModelBackend:
     """How cell types are called, in words (the list of backends shows it)."""
     needs_labels: ClassVar[bool] = False
     """Training a reference needs a labels column."""
+    needs_gene_programs: ClassVar[bool] = False
+    """Training a reference needs gene programs (``varm['I']``, e.g. from a GMT file)."""
     modalities: ClassVar[tuple[str, ...]] = ("RNA",)
     adapter_tensors: ClassVar[tuple[str, ...]] = (FC_LAYER_WEIGHT, r"(?:[\w.]+\.)?px_r")
     """Regular expressions (full match) of the tensors an adapter may carry: its egress allow-list."""

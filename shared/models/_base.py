@@ -25,6 +25,10 @@ class CountsCVAE(BaseModuleClass):
         """The encoder's last hidden layer for ``log1p`` counts and conditions."""
         raise NotImplementedError
 
+    def latent_heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior means and log-variances from the encoder's last hidden layer."""
+        return self.mean_encoder(hidden), self.log_var_encoder(hidden)
+
     def decode(self, z: torch.Tensor, batch_index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Softmax-able gene logits for ``z`` and conditions, and any extra outputs (e.g. the first layer's)."""
         raise NotImplementedError
@@ -44,9 +48,8 @@ class CountsCVAE(BaseModuleClass):
     @auto_move_data
     def inference(self, x: torch.Tensor, batch_index: torch.Tensor, n_samples: int = 1) -> dict[str, torch.Tensor]:
         """Posterior ``q(z | x, condition)`` and a sample of it."""
-        hidden = self.encode(torch.log1p(x), batch_index)
-        variance = torch.exp(self.log_var_encoder(hidden)) + LATENT_VARIANCE_FLOOR
-        qz = Normal(self.mean_encoder(hidden), variance.sqrt())
+        mean, log_var = self.latent_heads(self.encode(torch.log1p(x), batch_index))
+        qz = Normal(mean, (torch.exp(log_var) + LATENT_VARIANCE_FLOOR).sqrt())
         z = qz.rsample() if n_samples == 1 else qz.rsample((n_samples,))
         return {"z": z, "qz": qz, "library": x.sum(dim=1, keepdim=True)}
 

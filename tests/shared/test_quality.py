@@ -129,3 +129,26 @@ def test_tiny_references_fall_back_on_in_sample_distances() -> None:
     summary = fit_reference_summary(latent, np.array([0, 0, 1, 1]), ["a", "b"], batches=np.array([0, 1, 0, 1]))
     assert summary.info["threshold_calibration"] == "in-sample" and summary.labels == ("a", "b")
     assert np.isfinite(summary.distance_threshold)
+
+
+def test_a_latent_wider_than_its_types_are_large_is_summarised_on_principal_axes() -> None:
+    """expiMap: one dimension per gene program; 60 dimensions, 40 cells a type: Gaussians in 30 principal axes."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(scale=4.0, size=(3, 60))
+    labels = np.repeat([0, 1, 2], 40)
+    latent = centres[labels] + rng.normal(size=(120, 60))
+    batches = np.tile([0, 1], 60)
+    flat = fit_reference_summary(latent, labels, ["a", "b", "c"], batches=batches, max_dimensions=60)
+    assert flat.info["min_cells_per_type"] == 2  # no type has 60 cells: the degenerate fallback
+    summary = fit_reference_summary(latent, labels, ["a", "b", "c"], batches=batches)
+    assert summary.labels == ("a", "b", "c") and summary.means.shape == (3, 30)
+    assert summary.info["projected_from"] == 60 and summary.info["dimensions"] == 30
+    same_types = centres[labels[:30]] + rng.normal(size=(30, 60))
+    novel = rng.normal(scale=4.0, size=(1, 60)) * 3 + rng.normal(size=(30, 60))
+    sure = np.ones(30, np.float32)
+    assert summary.unknown(summary.distances(same_types), sure).mean() < 0.1
+    assert summary.unknown(summary.distances(novel), sure).all()
+    restored = ReferenceSummary.from_bytes(summary.to_bytes())
+    np.testing.assert_allclose(restored.distances(novel), summary.distances(novel), rtol=1e-5)
+    learned = summary.with_types(["d"], novel.mean(axis=0, keepdims=True))  # prototypes come in latent space
+    assert learned.unknown(learned.distances(novel), sure).mean() < 0.5

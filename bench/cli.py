@@ -119,6 +119,17 @@ def _expimap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(out=OUTPUT / "expimap")
 
 
+def _run_scgen(args: argparse.Namespace, invoked: str) -> None:
+    from fedarches.bench.scgen import run
+
+    run(args.out, seeds=tuple(args.seeds), quick=args.quick, invoked=invoked)
+
+
+def _scgen_arguments(parser: argparse.ArgumentParser) -> None:
+    _trvae_arguments(parser)
+    parser.set_defaults(out=OUTPUT / "scgen", seeds=[0, 1, 2])
+
+
 def _latency_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=OUTPUT / "latency", help="Working directory for the run.")
     parser.add_argument(
@@ -337,6 +348,8 @@ COMMANDS: dict[str, Command] = {
                      _trvae_arguments, _run_trvae),
     "expimap": Command("the expiMap backend on PBMC beside scArches' own; docs/benchmarks_expimap.md",
                        _expimap_arguments, _run_expimap),
+    "scgen": Command("the scGen backend on PBMC beside scArches' own; docs/benchmarks_scgen.md",
+                     _scgen_arguments, _run_scgen),
     "build-threads": Command("build-reference on PBMC alone and beside another build, by --threads",
                              _build_threads_arguments, _run_build_threads),
     "worker": Command("one measured step in a fresh process", _worker_arguments, _run_worker, listed=False),

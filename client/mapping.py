@@ -185,17 +185,19 @@ def map_query(
         max_epochs = options.max_epochs or auto_max_epochs(
             adata.n_obs, options.batch_size, options.surgery_steps, cap=backend.surgery_epochs
         )
-        model.train(
-            max_epochs=max_epochs,
-            batch_size=options.batch_size,
-            **backend.surgery_train_kwargs(options.learning_rate),
-            early_stopping=options.early_stopping and adata.n_obs >= 50,
-            early_stopping_patience=options.early_stopping_patience,
-            check_val_every_n_epoch=1 if options.early_stopping else 10,
-            enable_progress_bar=options.progress_bar,
-        )
+        n_epochs = 0
+        if backend.surgery_trains:  # scGen maps without training
+            model.train(
+                max_epochs=max_epochs,
+                batch_size=options.batch_size,
+                **backend.surgery_train_kwargs(options.learning_rate),
+                early_stopping=options.early_stopping and adata.n_obs >= 50,
+                early_stopping_patience=options.early_stopping_patience,
+                check_val_every_n_epoch=1 if options.early_stopping else 10,
+                enable_progress_bar=options.progress_bar,
+            )
+            n_epochs = len(model.history["elbo_train"]) if "elbo_train" in model.history else max_epochs
         timings["train_s"] = time.perf_counter() - tick
-        n_epochs = len(model.history["elbo_train"]) if "elbo_train" in model.history else max_epochs
 
         tick = time.perf_counter()
         query_state = _state(model)

@@ -173,12 +173,13 @@ def backends_command() -> None:
 
     table = Table("--model", "model class", "latent key", "cell types", "inputs")
     for name, backend in BACKENDS.items():
+        programs = " + gene programs (--gene-programs)" if backend.needs_gene_programs else ""
         table.add_row(
             name,
             f"{backend.module_path}.{backend.model_class}",
             backend.latent_key,
             backend.cell_type_call,
-            " + ".join(backend.modalities),
+            " + ".join(backend.modalities) + programs,
         )
     console.print(table)
 

@@ -63,9 +63,10 @@ def grown_tensors(bundle: ReferenceBundle, reference_shapes: Mapping[str, tuple[
     if bundle.bundle_id not in _grown_cache:
         query_shapes = _probe_shapes(bundle)
         grown = grown_axes(reference_shapes, query_shapes)
-        backend_for(bundle).check_adapter_tensors(grown)
+        backend = backend_for(bundle)
+        backend.check_adapter_tensors(grown)
         odd = {n: a for n, a in grown.items() if query_shapes[n][a] - tuple(reference_shapes[n])[a] != 1}
-        if not grown or odd:
+        if (not grown and backend.surgery_trains) or odd:
             msg = (
                 f"surgery on bundle {bundle.bundle_id} grows {len(grown)} tensors"
                 + (f", {sorted(odd)[:3]} by more than one column per batch" if odd else "")

@@ -16,6 +16,7 @@ from fedarches.shared.backends.base import ModelBackend, ReferenceTraining
 from fedarches.shared.backends.citeseq import TOTALANVIBackend, TOTALVIBackend
 from fedarches.shared.backends.expimap import EXPIMAPBackend
 from fedarches.shared.backends.rna import SCANVIBackend, SCVIBackend
+from fedarches.shared.backends.scgen import SCGENBackend
 from fedarches.shared.backends.scpoli import SCPOLIBackend
 from fedarches.shared.backends.trvae import TRVAEBackend
 from fedarches.shared.errors import UserInputError
@@ -34,6 +35,7 @@ BACKENDS: dict[str, ModelBackend] = {
         SCPOLIBackend(),
         TRVAEBackend(),
         EXPIMAPBackend(),
+        SCGENBackend(),
     )
 }
 MODEL_CLASSES: dict[str, str] = {backend.model_class: name for name, backend in BACKENDS.items()}

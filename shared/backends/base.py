@@ -76,6 +76,8 @@ class ModelBackend:
     modalities: ClassVar[tuple[str, ...]] = ("RNA",)
     adapter_tensors: ClassVar[tuple[str, ...]] = (FC_LAYER_WEIGHT, r"(?:[\w.]+\.)?px_r")
     """Regular expressions (full match) of the tensors an adapter may carry: its egress allow-list."""
+    surgery_trains: ClassVar[bool] = True
+    """Surgery trains the query's new columns (scGen's mapping trains nothing: no tensor grows)."""
     surgery_epochs: ClassVar[int | None] = None
     """Epochs of surgery when the lab sets none (``None``: fedarches' step-capped scvi-tools default)."""
 

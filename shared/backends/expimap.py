@@ -1,7 +1,7 @@
 """expiMap backend: scArches' interpretable model (:class:`fedarches.shared.models.expimap.EXPIMAP`).
 
 Each latent dimension is a named gene program (a GMT gene set), read from the reference's
-``varm['I']`` / ``uns['terms']`` (``build-reference --gene-programs FILE.gmt`` puts them there).
+``varm['I']`` / ``uns['terms']`` (the reference builder's ``--gene-programs FILE.gmt`` puts them there).
 Genes: the highly variable genes that belong to a program; programs: those with more than 12 of
 them (the tutorial's rule). Cell types by weighted kNN on the reference embedding of the active
 programs. Surgery grows one column per new batch in the first encoder layer's and the decoder's

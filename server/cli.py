@@ -121,7 +121,7 @@ def import_reference_command(
         Path,
         typer.Argument(
             help="Directory written by scvi-tools' model.save() (any class `backends` lists), "
-            "or by the scArches package's scPoli model.save() (read without running its pickle)."
+            "or by the scArches package's scPoli, trVAE or expiMap model.save() (read without running its pickle)."
         ),
     ],
     signing_key: SigningKey,
@@ -131,14 +131,16 @@ def import_reference_command(
     ] = None,
     labels_key: Annotated[
         str | None,
-        typer.Option(help="obs column of --reference-data with cell types, for models that store none (totalVI)."),
+        typer.Option(
+            help="obs column of --reference-data with cell types, for models that store none (totalVI, trVAE, expiMap)."
+        ),
     ] = None,
     gene_symbols_key: Annotated[str | None, typer.Option(help="var column with gene symbols.")] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Wrap an existing scvi-tools (or scArches scPoli) model into a signed reference bundle, offline."""
+    """Wrap an existing scvi-tools (or scArches scPoli, trVAE, expiMap) model into a signed reference bundle."""
     setup_logging(quiet=quiet, debug=debug)
     with handle_errors(debug=debug):
         from fedarches.server import import_bundle

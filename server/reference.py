@@ -24,7 +24,7 @@ from fedarches.shared.bundle import BundleContents
 from fedarches.shared.counts import get_counts
 from fedarches.shared.errors import UserInputError
 from fedarches.shared.features import select_variable_genes
-from fedarches.shared.gene_programs import GenePrograms, add_gene_programs, read_gmt
+from fedarches.shared.gene_programs import TERMS_KEY, GenePrograms, add_gene_programs, read_gmt
 from fedarches.shared.quality import DISTANCE_PERCENTILE, ReferenceSummary, fit_reference_summary
 from fedarches.shared.weights import load_model_dict, model_dict_bytes
 
@@ -191,15 +191,17 @@ def import_reference(
     data's cell-type column for models that register no labels (totalVI); others read theirs
     from the model's registry.
 
-    A directory written by the scArches package's scPoli ``model.save()`` (``attr.pkl``,
-    ``model_params.pt``, ``var_names.csv``) becomes an ``scpoli`` bundle: its files are read
-    without running pickled code (:mod:`fedarches.shared.models.scpoli`).
+    A directory written by the scArches package's scPoli, trVAE or expiMap ``model.save()``
+    (``attr.pkl``, ``model_params.pt``, ``var_names.csv``) becomes an ``scpoli``, ``trvae`` or
+    ``expimap`` bundle: its files are read without running pickled code
+    (:mod:`fedarches.shared.models._scarches_files`). trVAE and expiMap save no cell types: they
+    need ``reference_adata`` and ``labels_key``; an expiMap reference's ``uns['terms']`` names its programs.
     """
     options = options or ReferenceOptions()
-    from fedarches.shared.models.scpoli import is_scarches_save
+    from fedarches.shared.models._scarches_files import is_scarches_save
 
     if is_scarches_save(model_dir):
-        return _import_scarches(Path(model_dir), reference_adata, gene_symbols_key, options)
+        return _import_scarches(Path(model_dir), reference_adata, gene_symbols_key, options, labels_key)
     model_file = Path(model_dir) / "model.pt"
     if not model_file.is_file():
         msg = f"{model_dir} has no model.pt: not a directory written by scvi-tools' model.save()"
@@ -226,6 +228,42 @@ def import_reference(
 
 
 def _import_scarches(
+    model_dir: Path,
+    reference_adata: AnnData | MuData | None,
+    gene_symbols_key: str | None,
+    options: ReferenceOptions,
+    labels_key: str | None,
+) -> BundleContents:
+    """Bundle contents of an scArches save (scPoli, trVAE or expiMap) as fedarches' model: same weights, same latent."""
+    from fedarches.shared.models._scarches_files import family_of, read_scarches_save
+
+    family = family_of(read_scarches_save(model_dir))
+    if family == "scPoli":
+        return _import_scarches_scpoli(model_dir, reference_adata, gene_symbols_key, options)
+    if family not in ("trVAE", "expiMap"):
+        msg = f"{model_dir} holds an scArches {family} model; fedarches imports scArches' scPoli, trVAE and expiMap"
+        hint = "train the reference with build-reference --model scgen instead" if family == "scGen" else None
+        raise UserInputError(msg, hint=hint)
+    from fedarches.shared.models._scarches_cvae import read_scarches_cvae, to_model
+
+    saved = read_scarches_cvae(model_dir)
+    if reference_adata is None or labels_key is None:
+        msg = f"an scArches {family} model holds no cell types: its bundle needs the reference cells and their labels"
+        raise UserInputError(msg, hint="add --reference-data atlas.h5ad --labels-key cell_type")
+    backend = get_backend(family.lower())
+    adata = backend.reference_data(reference_adata, saved.condition_key, labels_key)
+    terms = None
+    if family == "expiMap" and TERMS_KEY in adata.uns:
+        terms = [str(t) for t in adata.uns[TERMS_KEY]]
+    log.info("scArches %s model: %d genes, %d conditions (%s)", family, len(saved.genes), len(saved.conditions),
+             saved.condition_key)  # fmt: skip
+    model, adata = to_model(saved, labels_key, adata, terms=terms)
+    symbols = _gene_symbols(adata, gene_symbols_key)
+    with scoped_seed(options.seed):
+        return _contents_from_model(backend, model, adata, symbols=symbols, options=options, labels_key=labels_key)
+
+
+def _import_scarches_scpoli(
     model_dir: Path, reference_adata: AnnData | MuData | None, gene_symbols_key: str | None, options: ReferenceOptions
 ) -> BundleContents:
     """Bundle contents of an scArches scPoli save, as fedarches' ``SCPOLI`` (same weights, same latent)."""

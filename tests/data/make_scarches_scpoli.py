@@ -27,6 +27,8 @@ def main() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
     adata = ad.read_h5ad(HERE.parents[1] / "data" / "demo" / "reference.h5ad")
+    adata.X = adata.layers["counts"]  # X holds log-normalized values; scPoli's NB loss wants raw counts
+    del adata.layers["counts"]
     totals = np.asarray(adata.X.sum(axis=0)).ravel()
     adata = adata[:, np.argsort(-totals)[:200]].copy()
     adata.X = adata.X.toarray().astype(np.float32)

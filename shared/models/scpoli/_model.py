@@ -181,9 +181,7 @@ class SCPOLI(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         callbacks = [*kwargs.pop("callbacks", []), _PrototypePhase(self, pretraining_epochs, eta, batch_size)]
         self.module.eta = 0.0
         try:
-            super().train(
-                max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan, callbacks=callbacks, **kwargs
-            )
+            super().train(max_epochs=max_epochs, batch_size=batch_size, plan_kwargs=plan, callbacks=callbacks, **kwargs)
         finally:
             self.module.eta = 0.0
         if not is_query:

@@ -1,13 +1,7 @@
 """scPoli models saved by the scArches package (``model.save()``), read without running pickled code.
 
-scArches writes three files: ``model_params.pt`` (the state dict, read with ``torch.load(weights_only=True)``),
-``var_names.csv`` (one gene per line) and ``attr.pkl``, a pickle of the model's public attributes:
-hyperparameters, conditions, cell types and the prototypes (torch tensors), but also ``obs_metadata_``,
-a DataFrame of the reference cells, which is never kept. ``attr.pkl`` is read by an unpickler that
-builds only plain containers, numpy arrays and tensors (their storage read back with
-``weights_only=True``); any other class it names becomes an inert placeholder, so reading it cannot
-run code.
-
+The files are read by :mod:`fedarches.shared.models._scarches_files` (an allow-list unpickler: reading
+cannot run code; the reference cells' metadata scArches pickles is never kept).
 :func:`read_scarches_scpoli` checks that the save describes a model fedarches' :class:`SCPOLI` can
 hold (one condition key, one hidden layer, negative-binomial loss, conditions in encoder and
 decoder, layer norm) and renames its tensors; :func:`to_model` builds the :class:`SCPOLI` model.
@@ -15,9 +9,6 @@ decoder, layer norm) and renames its tensors; :func:`to_model` builds the :class
 
 from __future__ import annotations
 
-import importlib
-import io
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,15 +16,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedarches.shared.errors import UserInputError
+from fedarches.shared.models._scarches_files import HINT as _HINT
+from fedarches.shared.models._scarches_files import read_scarches_save, registered_anndata, rename
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
     from fedarches.shared.models.scpoli._model import SCPOLI
 
-SCARCHES_FILES = ("attr.pkl", "model_params.pt", "var_names.csv")
-MAX_ATTR_BYTES = 256 * 1024 * 1024
-_HINT = "pass a directory written by scArches' scPoli model.save() (attr.pkl, model_params.pt, var_names.csv)"
 # scArches' tensor names -> fedarches' (ScPoliModule)
 _RENAMES = {
     "theta": "theta",
@@ -50,26 +40,6 @@ _RENAMES = {
     "decoder.mean_decoder.0.weight": "mean_decoder.weight",
     "decoder.mean_decoder.0.bias": "mean_decoder.bias",
 }
-# What attr.pkl may build: plain containers, numpy arrays, torch tensors.
-_ALLOWED = {
-    ("builtins", "range"),
-    ("builtins", "slice"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("collections", "OrderedDict"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-}
-
-
-def is_scarches_save(directory: Path | str) -> bool:
-    """True when ``directory`` holds scArches' ``model.save()`` files."""
-    return all((Path(directory) / name).is_file() for name in SCARCHES_FILES)
 
 
 @dataclass(frozen=True)
@@ -91,70 +61,15 @@ class ScArchesScPoli:
     dropout_rate: float
 
 
-class _Inert:
-    """Stands for any object outside the allow-list: built from the pickle, never run."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-
-def _storage_from_bytes(data: bytes) -> Any:
-    import torch
-
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("torch.storage", "_load_from_bytes"):
-            return _storage_from_bytes
-        if (module, name) in _ALLOWED:
-            return getattr(importlib.import_module(module), name)
-        return _Inert
-
-    def persistent_load(self, pid: Any) -> Any:
-        msg = "attr.pkl refers to persistent objects"
-        raise pickle.UnpicklingError(msg)
-
-
-def read_attributes(path: Path) -> dict[str, Any]:
-    """``attr.pkl`` as a dict, built by the allow-list unpickler (see the module's docstring)."""
-    data = path.read_bytes()
-    if len(data) > MAX_ATTR_BYTES:
-        msg = f"{path} is {len(data):,} bytes, more than an scPoli save's attributes ever are"
-        raise UserInputError(msg, hint=_HINT)
-    try:
-        attributes = _SafeUnpickler(io.BytesIO(data)).load()
-    except Exception as err:  # noqa: BLE001 - a broken pickle is one refusal, whatever it raises
-        msg = f"{path} is not a readable scArches attribute file ({type(err).__name__})"
-        raise UserInputError(msg, hint=_HINT) from None
-    if not isinstance(attributes, dict):
-        msg = f"{path} holds a {type(attributes).__name__}, not scArches' attribute dict"
-        raise UserInputError(msg, hint=_HINT)
-    return attributes
-
-
 def read_scarches_scpoli(directory: Path | str) -> ScArchesScPoli:
     """Read and check an scArches scPoli save; :class:`UserInputError` names what fedarches cannot hold."""
     import torch
 
-    directory = Path(directory)
-    attributes = read_attributes(directory / "attr.pkl")
-    try:
-        raw = torch.load(directory / "model_params.pt", weights_only=True, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - not a tensor file: one refusal
-        msg = f"{directory / 'model_params.pt'} is not a state dict torch can read safely ({type(err).__name__})"
-        raise UserInputError(msg, hint=_HINT) from None
-    genes = [line.strip() for line in (directory / "var_names.csv").read_text().splitlines() if line.strip()]
+    save = read_scarches_save(directory)
+    directory, raw, genes = save.directory, save.state, save.genes
 
     def value(key: str) -> Any:
-        if key not in attributes:
-            msg = f"{directory} lacks scPoli's attribute {key!r}: not an scPoli model"
-            raise UserInputError(msg, hint=_HINT)
-        return attributes[key]
+        return save.value(key, "scPoli")
 
     _require(value("recon_loss_") == "nb", "uses reconstruction loss", value("recon_loss_"), "'nb'")
     _require(sorted(value("inject_condition_")) == ["decoder", "encoder"], "injects conditions into",
@@ -173,12 +88,7 @@ def read_scarches_scpoli(directory: Path | str) -> ScArchesScPoli:
     if not isinstance(means, torch.Tensor) or means.ndim != 2 or means.shape[0] != len(cell_types):
         msg = f"{directory} has no labelled prototypes, one per cell type: it was trained without cell types"
         raise UserInputError(msg, hint="fedarches imports scPoli references trained with cell_type_keys")
-    unknown = sorted(set(raw) - set(_RENAMES))
-    missing = sorted(set(_RENAMES) - set(raw))
-    if unknown or missing:
-        msg = f"{directory}'s state dict does not match scPoli's layout (extra {unknown[:3]}, missing {missing[:3]})"
-        raise UserInputError(msg, hint=_HINT)
-    state = {_RENAMES[name]: tensor for name, tensor in raw.items()}
+    state = rename(raw, _RENAMES, directory, "scPoli")
     if state["theta"].shape != (len(genes), len(condition_names)):
         shape = tuple(state["theta"].shape)
         msg = f"theta has shape {shape} for {len(genes)} genes and {len(condition_names)} conditions"
@@ -208,40 +118,13 @@ def to_model(saved: ScArchesScPoli, adata: AnnData | None = None) -> tuple[SCPOL
     prototypes (scArches' own covariances come from sampled latents); without it, one empty cell per
     condition registers the model and the spread comes from scArches' covariances.
     """
-    import anndata as ad
-    import pandas as pd
-    import scipy.sparse as sp
     import torch
 
     from fedarches.shared.models.scpoli._model import SCPOLI, UNLABELED_CATEGORY
 
     given = adata is not None
-    if adata is None:
-        n = len(saved.conditions)
-        adata = ad.AnnData(
-            X=sp.csr_matrix((n, len(saved.genes)), dtype=np.float32),
-            obs=pd.DataFrame(
-                {saved.condition_key: saved.conditions, saved.cell_type_key: UNLABELED_CATEGORY},
-                index=[f"condition{i}" for i in range(n)],
-            ),
-            var=pd.DataFrame(index=saved.genes),
-        )
-    else:
-        missing = [g for g in saved.genes if g not in adata.var_names]
-        columns = [c for c in (saved.condition_key, saved.cell_type_key) if c not in adata.obs]
-        if missing or columns:
-            msg = f"the reference data lacks {len(missing)} of the model's genes and obs columns {columns}"
-            raise UserInputError(msg, hint="pass the AnnData the scArches model was trained on")
-        adata = adata[:, saved.genes].copy()
-    obs = adata.obs
-    obs[saved.condition_key] = pd.Categorical(obs[saved.condition_key].astype(str), categories=saved.conditions)
-    if obs[saved.condition_key].isna().any():
-        msg = f"the reference data has conditions ({saved.condition_key}) the model was not trained on"
-        raise UserInputError(msg, hint="pass the AnnData the scArches model was trained on")
-    labels = obs[saved.cell_type_key].astype(str).where(obs[saved.cell_type_key].astype(str).isin(saved.cell_types))
-    obs[saved.cell_type_key] = pd.Categorical(
-        labels.fillna(UNLABELED_CATEGORY), categories=[*saved.cell_types, UNLABELED_CATEGORY]
-    )
+    adata = registered_anndata(saved.genes, saved.condition_key, saved.conditions, saved.cell_type_key,
+                               saved.cell_types, adata, unlabeled=UNLABELED_CATEGORY)  # fmt: skip
     SCPOLI.setup_anndata(adata, batch_key=saved.condition_key, labels_key=saved.cell_type_key)
     model = SCPOLI(
         adata,

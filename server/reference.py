@@ -251,7 +251,7 @@ def _import_scarches(
         msg = f"an scArches {family} model holds no cell types: its bundle needs the reference cells and their labels"
         raise UserInputError(msg, hint="add --reference-data atlas.h5ad --labels-key cell_type")
     backend = get_backend(family.lower())
-    adata = backend.reference_data(reference_adata, saved.condition_key, labels_key)
+    adata = _with_counts(backend.reference_data(reference_adata, saved.condition_key, labels_key))
     terms = None
     if family == "expiMap" and TERMS_KEY in adata.uns:
         terms = [str(t) for t in adata.uns[TERMS_KEY]]
@@ -261,6 +261,15 @@ def _import_scarches(
     symbols = _gene_symbols(adata, gene_symbols_key)
     with scoped_seed(options.seed):
         return _contents_from_model(backend, model, adata, symbols=symbols, options=options, labels_key=labels_key)
+
+
+def _with_counts(adata: AnnData) -> AnnData:
+    """``adata``'s cells with raw counts in ``X`` (``layers['counts']`` or an integer ``X``), as scArches trained on."""
+    import anndata as ad
+
+    counts, source = get_counts(adata)
+    log.info("reference counts from %s", source)
+    return ad.AnnData(X=counts, obs=adata.obs.copy(), var=adata.var.copy(), uns=dict(adata.uns))
 
 
 def _import_scarches_scpoli(
@@ -277,7 +286,7 @@ def _import_scarches_scpoli(
     )  # fmt: skip
     adata = None
     if reference_adata is not None:
-        adata = backend.reference_data(reference_adata, saved.condition_key, saved.cell_type_key)
+        adata = _with_counts(backend.reference_data(reference_adata, saved.condition_key, saved.cell_type_key))
     model, adata = scarches_to_model(saved, adata)
     if reference_adata is None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -697,3 +697,25 @@ def result_header(
         "threads": args.threads,
         "quick": args.quick,
     }
+
+
+def keyword_defaults(function: Any) -> dict[str, Any]:
+    """The keyword defaults of a function.
+
+    Parameters
+    ----------
+    function
+        Any callable.
+
+    Returns
+    -------
+    dict[str, Any]
+        Parameter name to default, for the parameters that have one.
+    """
+    import inspect
+
+    return {
+        name: jsonable(p.default)
+        for name, p in inspect.signature(function).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }

@@ -27,7 +27,6 @@ Writes ``result.json``, ``query_cells.csv`` and ``latent.npz`` in ``--out``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import time
 import warnings
@@ -40,6 +39,7 @@ from scarches_common import (
     compare_states,
     final_logs,
     jsonable,
+    keyword_defaults,
     label_metrics,
     load_data,
     map_query,
@@ -177,26 +177,6 @@ def load_mask(path: Path, genes: list[str]) -> tuple[np.ndarray, list[str]]:
     return matrix.astype(np.int32), terms
 
 
-def _defaults(function: Any) -> dict[str, Any]:
-    """The keyword defaults of a function.
-
-    Parameters
-    ----------
-    function
-        Any callable.
-
-    Returns
-    -------
-    dict[str, Any]
-        Parameter name to default, for the parameters that have one.
-    """
-    return {
-        name: jsonable(p.default)
-        for name, p in inspect.signature(function).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
 MODEL_ATTRIBUTES = (
     "condition_key_",
     "conditions_",
@@ -262,7 +242,7 @@ def describe_model(model: Any) -> dict[str, Any]:
     """
     trainer = model.trainer
     stopper = trainer.early_stopping
-    train_defaults = _defaults(type(model).train)
+    train_defaults = keyword_defaults(type(model).train)
     group = trainer.optimizer.param_groups[0]
     epochs_run = int(trainer.epoch) + 1
     best = trainer.best_state_dict
@@ -451,12 +431,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": label_metrics(true, pred, uncert, hold_out, mean_uncertainty=True),
         "hyperparameters": {
             "reference_init": jsonable(reference_init),
-            "init_defaults": _defaults(EXPIMAP.__init__),
+            "init_defaults": keyword_defaults(EXPIMAP.__init__),
             "reference_train": jsonable(reference_train),
-            "train_defaults": _defaults(EXPIMAP.train),
-            "trainer_defaults": {**_defaults(Trainer.__init__), **_defaults(expiMapTrainer.__init__)},
+            "train_defaults": keyword_defaults(EXPIMAP.train),
+            "trainer_defaults": {**keyword_defaults(Trainer.__init__), **keyword_defaults(expiMapTrainer.__init__)},
             "query_load_query_data": jsonable(query_load),
-            "load_query_data_defaults": _defaults(EXPIMAP.load_query_data),
+            "load_query_data_defaults": keyword_defaults(EXPIMAP.load_query_data),
             "query_train": jsonable(query_train),
             "latent": {
                 "model": "query",

@@ -25,7 +25,6 @@ Writes ``result.json``, ``query_cells.csv`` and ``latent.npz`` in ``--out``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from scarches_common import (
     count_parameters,
     final_logs,
     jsonable,
+    keyword_defaults,
     label_metrics,
     load_data,
     pick_attributes,
@@ -98,26 +98,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _defaults(function: Any) -> dict[str, Any]:
-    """The keyword defaults of a function.
-
-    Parameters
-    ----------
-    function
-        Any callable.
-
-    Returns
-    -------
-    dict[str, Any]
-        Parameter name to default, for the parameters that have one.
-    """
-    return {
-        name: jsonable(p.default)
-        for name, p in inspect.signature(function).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
 def log_normalize(adata: AnnData, labels_key: str) -> None:
     """Log-normalize the counts in place, as scGen expects, and add the ``cell_type`` column.
 
@@ -160,7 +140,7 @@ def describe_model(model: Any) -> dict[str, Any]:
     """
     trainer = model.trainer
     stopper = trainer.early_stopping
-    train_defaults = _defaults(type(model).train)
+    train_defaults = keyword_defaults(type(model).train)
     group = trainer.optim.param_groups[0]
     epochs_run = int(trainer.epoch) + 1
     best = trainer.best_state_dict
@@ -175,7 +155,7 @@ def describe_model(model: Any) -> dict[str, Any]:
         "trainer": pick_attributes(trainer, TRAINER_ATTRIBUTES),
         # scgen.train passes batch_size positionally into vaeArithTrainer's train_frac (hence the trainer's
         # train_frac attribute is the batch size); the split itself uses train_valid_split's own default
-        "train_frac_used": _defaults(type(trainer).train_valid_split).get("train_frac"),
+        "train_frac_used": keyword_defaults(type(trainer).train_valid_split).get("train_frac"),
         "optimizer": {
             "class": type(trainer.optim).__name__,
             "lr_initial": train_defaults.get("lr"),
@@ -397,10 +377,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "dtype": "float32, dense",
             },
             "reference_init": jsonable(reference_init),
-            "init_defaults": _defaults(scgen.__init__),
+            "init_defaults": keyword_defaults(scgen.__init__),
             "reference_train": jsonable(reference_train),
-            "train_defaults": _defaults(scgen.train),
-            "trainer_defaults": _defaults(vaeArithTrainer.__init__),
+            "train_defaults": keyword_defaults(scgen.train),
+            "trainer_defaults": keyword_defaults(vaeArithTrainer.__init__),
             "batch_removal": jsonable(batch_removal_kwargs),
             "map_query_data": {
                 **jsonable(map_kwargs),

@@ -157,10 +157,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reference, query, genes = load_data(args, "scPoli")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    reference_init = {"condition_keys": args.batch_key, "cell_type_keys": args.labels_key, "embedding_dims": 5,
-                      "recon_loss": "nb"}
-    reference_train = {"n_epochs": n_epochs, "pretraining_epochs": pretraining_epochs,
-                       "early_stopping_kwargs": EARLY_STOPPING_KWARGS, "eta": 5, "seed": args.seed}
+    reference_init = {
+        "condition_keys": args.batch_key,
+        "cell_type_keys": args.labels_key,
+        "embedding_dims": 5,
+        "recon_loss": "nb",
+    }
+    reference_train = {
+        "n_epochs": n_epochs,
+        "pretraining_epochs": pretraining_epochs,
+        "early_stopping_kwargs": EARLY_STOPPING_KWARGS,
+        "eta": 5,
+        "seed": args.seed,
+    }
     query_load = {"labeled_indices": []}
     query_train = {"n_epochs": n_epochs, "pretraining_epochs": pretraining_epochs, "eta": 10, "seed": args.seed}
     classify_kwargs = {"scale_uncertainties": True}

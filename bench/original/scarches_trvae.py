@@ -20,7 +20,6 @@ Writes ``result.json``, ``query_cells.csv`` and ``latent.npz`` in ``--out``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ from scarches_common import (
     compare_states,
     final_logs,
     jsonable,
+    keyword_defaults,
     label_metrics,
     load_data,
     map_query,
@@ -84,26 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _defaults(function: Any) -> dict[str, Any]:
-    """The keyword defaults of a function.
-
-    Parameters
-    ----------
-    function
-        Any callable.
-
-    Returns
-    -------
-    dict[str, Any]
-        Parameter name to default, for the parameters that have one.
-    """
-    return {
-        name: jsonable(p.default)
-        for name, p in inspect.signature(function).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
 MODEL_ATTRIBUTES = (
     "condition_key_",
     "conditions_",
@@ -154,7 +134,7 @@ def describe_model(model: Any) -> dict[str, Any]:
     """
     trainer = model.trainer
     stopper = trainer.early_stopping
-    train_defaults = _defaults(type(model).train)
+    train_defaults = keyword_defaults(type(model).train)
     group = trainer.optimizer.param_groups[0]
     epochs_run = int(trainer.epoch) + 1
     best = trainer.best_state_dict
@@ -323,7 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "reference_init": jsonable(reference_init),
             "reference_train": jsonable(reference_train),
             "query_load_query_data": jsonable(query_load),
-            "load_query_data_defaults": _defaults(SurgeryMixin.load_query_data),
+            "load_query_data_defaults": keyword_defaults(SurgeryMixin.load_query_data),
             "query_train": jsonable(query_train),
             "latent": {"model": "query", "method": "get_latent(x, c, mean=True)"},
             "knn": {

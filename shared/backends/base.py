@@ -317,3 +317,45 @@ class ModelBackend:
         batch_field = saved["attr_dict"]["registry_"]["field_registries"][BATCH_KEY]
         batch_field["state_registry"]["categorical_mapping"] = np.asarray(list(categories), dtype=object)
         batch_field["summary_stats"]["n_batch"] = len(categories)
+
+
+class WrittenHereBackend(ModelBackend):
+    """A family whose model is written here (scPoli, trVAE, expiMap, scGen): its ``train`` sets the tutorial's recipe.
+
+    Subclasses say how the model is made (:meth:`new_model`) and, where it differs, how it is
+    registered and trained; surgery is the model's own ``load_query_data``.
+    """
+
+    def train_reference(
+        self, train: AnnData, *, batch_key: str, labels_key: str | None, options: ReferenceTraining
+    ) -> Any:
+        """Register ``train``, make the model and train it (``n_layers`` does not apply: each has the tutorial's)."""
+        cls = self.model_cls()
+        cls.setup_anndata(train, batch_key=batch_key, labels_key=labels_key, **self.setup_kwargs())
+        model = self.new_model(cls, train, options)
+        model.train(**self.reference_train_kwargs(options))
+        return model
+
+    def setup_kwargs(self) -> dict[str, Any]:
+        """Further ``setup_anndata`` arguments."""
+        return {}
+
+    def new_model(self, cls: type, train: AnnData, options: ReferenceTraining) -> Any:
+        """The untrained model on ``train``."""
+        return cls(train, n_latent=options.n_latent)
+
+    def reference_train_kwargs(self, options: ReferenceTraining) -> dict[str, Any]:
+        """``train`` arguments of a reference (``max_epochs=None``: the model's tutorial default)."""
+        return {
+            "max_epochs": options.max_epochs,
+            "early_stopping": options.early_stopping,
+            "enable_progress_bar": options.progress_bar,
+        }
+
+    def load_query(self, query: AnnData, model_dir: Path) -> Any:
+        """The model's own surgery set-up (``load_query_data``)."""
+        return self.model_cls().load_query_data(query, str(model_dir))
+
+    def surgery_train_kwargs(self, learning_rate: float) -> dict[str, Any]:
+        """The model's ``train`` takes the learning rate itself and trains a query without weight decay."""
+        return {"lr": learning_rate}

@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from fedarches.shared.backends.base import ModelBackend, ReferenceTraining
+from fedarches.shared.backends.base import ReferenceTraining, WrittenHereBackend
 from fedarches.shared.errors import UserInputError
 from fedarches.shared.gene_programs import MASK_KEY, MIN_GENES, TERMS_KEY
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from anndata import AnnData
 
     from fedarches.shared.bundle import ReferenceBundle
@@ -29,7 +27,7 @@ if TYPE_CHECKING:
 PROGRAMS_KEY = "expimap_programs"
 
 
-class EXPIMAPBackend(ModelBackend):
+class EXPIMAPBackend(WrittenHereBackend):
     """``EXPIMAP``: the scArches tutorial's architecture and training over gene programs, kNN labels."""
 
     name: ClassVar[str] = "expimap"
@@ -69,10 +67,8 @@ class EXPIMAPBackend(ModelBackend):
         keep[keep] = mask[:, programs].sum(axis=1) > 0
         return keep
 
-    def train_reference(
-        self, train: AnnData, *, batch_key: str, labels_key: str | None, options: ReferenceTraining
-    ) -> Any:
-        """Train expiMap over the programs with more than 12 genes (``n_latent``, ``n_layers`` do not apply)."""
+    def new_model(self, cls: type, train: AnnData, options: ReferenceTraining) -> Any:
+        """ExpiMap over the programs with more than 12 genes (``n_latent`` does not apply: one per program)."""
         mask = np.asarray(train.varm[MASK_KEY])
         programs = mask.sum(axis=0) > MIN_GENES
         if not programs.any():
@@ -80,23 +76,7 @@ class EXPIMAPBackend(ModelBackend):
             raise UserInputError(msg, hint="give a GMT file whose gene sets use the reference's gene names")
         train.varm[MASK_KEY] = mask[:, programs].astype(np.int8)
         train.uns[TERMS_KEY] = [n for n, k in zip(train.uns[TERMS_KEY], programs, strict=True) if k]
-        cls = self.model_cls()
-        cls.setup_anndata(train, batch_key=batch_key, labels_key=labels_key)
-        model = cls(train)
-        model.train(
-            max_epochs=options.max_epochs,  # None: the tutorial's 400, with early stopping
-            early_stopping=options.early_stopping,
-            enable_progress_bar=options.progress_bar,
-        )
-        return model
-
-    def load_query(self, query: AnnData, model_dir: Path) -> Any:
-        """Surgery: new condition columns and ``theta`` columns train, all else frozen."""
-        return self.model_cls().load_query_data(query, str(model_dir))
-
-    def surgery_train_kwargs(self, learning_rate: float) -> dict[str, Any]:
-        """``EXPIMAP.train`` takes the learning rate itself and trains a query without weight decay."""
-        return {"lr": learning_rate}
+        return cls(train)
 
     def latent(self, model: Any, adata: AnnData | None = None, indices: np.ndarray | None = None) -> np.ndarray:
         """Posterior means of the active programs (those the group lasso kept), float32."""

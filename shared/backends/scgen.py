@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from fedarches.shared.backends.base import ModelBackend, ReferenceTraining
+from fedarches.shared.backends.base import WrittenHereBackend
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from pathlib import Path
 
     from anndata import AnnData
 
@@ -33,7 +32,7 @@ LAB_LABELS = "lab_labels"  # query_inputs' key: the lab's own cell types (None w
 _REFERENCE_UNS = "fedarches_scgen_reference"  # the query AnnData's copy of the reference embedding
 
 
-class SCGENBackend(ModelBackend):
+class SCGENBackend(WrittenHereBackend):
     """``SCGEN``: the scArches tutorial's scGen; kNN labels, then latent arithmetic per type."""
 
     name: ClassVar[str] = "scgen"
@@ -44,20 +43,6 @@ class SCGENBackend(ModelBackend):
     needs_labels: ClassVar[bool] = True
     surgery_trains: ClassVar[bool] = False
     adapter_tensors: ClassVar[tuple[str, ...]] = ()
-
-    def train_reference(
-        self, train: AnnData, *, batch_key: str, labels_key: str | None, options: ReferenceTraining
-    ) -> Any:
-        """Train scGen on ``train`` (``n_layers`` does not apply: the tutorial's hidden layers of 256 and 128)."""
-        cls = self.model_cls()
-        cls.setup_anndata(train, batch_key=batch_key, labels_key=labels_key)
-        model = cls(train, n_latent=options.n_latent)
-        model.train(
-            max_epochs=options.max_epochs,  # None: the tutorial's 50
-            early_stopping=options.early_stopping,
-            enable_progress_bar=options.progress_bar,
-        )
-        return model
 
     # ---- queries -----------------------------------------------------------------------------
     def query_inputs(self, data: Any, bundle: ReferenceBundle, obs_names: pd.Index) -> tuple[dict[str, Any], dict]:
@@ -87,10 +72,6 @@ class SCGENBackend(ModelBackend):
             "lab_labels": inputs.get(LAB_LABELS),
             "categories": list(bundle.label_categories),
         }
-
-    def load_query(self, query: AnnData, model_dir: Path) -> Any:
-        """The reference model registered on the query; nothing trains."""
-        return self.model_cls().load_query_data(query, str(model_dir))
 
     # ---- what each cell gets -----------------------------------------------------------------
     def latent(self, model: Any, adata: AnnData | None = None, indices: np.ndarray | None = None) -> np.ndarray:

@@ -14,22 +14,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from fedarches.shared.backends.base import LABELS_KEY, ModelBackend, ReferenceTraining
+from fedarches.shared.backends.base import LABELS_KEY, ReferenceTraining, WrittenHereBackend
 from fedarches.shared.backends.rna import UNLABELED_CATEGORY
 from fedarches.shared.prototypes import PROTOTYPES_TENSOR
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from anndata import AnnData
-
     from fedarches.shared.bundle import ReferenceBundle
 
 TUTORIAL_EPOCHS = 50  # scArches' scPoli surgery tutorial, reference and query alike
 UNCERTAINTY_KEY = "prediction_uncertainty"
 
 
-class SCPOLIBackend(ModelBackend):
+class SCPOLIBackend(WrittenHereBackend):
     """``SCPOLI``: prototype label transfer, the scArches tutorial's defaults."""
 
     name: ClassVar[str] = "scpoli"
@@ -42,26 +38,16 @@ class SCPOLIBackend(ModelBackend):
     adapter_tensors: ClassVar[tuple[str, ...]] = (r"embedding\.weight", r"theta")
     surgery_epochs: ClassVar[int | None] = TUTORIAL_EPOCHS
 
-    def train_reference(
-        self, train: AnnData, *, batch_key: str, labels_key: str | None, options: ReferenceTraining
-    ) -> Any:
-        """Train scPoli on ``train`` with the tutorial's settings (``n_layers`` does not apply: one hidden layer).
+    def setup_kwargs(self) -> dict[str, Any]:
+        """ScPoli's unlabeled category."""
+        return {"unlabeled_category": UNLABELED_CATEGORY}
 
-        No early stopping: scvi-tools' would watch the ELBO and could stop before the prototype phase.
+    def reference_train_kwargs(self, options: ReferenceTraining) -> dict[str, Any]:
+        """The tutorial's 50 epochs, without early stopping.
+
+        scvi-tools' early stopping would watch the ELBO and could stop before the prototype phase.
         """
-        cls = self.model_cls()
-        cls.setup_anndata(train, batch_key=batch_key, labels_key=labels_key, unlabeled_category=UNLABELED_CATEGORY)
-        model = cls(train, n_latent=options.n_latent)
-        model.train(max_epochs=options.max_epochs or TUTORIAL_EPOCHS, enable_progress_bar=options.progress_bar)
-        return model
-
-    def load_query(self, query: AnnData, model_dir: Path) -> Any:
-        """ScPoli surgery: new embedding rows and ``theta`` columns train, all else frozen."""
-        return self.model_cls().load_query_data(query, str(model_dir))
-
-    def surgery_train_kwargs(self, learning_rate: float) -> dict[str, Any]:
-        """``SCPOLI.train`` takes the learning rate itself and trains a query without weight decay."""
-        return {"lr": learning_rate}
+        return {"max_epochs": options.max_epochs or TUTORIAL_EPOCHS, "enable_progress_bar": options.progress_bar}
 
     def cell_outputs(self, model: Any, bundle: ReferenceBundle) -> dict[str, Any]:
         """ScPoli's per-cell uncertainty: Euclidean distance from the cell's latent mean to its nearest prototype."""

@@ -9,13 +9,44 @@ subclass builds its layers and says how the condition enters (:meth:`encode`, :m
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.distributions import NegativeBinomial
 from scvi.module.base import BaseModuleClass, auto_move_data
 from torch.distributions import Normal, kl_divergence
 
+if TYPE_CHECKING:
+    from anndata import AnnData
+
 LATENT_VARIANCE_FLOOR = 1e-4
+
+
+class CountsSetupMixin:
+    """``setup_anndata`` of the trVAE, expiMap and scGen models: raw counts, conditions, cell types."""
+
+    @classmethod
+    def setup_anndata(  # its locals are the saved set-up arguments: import nothing inside
+        cls,
+        adata: AnnData,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        layer: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Register raw counts (``layer`` or ``X``), the condition (batch) column and the cell types."""
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+        ]
+        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
 
 
 class CountsCVAE(BaseModuleClass):

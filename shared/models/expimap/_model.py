@@ -22,12 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
 from fedarches.shared.gene_programs import MASK_KEY, TERMS_KEY
+from fedarches.shared.models._base import CountsSetupMixin
 from fedarches.shared.models._surgery import FC_LAYER_OPTIONS, reference_batch_count, train_only_new_conditions
 from fedarches.shared.models.expimap._module import ExpiMapModule
 from fedarches.shared.models.expimap._regularizers import ProgramRegularizer
@@ -46,7 +44,7 @@ NEW_PROGRAM_TENSORS = (
 )
 
 
-class EXPIMAP(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class EXPIMAP(CountsSetupMixin, ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """expiMap (Lotfollahi et al. 2023): an interpretable conditional VAE, one latent dimension per gene program.
 
     Parameters
@@ -103,26 +101,6 @@ class EXPIMAP(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         )
         self.n_reference_batches: int | None = None  # set by load_query_data
         self.init_params_ = self._get_init_params(locals())
-
-    @classmethod
-    def setup_anndata(
-        cls,
-        adata: AnnData,
-        batch_key: str | None = None,
-        labels_key: str | None = None,
-        layer: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Register raw counts (``layer`` or ``X``), the condition column and (for kNN labels) the cell types."""
-        setup_method_args = cls._get_setup_method_args(**locals())
-        fields = [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
-            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
-            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
-        ]
-        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        manager.register_fields(adata, **kwargs)
-        cls.register_manager(manager)
 
     def train(
         self,

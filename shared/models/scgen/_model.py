@@ -27,10 +27,9 @@ import numpy as np
 import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
+from fedarches.shared.models._base import CountsSetupMixin
 from fedarches.shared.models._surgery import FC_LAYER_OPTIONS
 from fedarches.shared.models.scgen._module import ScGenModule
 
@@ -40,7 +39,7 @@ if TYPE_CHECKING:
 TUTORIAL_EPOCHS = 50
 
 
-class SCGEN(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class SCGEN(CountsSetupMixin, ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """scGen (Lotfollahi et al. 2019): a VAE whose latent arithmetic removes batch effects per cell type.
 
     Parameters
@@ -77,26 +76,6 @@ class SCGEN(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         )
         self._model_summary_string = f"scGen: n_latent {n_latent}, hidden {list(n_hidden)}"
         self.init_params_ = self._get_init_params(locals())
-
-    @classmethod
-    def setup_anndata(
-        cls,
-        adata: AnnData,
-        batch_key: str | None = None,
-        labels_key: str | None = None,
-        layer: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Register raw counts (``layer`` or ``X``), the batches and the cell types the arithmetic works within."""
-        setup_method_args = cls._get_setup_method_args(**locals())
-        fields = [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
-            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
-            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
-        ]
-        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        manager.register_fields(adata, **kwargs)
-        cls.register_manager(manager)
 
     def train(
         self,

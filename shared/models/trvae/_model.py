@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
+from fedarches.shared.models._base import CountsSetupMixin
 from fedarches.shared.models._surgery import FC_LAYER_OPTIONS, reference_batch_count, train_only_new_conditions
 from fedarches.shared.models.trvae._module import TrVAEModule
 
@@ -33,7 +31,7 @@ TUTORIAL_EPOCHS = 500
 TRAINABLE_IN_SURGERY = {"encoder_first.cond_L.weight": 1, "decoder_first.cond_L.weight": 1, "theta": 1}
 
 
-class TRVAE(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class TRVAE(CountsSetupMixin, ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """trVAE (Lotfollahi et al. 2020): a conditional VAE with an MMD penalty between conditions.
 
     Parameters
@@ -81,26 +79,6 @@ class TRVAE(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         self._model_summary_string = f"trVAE: {stats.n_batch} conditions, n_latent {n_latent}, MMD on {mmd_on}"
         self.n_reference_batches: int | None = None  # set by load_query_data
         self.init_params_ = self._get_init_params(locals())
-
-    @classmethod
-    def setup_anndata(
-        cls,
-        adata: AnnData,
-        batch_key: str | None = None,
-        labels_key: str | None = None,
-        layer: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Register raw counts (``layer`` or ``X``), the condition column and (for kNN labels) the cell types."""
-        setup_method_args = cls._get_setup_method_args(**locals())
-        fields = [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
-            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
-            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
-        ]
-        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        manager.register_fields(adata, **kwargs)
-        cls.register_manager(manager)
 
     def train(
         self,

@@ -86,10 +86,7 @@ class TrVAEModule(CountsCVAE):
         self.decoder_first = ConditionalLayer(back[0], back[1], n_batch, bias=False)
         self.decoder_first_out = normed(back[1], **block)
         self.decoder_hidden = nn.Sequential(
-            *(
-                nn.Sequential(nn.Linear(a, b, bias=False), normed(b, **block))
-                for a, b in pairwise(back[1:])
-            )
+            *(nn.Sequential(nn.Linear(a, b, bias=False), normed(b, **block)) for a, b in pairwise(back[1:]))
         )
         self.mean_decoder = nn.Linear(back[-1], n_input)
         self.theta = nn.Parameter(torch.randn(n_input, n_batch))
@@ -140,9 +137,7 @@ def conditions_mmd(features: torch.Tensor, batch_index: torch.Tensor) -> torch.T
 
 def mmd(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Maximum mean discrepancy with scArches' multi-scale Gaussian kernel."""
-    return (
-        _kernel(first, first).mean() + _kernel(second, second).mean() - 2 * _kernel(first, second).mean()
-    )
+    return _kernel(first, first).mean() + _kernel(second, second).mean() - 2 * _kernel(first, second).mean()
 
 
 def _kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

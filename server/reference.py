@@ -223,7 +223,7 @@ def import_reference(
     with tempfile.TemporaryDirectory() as safe_dir:  # scvi-tools unpickles model.pt unrestricted: give it a safe copy
         (Path(safe_dir) / "model.pt").write_bytes(model_dict_bytes(saved))
         model = model_cls.load(safe_dir, adata=adata)
-    with scoped_seed(options.seed):
+    with quiet_training(), scoped_seed(options.seed):
         return _contents_from_model(backend, model, adata, symbols=symbols, options=options, labels_key=labels_key)
 
 
@@ -259,7 +259,7 @@ def _import_scarches(
              saved.condition_key)  # fmt: skip
     model, adata = to_model(saved, labels_key, adata, terms=terms)
     symbols = _gene_symbols(adata, gene_symbols_key)
-    with scoped_seed(options.seed):
+    with quiet_training(), scoped_seed(options.seed):
         return _contents_from_model(backend, model, adata, symbols=symbols, options=options, labels_key=labels_key)
 
 
@@ -294,7 +294,7 @@ def _import_scarches_scpoli(
             model_dict = load_model_dict((Path(tmp) / "model.pt").read_bytes(), source="the converted scPoli model")
         return _contents(backend, model_dict, symbols=None, embedding=None)
     symbols = _gene_symbols(adata, gene_symbols_key)
-    with scoped_seed(options.seed):
+    with quiet_training(), scoped_seed(options.seed):
         return _contents_from_model(
             backend, model, adata, symbols=symbols, options=options, labels_key=saved.cell_type_key
         )

@@ -1,6 +1,7 @@
 """A real loopback round for each non-default backend: an scVI reference (kNN labels), a totalVI
-reference (CITE-seq) whose lab brings RNA only, an scPoli reference (prototype labels) and an scGen
-reference (no surgery: adapters without tensors, correction by the labs' own labels).
+reference (CITE-seq) whose lab brings RNA only, an scPoli reference (prototype labels), an scGen
+reference (no surgery: adapters without tensors, correction by the labs' own labels), a trVAE
+reference, and an expiMap reference over GO programs (PBMC, two labs of 5' cells; chance 1/9).
 
 Each runs the same command lines users type, with TLS and node authentication, and checks what the
 SCANVI federation tests check: the round completes, egress holds only the backend's allow-listed
@@ -43,9 +44,30 @@ def _totalvi_setup(work: Path) -> tuple[Path, dict[str, Path], str]:
     return DEMO / "citeseq_reference.h5ad", {"lab_rna": rna_only}, "cell_type"
 
 
-SETUPS = {"scvi": _scvi_setup, "totalvi": _totalvi_setup, "scpoli": _scvi_setup, "scgen": _scvi_setup}
+def _expimap_setup(work: Path) -> tuple[Path, dict[str, Path], str]:
+    """PBMC: the 3' cells as the reference (gene symbols, for GO programs), the 5' cells as two labs."""
+    pbmc = ad.read_h5ad(DEMO / "pbmc_3chem.h5ad")
+    reference = work / "pbmc_reference.h5ad"
+    pbmc[pbmc.obs["batch"] != "5p"].copy().write_h5ad(reference)
+    five = np.flatnonzero((pbmc.obs["batch"] == "5p").to_numpy())
+    labs = {}
+    for lab, cells in (("lab_5p_a", five[::2]), ("lab_5p_b", five[1::2])):
+        labs[lab] = work / f"{lab}.h5ad"
+        pbmc[cells].copy().write_h5ad(labs[lab])
+    return reference, labs, "cell_type"
+
+
+SETUPS = {
+    "scvi": _scvi_setup,
+    "totalvi": _totalvi_setup,
+    "scpoli": _scvi_setup,
+    "scgen": _scvi_setup,
+    "trvae": _scvi_setup,
+    "expimap": _expimap_setup,
+}
+REFERENCE_OPTIONS = {"expimap": {"gene_programs": DEMO / "go_bp_2023_pbmc.gmt", "n_top_genes": 1000}}
 # chance: 1/3 (three cell lines per demo lab), 1/5 (marker-gated PBMC types in the CITE-seq lab)
-MIN_ACCURACY = {"scvi": 0.8, "totalvi": 0.65, "scpoli": 0.8, "scgen": 0.8}
+MIN_ACCURACY = {"scvi": 0.8, "totalvi": 0.65, "scpoli": 0.8, "scgen": 0.8, "trvae": 0.8, "expimap": 0.75}
 
 
 @pytest.fixture(scope="module", params=[name for name in SETUPS if name in BACKENDS])
@@ -60,7 +82,9 @@ def backend_round(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         ad.read_h5ad(reference),
         batch_key="batch",
         labels_key=labels_key,
-        options=ReferenceOptions(model=name, max_epochs=100, progress_bar=False, threads=1),
+        options=ReferenceOptions(
+            model=name, max_epochs=100, progress_bar=False, threads=1, **REFERENCE_OPTIONS.get(name, {})
+        ),
     )
     fed = LoopbackFederation(work, threads=1, env={"PYTHONPATH": str(REPO)})
     try:

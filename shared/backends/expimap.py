@@ -46,7 +46,8 @@ class EXPIMAPBackend(WrittenHereBackend):
     def reference_inputs(self, adata: AnnData, train: AnnData) -> None:
         """Carry the mask and the programs' names into the training copy."""
         if MASK_KEY in adata.varm:
-            train.varm[MASK_KEY] = np.asarray(adata.varm[MASK_KEY])
+            mask = adata.varm[MASK_KEY]
+            train.varm[MASK_KEY] = np.asarray(mask.toarray() if hasattr(mask, "toarray") else mask)  # sparse or dense
             names = adata.uns.get(TERMS_KEY, [f"program_{i}" for i in range(train.varm[MASK_KEY].shape[1])])
             train.uns[TERMS_KEY] = [str(n) for n in names]
 

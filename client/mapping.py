@@ -212,7 +212,7 @@ def map_query(
         backend.check_adapter_tensors(adapter.tensors)
         latent = backend.latent(model)
         probabilities = backend.soft_predictions(model, bundle, latent)
-        cell_outputs = backend.cell_outputs(model, bundle)
+        cell_outputs = backend.cell_outputs(model, bundle, latent)
         timings["predict_s"] = time.perf_counter() - tick
         timings["cpu_s"] = time.process_time() - cpu_tick  # training and prediction, every thread
 

@@ -136,8 +136,7 @@ def adapter_spend(policy: AdapterPolicy) -> PrivacySpend:
     """The (ε, δ) of clipping to ``clip_norm`` plus Gaussian noise, with the lab's dataset as the unit."""
     if policy.clip_norm <= 0 or policy.noise_multiplier <= 0:
         return NO_NOISE
-    return _gaussian_release(policy.noise_multiplier * policy.clip_norm, 2.0 * policy.clip_norm, policy.delta,
-                             "dataset")[1]  # fmt: skip
+    return _adapter_release(policy)[1]
 
 
 def release_adapter(values: np.ndarray, policy: AdapterPolicy) -> tuple[np.ndarray, PrivacySpend]:
@@ -152,9 +151,7 @@ def release_adapter(values: np.ndarray, policy: AdapterPolicy) -> tuple[np.ndarr
     clipped = values * min(1.0, policy.clip_norm / norm) if norm > 0 else values.copy()
     if policy.noise_multiplier <= 0:
         return clipped, PrivacySpend("clip", 0.0, 0.0, "none", 0.0, 0.0)
-    gaussian, spend = _gaussian_release(
-        policy.noise_multiplier * policy.clip_norm, 2.0 * policy.clip_norm, policy.delta, "dataset"
-    )
+    gaussian, spend = _adapter_release(policy)
     return np.asarray(gaussian(clipped.tolist()), dtype=np.float64), spend
 
 
@@ -178,6 +175,12 @@ def release_sums(sums: np.ndarray, *, clip_norm: float, noise_multiplier: float,
         return sums.copy(), NO_NOISE
     gaussian, spend = _sums_release(clip_norm, noise_multiplier, delta, bound)
     return np.asarray(gaussian(sums.ravel().tolist()), dtype=np.float64).reshape(sums.shape), spend
+
+
+def _adapter_release(policy: AdapterPolicy) -> tuple[Any, PrivacySpend]:
+    """The Gaussian mechanism of an adapter clipped to ``clip_norm``: one lab's dataset changes it by 2 x clip_norm."""
+    scale, d_in = policy.noise_multiplier * policy.clip_norm, 2.0 * policy.clip_norm
+    return _gaussian_release(scale, d_in, policy.delta, "dataset")
 
 
 def _sums_release(clip_norm: float, noise_multiplier: float, delta: float, bound: int) -> tuple[Any, PrivacySpend]:

@@ -266,8 +266,11 @@ class ModelBackend:
         unlabeled = model.registry_["setup_args"].get("unlabeled_category")
         return [str(c) for c in registry.categorical_mapping if c != unlabeled]
 
-    def cell_outputs(self, model: Any, bundle: ReferenceBundle) -> dict[str, Any]:
-        """``obsm`` entries beyond the latent (e.g. denoised proteins), keyed by their ``obsm`` key."""
+    def cell_outputs(self, model: Any, bundle: ReferenceBundle, latent: np.ndarray) -> dict[str, Any]:
+        """``obsm`` entries beyond the latent (e.g. denoised proteins), keyed by their ``obsm`` key.
+
+        ``latent``: what :meth:`latent` gave for the model's cells, so that it is not computed twice.
+        """
         return {}
 
     # ---- adapters and atlases ----------------------------------------------------------------

@@ -195,7 +195,7 @@ class CITEseqBackend(ModelBackend):
         return {"lr": learning_rate, "plan_kwargs": {"weight_decay": 0.0, "scale_adversarial_loss": 0.0}}
 
     # ---- what each cell gets -----------------------------------------------------------------
-    def cell_outputs(self, model: Any, bundle: ReferenceBundle) -> dict[str, Any]:
+    def cell_outputs(self, model: Any, bundle: ReferenceBundle, latent: np.ndarray) -> dict[str, Any]:
         """``obsm['denoised_protein']``: every reference protein, denoised or imputed, as the reference batches see it.
 
         Foreground protein means from ``get_normalized_expression`` averaged over 25 posterior samples

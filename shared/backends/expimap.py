@@ -84,9 +84,9 @@ class EXPIMAPBackend(WrittenHereBackend):
         latent = model.get_latent_representation(adata, indices=indices, only_active=True)
         return np.asarray(latent, dtype=np.float32)
 
-    def cell_outputs(self, model: Any, bundle: ReferenceBundle) -> dict[str, Any]:
+    def cell_outputs(self, model: Any, bundle: ReferenceBundle, latent: np.ndarray) -> dict[str, Any]:
         """``obsm['expimap_programs']``: each active program's activity, signed so that higher means more expressed."""
         active = model.nonzero_terms()
-        latent = model.get_latent_representation(only_active=True) * model.latent_directions()[active]
+        signed = latent * model.latent_directions()[active]
         names = np.asarray(model.program_names, dtype=object)[active]
-        return {PROGRAMS_KEY: pd.DataFrame(latent, index=model.adata.obs_names, columns=names)}
+        return {PROGRAMS_KEY: pd.DataFrame(signed, index=model.adata.obs_names, columns=names)}

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fedarches.shared.backends.base import WrittenHereBackend
+from fedarches.shared.backends.rna import UNLABELED_CATEGORY
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -78,40 +79,37 @@ class SCGENBackend(WrittenHereBackend):
         """The corrected latent: a reference's batches per type onto the largest one; a query's onto the reference."""
         from fedarches.shared.models.scgen import shift_to_targets, type_means
 
-        cells = model._validate_anndata(adata)
-        reference = cells.uns.get(_REFERENCE_UNS)
+        reference = (model.adata if adata is None else adata).uns.get(_REFERENCE_UNS)
         if reference is None:  # the reference itself
-            unlabeled = model.registry_["setup_args"].get("unlabeled_category") or "Unknown"
-            corrected = model.corrected_latent(adata, unlabeled=unlabeled)
+            corrected = model.corrected_latent(adata, unlabeled=UNLABELED_CATEGORY)
         else:
             latent = model.get_latent_representation(adata)
             categories = np.asarray(reference["categories"], dtype=object)
             codes = np.asarray(reference["labels"])
             labelled = codes >= 0
-            ref_labels = categories[codes[labelled]]
-            labels = self._query_types(latent, reference["latent"][labelled], ref_labels, reference["lab_labels"])
+            reference_latent = np.asarray(reference["latent"])[labelled]
+            labels = self._query_types(latent, reference_latent, codes[labelled], categories, reference["lab_labels"])
             batches = model.registered_obs("batch", adata)
-            targets = type_means(np.asarray(reference["latent"])[labelled], ref_labels)
+            targets = type_means(reference_latent, categories[codes[labelled]])
             corrected = shift_to_targets(latent, labels, batches, targets)
         corrected = np.asarray(corrected, dtype=np.float32)
         return corrected if indices is None else corrected[np.asarray(indices)]
 
     @staticmethod
     def _query_types(
-        latent: np.ndarray, reference_latent: np.ndarray, reference_labels: np.ndarray, lab_labels: Any
+        latent: np.ndarray, reference_latent: np.ndarray, codes: np.ndarray, categories: np.ndarray, lab_labels: Any
     ) -> np.ndarray:
         """The lab's label where it gave one, else the kNN vote of the reference embedding (before correction)."""
         from fedarches.shared.embedding import knn_label_probabilities
 
-        names, codes = np.unique(reference_labels.astype(str), return_inverse=True)
-        probabilities = knn_label_probabilities(latent, reference_latent, codes, len(names))
-        predicted = names[probabilities.argmax(axis=1)].astype(object)
+        probabilities = knn_label_probabilities(latent, reference_latent, codes, len(categories))
+        predicted = categories[probabilities.argmax(axis=1)].astype(object)
         if lab_labels is not None:
             given = np.asarray(lab_labels, dtype=object)
             predicted = np.where(pd.notna(given), given, predicted)
         return predicted.astype(str)
 
-    def cell_outputs(self, model: Any, bundle: ReferenceBundle) -> dict[str, Any]:
+    def cell_outputs(self, model: Any, bundle: ReferenceBundle, latent: np.ndarray) -> dict[str, Any]:
         """``obsm['scgen_corrected']``: the corrected log-normalized expression of the reference's genes."""
-        expression = model.decode(self.latent(model))
+        expression = model.decode(latent)
         return {CORRECTED_KEY: pd.DataFrame(expression, index=model.adata.obs_names, columns=list(bundle.var_names))}

@@ -49,7 +49,7 @@ class SCPOLIBackend(WrittenHereBackend):
         """
         return {"max_epochs": options.max_epochs or TUTORIAL_EPOCHS, "enable_progress_bar": options.progress_bar}
 
-    def cell_outputs(self, model: Any, bundle: ReferenceBundle) -> dict[str, Any]:
+    def cell_outputs(self, model: Any, bundle: ReferenceBundle, latent: np.ndarray) -> dict[str, Any]:
         """ScPoli's per-cell uncertainty: Euclidean distance from the cell's latent mean to its nearest prototype."""
         distances = model.prototype_distances()
         return {UNCERTAINTY_KEY: distances.min(axis=1).to_numpy().astype(np.float32)}

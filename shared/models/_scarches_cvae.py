@@ -29,23 +29,25 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
-def _hidden(prefix: str, bias: bool) -> tuple[str, Any]:
+def _hidden_layer(prefix: str) -> Any:
+    """Rename scArches' hidden layer ``L<i>`` (i >= 1) to fedarches' ``<prefix>.<i - 1>.0`` (a Linear in a block)."""
+
     def name(match: re.Match[str]) -> str:
         return f"{prefix}.{int(match.group(1)) - 1}.0.{match.group(2)}"
 
-    return (r"encoder\.FC\.L([1-9]\d*)\.(weight|bias)" if bias else r"decoder\.HiddenL\.L([1-9]\d*)\.(weight)"), name
+    return name
 
 
 ENCODER_PATTERNS: list[tuple[str, Any]] = [
     (r"encoder\.FC\.L0\.(expr_L|cond_L)\.(weight|bias)", r"encoder_first.\1.\2"),
-    _hidden("encoder_hidden", bias=True),
+    (r"encoder\.FC\.L([1-9]\d*)\.(weight|bias)", _hidden_layer("encoder_hidden")),
     (r"encoder\.(mean_encoder|log_var_encoder)\.(weight|bias)", r"\1.\2"),
     (r"theta", "theta"),
 ]
 TRVAE_PATTERNS = [
     *ENCODER_PATTERNS,
     (r"decoder\.FirstL\.L0\.(expr_L|cond_L)\.weight", r"decoder_first.\1.weight"),
-    _hidden("decoder_hidden", bias=False),
+    (r"decoder\.HiddenL\.L([1-9]\d*)\.(weight)", _hidden_layer("decoder_hidden")),
     (r"decoder\.mean_decoder\.0\.(weight|bias)", r"mean_decoder.\1"),
 ]
 EXPIMAP_PATTERNS = [

@@ -24,7 +24,7 @@ from fedarches.shared.bundle import BundleContents
 from fedarches.shared.counts import get_counts
 from fedarches.shared.errors import UserInputError
 from fedarches.shared.features import select_variable_genes
-from fedarches.shared.gene_programs import TERMS_KEY, GenePrograms, add_gene_programs, read_gmt
+from fedarches.shared.gene_programs import MASK_KEY, TERMS_KEY, read_gmt
 from fedarches.shared.quality import DISTANCE_PERCENTILE, ReferenceSummary, fit_reference_summary
 from fedarches.shared.weights import load_model_dict, model_dict_bytes
 
@@ -109,20 +109,15 @@ def build_reference(
 
 def _gene_programs(
     backend: ModelBackend, adata: AnnData, gmt: str | Path | None, gene_symbols_key: str | None
-) -> GenePrograms | None:
-    """The GMT file's programs, checked against the reference's genes before any training; ``None`` without one."""
+) -> tuple[np.ndarray, list[str]] | None:
+    """The GMT file's genes x programs mask over the reference's genes, and the names; before any training."""
     if gmt is None:
         return None
     if not backend.needs_gene_programs:
         msg = f"--gene-programs applies to models over gene programs (expimap), not to {backend.name}"
         raise UserInputError(msg, hint="drop --gene-programs, or build with --model expimap")
-    import anndata as ad
-
-    programs = read_gmt(gmt)
     symbols = _gene_symbols(adata, gene_symbols_key)
-    genes = ad.AnnData(var=pd.DataFrame(index=adata.var_names))
-    add_gene_programs(genes, programs, genes=symbols)  # raises if no program fits the reference's genes
-    return programs
+    return read_gmt(gmt).mask(adata.var_names.to_numpy() if symbols is None else symbols)
 
 
 def _train_reference(
@@ -134,7 +129,7 @@ def _train_reference(
     labels_key: str,
     gene_symbols_key: str | None,
     options: ReferenceOptions,
-    programs: GenePrograms | None = None,
+    programs: tuple[np.ndarray, list[str]] | None = None,
 ) -> BundleContents:
     import anndata as ad
 
@@ -152,7 +147,7 @@ def _train_reference(
     backend.reference_inputs(adata, train)
     symbols = _gene_symbols(adata, gene_symbols_key)
     if programs is not None:
-        add_gene_programs(train, programs, genes=symbols)
+        train.varm[MASK_KEY], train.uns[TERMS_KEY] = programs
     if options.n_top_genes and train.n_vars > options.n_top_genes:
         keep = backend.select_features(train, options.n_top_genes, batch_key)
         if keep is None:

@@ -33,7 +33,10 @@ class GenePrograms:
     source: str
 
     def mask(self, genes: np.ndarray | list[str], *, min_genes: int = MIN_GENES) -> tuple[np.ndarray, list[str]]:
-        """The genes x programs 0/1 mask over ``genes``, keeping programs with more than ``min_genes`` of them."""
+        """The genes x programs 0/1 mask over ``genes``, keeping programs with more than ``min_genes`` of them.
+
+        Raises :class:`UserInputError` when no program keeps that many (genes named otherwise than the file's).
+        """
         index = {str(g).upper(): i for i, g in enumerate(genes)}
         columns, names = [], []
         for name, members in self.programs.items():
@@ -43,8 +46,16 @@ class GenePrograms:
                 column[rows] = 1
                 columns.append(column)
                 names.append(name)
-        mask = np.stack(columns, axis=1) if columns else np.zeros((len(index), 0), dtype=np.int8)
-        return mask, names
+        if not names:
+            shown = ", ".join(str(g) for g in list(genes)[:3])
+            msg = (
+                f"no gene program of {self.source} has more than {min_genes} of the data's {len(genes)} genes "
+                f"(first genes: {shown})"
+            )
+            raise UserInputError(
+                msg, hint="use the gene symbols the GMT file names (gene_symbols_key; --gene-symbols-key)"
+            )
+        return np.stack(columns, axis=1), names
 
 
 def read_gmt(path: str | Path) -> GenePrograms:
@@ -112,14 +123,6 @@ def add_gene_programs(
     if genes is None:
         genes = adata.var[gene_symbols_key].astype(str).to_numpy() if gene_symbols_key else adata.var_names.to_numpy()
     mask, names = programs.mask(genes, min_genes=min_genes)
-    if not names:
-        msg = (
-            f"no gene program of {programs.source} has more than {min_genes} of the data's {adata.n_vars} genes "
-            f"(first genes: {', '.join(map(str, genes[:3]))})"
-        )
-        raise UserInputError(
-            msg, hint="use gene symbols (--gene-symbols-key) that the GMT file names, or a lower --min-program-genes"
-        )
     adata.varm[varm_key] = mask
     adata.uns[uns_key] = names
     return len(names)

@@ -376,6 +376,7 @@ def train_reference(
     seed: int,
     save_reference: Path | None,
     trainable_tensors: bool = False,
+    reseed: bool = False,
 ) -> Trained:
     """Seed everything, build and train the reference model, and save it when asked.
 
@@ -396,6 +397,9 @@ def train_reference(
         ``var_names.csv``), or ``None``.
     trainable_tensors
         Passed to :func:`count_parameters`.
+    reseed
+        Seed everything again between building and training (scGen's trainer shuffles with
+        Python's ``random`` and reseeds torch with its own seed).
 
     Returns
     -------
@@ -405,6 +409,8 @@ def train_reference(
     seed_all(seed)
     start = time.perf_counter()
     model = model_class(adata=adata, **init)
+    if reseed:
+        seed_all(seed)
     model.train(**train)
     seconds = time.perf_counter() - start
     if save_reference is not None:

@@ -31,10 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from scarches_common import (
     EARLY_STOPPING_ATTRIBUTES,
-    Trained,
     base_parser,
     compare_states,
-    count_parameters,
     final_logs,
     jsonable,
     keyword_defaults,
@@ -43,18 +41,16 @@ from scarches_common import (
     pick_attributes,
     prepare_process,
     result_header,
-    seed_all,
     set_threads,
     split_list,
     state_dict_snapshot,
+    train_reference,
     versions,
     write_query_outputs,
 )
 from scarches_trvae import KNN_NEIGHBORS, knn_transfer
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import numpy as np
     from anndata import AnnData
 
@@ -174,53 +170,6 @@ def describe_model(model: Any) -> dict[str, Any]:
     }
 
 
-def train_reference_model(
-    model_class: Any,
-    adata: AnnData,
-    init: dict[str, Any],
-    train: dict[str, Any],
-    *,
-    seed: int,
-    save_reference: Path | None,
-) -> Trained:
-    """Seed everything, build the reference model, seed again and train it; save it when asked.
-
-    Parameters
-    ----------
-    model_class
-        ``scarches.models.scgen``.
-    adata
-        The log-normalized reference.
-    init
-        Keyword arguments of the constructor (besides ``adata``).
-    train
-        Keyword arguments of ``train``.
-    seed
-        The seed of :func:`scarches_common.seed_all`.
-    save_reference
-        A folder for scArches' own ``model.save()``, or ``None``.
-
-    Returns
-    -------
-    Trained
-        The trained reference model.
-    """
-    start = time.perf_counter()
-    seed_all(seed)
-    model = model_class(adata=adata, **init)
-    seed_all(seed)  # the trainer shuffles with Python's random and reseeds torch with its own seed
-    model.train(**train)
-    seconds = time.perf_counter() - start
-    if save_reference is not None:
-        model.save(str(save_reference), overwrite=True)
-    return Trained(
-        model=model,
-        seconds=seconds,
-        state=state_dict_snapshot(model.model),
-        parameters=count_parameters(model.model, trainable_tensors=True),
-    )
-
-
 def rows_by_name(adata: AnnData, names: Any, key: str) -> np.ndarray:
     """The rows of ``adata.obsm[key]`` for these obs names, in their order.
 
@@ -286,9 +235,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batch_removal_kwargs = {"batch_key": args.batch_key, "cell_label_key": args.labels_key, "return_latent": True}
     map_kwargs = {"batch_key": args.batch_key, "return_latent": True}
 
-    trained = train_reference_model(
-        scgen, reference, reference_init, reference_train, seed=args.seed, save_reference=args.save_reference
-    )
+    trained = train_reference(
+        scgen, reference, reference_init, reference_train, seed=args.seed, save_reference=args.save_reference,
+        trainable_tensors=True, reseed=True,
+    )  # fmt: skip
     network = trained.model
     description = describe_model(network)
 
